@@ -1,0 +1,3 @@
+"""clibd: identify insects from photos and DNA barcodes, offline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Fit per-rank thresholds that reach a target precision, including on species absent from the reference.
+
+Thresholds are only honest if the calibration queries look like field data, where some specimens
+belong to species nobody has barcoded yet.  With labelled queries (which should include such
+species) their calls are scored directly.  Without them, the reference calibrates itself by
+leave-species-out: half of a seeded sample of reference records is searched with only itself
+removed (its species is still present), the other half with every record of its species removed
+(its species is absent, as for a new species in the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clibd_cli.assign import DEFAULT_TAU, rank_calls
+from clibd_cli.index import ReferenceIndex, exact_knn
+from clibd_cli.sequences import RANKS
+
+DEFAULT_PRECISION = 0.95
+MIN_CALLS = 20
+NEVER = 1.01  # a cosine threshold no hit can reach
+
+
+@dataclass
+class Calibration:
+    """Thresholds and how they were obtained (stored in index.json)."""
+
+    thresholds: dict[str, float]
+    report: dict
+
+
+def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: float,
+                            min_calls: int = MIN_CALLS) -> tuple[float, float, float]:
+    """Lowest score threshold whose calls reach `target` precision, with ≥ `min_calls` calls.
+
+    Returns (threshold, precision, coverage); threshold is :data:`NEVER` when no cut reaches it.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, c = scores[order], correct[order].astype(np.float64)
+    precision = np.cumsum(c) / np.arange(1, len(c) + 1)
+    # Only cut between distinct scores: every query with score ≥ threshold is called.
+    last_of_value = np.r_[s[1:] != s[:-1], True]
+    ok = (precision >= target) & last_of_value & (np.arange(1, len(c) + 1) >= min_calls)
+    if not ok.any():
+        return NEVER, float("nan"), 0.0
+    j = int(np.flatnonzero(ok)[-1])
+    return float(s[j]), float(precision[j]), float((j + 1) / len(c))
+
+
+def fit_thresholds(scores: dict[str, np.ndarray], correct: dict[str, np.ndarray], target: float,
+                   ) -> Calibration:
+    """Per-rank thresholds, made monotone (order ≤ family ≤ genus ≤ species) so calls nest."""
+    thresholds: dict[str, float] = {}
+    report: dict = {"target_precision": target, "ranks": {}}
+    for rank in RANKS:
+        t, p, cov = threshold_for_precision(scores[rank], correct[rank], target)
+        thresholds[rank] = t
+        report["ranks"][rank] = {"threshold": t, "precision": p, "coverage": cov}
+    for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
+        thresholds[higher] = min(thresholds[higher], thresholds[lower])
+    return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
+
+
+def score_queries(similarities: np.ndarray, hit_taxonomy: dict[str, np.ndarray],
+                  truth: dict[str, Sequence[str]], tau: float = DEFAULT_TAU,
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-rank score and correctness of the winning label for each query."""
+    n = len(similarities)
+    scores = {rank: np.zeros(n) for rank in RANKS}
+    correct = {rank: np.zeros(n, dtype=bool) for rank in RANKS}
+    for i in range(n):
+        calls = rank_calls(similarities[i], {rank: hit_taxonomy[rank][i] for rank in RANKS}, tau)
+        for rank in RANKS:
+            scores[rank][i] = calls[rank].score
+            correct[rank][i] = bool(calls[rank].label) and calls[rank].label == truth[rank][i]
+    return scores, correct
+
+
+def calibrate_leave_species_out(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, k: int = 10,
+                                sample: int = 1000, seed: int = 0, tau: float = DEFAULT_TAU) -> Calibration:
+    """Self-calibration from the reference alone (see the module docstring)."""
+    species = index.labels.ranks["species"]
+    labelled = np.flatnonzero(species != "")
+    if len(labelled) < 2 * MIN_CALLS:
+        raise ValueError("too few labelled references to calibrate")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(labelled, size=min(sample, len(labelled)), replace=False)
+    absent = np.zeros(len(chosen), dtype=bool)
+    absent[: len(chosen) // 2] = True
+    vectors = index.vectors()
+    exclude = np.zeros((len(chosen), index.size), dtype=bool)
+    exclude[np.arange(len(chosen)), chosen] = True
+    exclude[absent] |= species[chosen[absent]][:, None] == species[None, :]
+    neighbours, sims = exact_knn(vectors[chosen], vectors, min(k, index.size - 1), exclude=exclude)
+    hit_taxonomy = index.taxonomy_of(neighbours + 1)
+    truth = {rank: index.labels.ranks[rank][chosen] for rank in RANKS}
+    scores, correct = score_queries(sims, hit_taxonomy, truth, tau)
+    calibration = fit_thresholds(scores, correct, target)
+    calibration.report.update({"method": "leave-species-out", "queries": len(chosen),
+                               "absent_species_queries": int(absent.sum()), "k": k, "seed": seed})
+    return calibration
+
+
+def calibrate_with_queries(index: ReferenceIndex, query_vectors: np.ndarray, truth: dict[str, Sequence[str]],
+                           *, target: float = DEFAULT_PRECISION, k: int = 10, exact: bool | None = None,
+                           tau: float = DEFAULT_TAU) -> Calibration:
+    """Calibration from labelled queries (which should include species absent from the reference)."""
+    result = index.search(query_vectors, k, exact=exact)
+    scores, correct = score_queries(result.similarities, index.taxonomy_of(result.labels), truth, tau)
+    known = set(index.labels.ranks["species"])
+    calibration = fit_thresholds(scores, correct, target)
+    calibration.report.update({"method": "labelled queries", "queries": len(query_vectors),
+                               "absent_species_queries": int(sum(s not in known for s in truth["species"])),
+                               "k": k})
+    return calibration

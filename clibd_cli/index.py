@@ -1,0 +1,413 @@
+"""The reference index: a directory a lab builds once and queries offline.
+
+Layout (format version 1)::
+
+    DIR/index.json       manifest: format version, encoder description and fingerprint, metric,
+                         HNSW parameters, calibrated thresholds, counts, index fingerprint
+    DIR/records.sqlite   one row per reference specimen (taxonomy, BIN, sequence, source): the single
+                         source of truth for metadata; its rowid is the vector label
+    DIR/dna.hnsw         hnswlib graph (inner product on L2-normalised vectors = cosine), one per modality;
+                     it also holds the vectors, so nothing is stored twice
+
+Small indexes (≤ ``EXACT_MAX`` records) are searched exactly with a matrix product over the vectors
+read back from the graph, which is both fast and exact there; ``exact=True`` forces exact search on any size.  Every write goes to a
+temporary sibling directory that replaces the target in one rename, so an interrupted build never
+leaves a half-written index behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clibd_cli import __version__
+from clibd_cli.encoders import Encoder, encoder_from_description
+from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
+from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
+
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+RECORDS_DB = "records.sqlite"
+EXACT_MAX = 10_000
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 120
+HNSW_EF_SEARCH = 96
+
+_SCHEMA = """
+CREATE TABLE records (
+    rowid INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
+    "order" TEXT NOT NULL DEFAULT '',
+    family TEXT NOT NULL DEFAULT '',
+    genus TEXT NOT NULL DEFAULT '',
+    species TEXT NOT NULL DEFAULT '',
+    bin TEXT NOT NULL DEFAULT '',
+    modality TEXT NOT NULL DEFAULT 'dna',
+    length INTEGER,
+    flags TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    sequence TEXT
+);
+"""
+
+
+@dataclass
+class Labels:
+    """In-memory taxonomy of every record, indexed by vector label (= SQLite rowid)."""
+
+    record_id: np.ndarray
+    ranks: dict[str, np.ndarray]
+    bin: np.ndarray
+
+
+@dataclass
+class SearchResult:
+    """k nearest references per query: labels (rowids, -1 where fewer than k exist) and cosines."""
+
+    labels: np.ndarray
+    similarities: np.ndarray
+
+
+def _hnsw():
+    import hnswlib
+
+    return hnswlib
+
+
+class ReferenceIndex:
+    """Reference embeddings plus their metadata, searchable by cosine similarity."""
+
+    def __init__(self, manifest: dict, labels: Labels, vectors: np.ndarray | None = None,
+                 graph=None, path: Path | None = None) -> None:
+        self.manifest = manifest
+        self.labels = labels
+        self.path = path
+        self._vectors = vectors
+        self._graph = graph
+
+    # ----------------------------------------------------------------------------------- facts
+    @property
+    def size(self) -> int:
+        return int(self.manifest["counts"]["records"])
+
+    @property
+    def encoder_description(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def encoder_fingerprint(self) -> str:
+        return self.manifest["encoder"]["fingerprint"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return dict(self.manifest.get("thresholds", {}))
+
+    def encoder(self) -> Encoder:
+        """The encoder this index was built with (weight-free encoders are rebuilt from the manifest)."""
+        return encoder_from_description(self.encoder_description)
+
+    def check_encoder(self, encoder: Encoder) -> None:
+        """Refuse an encoder whose embedding space differs from the index's."""
+        if encoder.fingerprint != self.encoder_fingerprint:
+            where = self.path or "the reference"
+            raise IndexMismatchError(
+                f"{where}: index was built with encoder {self.encoder_description.get('name')} "
+                f"(fingerprint {self.encoder_fingerprint}) but the queries use {encoder.name} "
+                f"(fingerprint {encoder.fingerprint}). Rebuild the index with the same encoder/model.")
+
+    def vectors(self) -> np.ndarray:
+        """All reference vectors in label order (row i ↔ label i + 1), loaded on first use."""
+        if self._vectors is None:
+            self._vectors = self._graph.get_items(np.arange(1, self.size + 1), return_type="numpy")
+            self._vectors = np.ascontiguousarray(self._vectors, dtype=np.float32)
+        return self._vectors
+
+    # ---------------------------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, k: int, exact: bool | None = None,
+               threads: int | None = None) -> SearchResult:
+        """k nearest references of each query embedding by cosine similarity."""
+        k_eff = min(k, self.size)
+        if exact is None:
+            exact = self._graph is None or self.size <= EXACT_MAX
+        if exact:
+            labels, sims = exact_knn(queries, self.vectors(), k_eff)
+            labels = labels + 1
+        else:
+            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_eff))
+            labels, distances = self._graph.knn_query(queries, k=k_eff, num_threads=threads or -1)
+            labels = labels.astype(np.int64)
+            sims = (1.0 - distances).astype(np.float32)
+        if k_eff < k:
+            pad = k - k_eff
+            labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
+            sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return SearchResult(labels, sims)
+
+    def taxonomy_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays of rank labels for a label matrix ('' where the label is -1)."""
+        idx = np.where(labels > 0, labels - 1, 0)
+        out = {}
+        for rank in RANKS:
+            values = self.labels.ranks[rank][idx]
+            out[rank] = np.where(labels > 0, values, "")
+        return out
+
+    # ------------------------------------------------------------------------------- building
+    @classmethod
+    def from_records(cls, records: Sequence[SequenceRecord], encoder: Encoder, *, batch_size: int = 2048,
+                     progress=None, what: str = "the reference") -> ReferenceIndex:
+        """Embed `records` and keep everything in memory (exact search); nothing is written."""
+        require_taxonomy(list(records), what)
+        vectors = _embed(encoder, [r.sequence for r in records], batch_size, progress)
+        manifest = _new_manifest(encoder)
+        _update_counts(manifest, records)
+        manifest["fingerprint"] = _index_fingerprint(encoder.fingerprint, [r.id for r in records])
+        index = cls(manifest, _labels_from_records(records), vectors=vectors)
+        index._records = list(records)
+        return index
+
+    def records(self) -> list[SequenceRecord]:
+        """Every reference record (read from SQLite for a saved index)."""
+        if getattr(self, "_records", None) is not None:
+            return self._records
+        return _read_records(self.path / RECORDS_DB)
+
+    def save(self, directory: Path, *, force: bool = False, threads: int | None = None) -> Path:
+        """Write the index atomically to `directory` (an existing one needs `force`)."""
+        directory = Path(directory)
+        occupied = directory.exists() and any(directory.iterdir())
+        if occupied and not force and directory != self.path:
+            raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
+        if occupied and not (directory / MANIFEST).exists():
+            raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            records = self.records()
+            _write_records(tmp / RECORDS_DB, records)
+            vectors = self.vectors()
+            modality = self.encoder_description.get("modality", "dna")
+            filename = f"{modality}.hnsw"
+            _build_graph(vectors, threads).save_index(str(tmp / filename))
+            self.manifest["modalities"] = {modality: {"file": filename, "count": len(vectors)}}
+            _write_json(tmp / MANIFEST, self.manifest)
+            _replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = directory
+        return directory
+
+    def appended(self, records: Sequence[SequenceRecord], encoder: Encoder, *, batch_size: int = 2048,
+                 progress=None) -> ReferenceIndex:
+        """A new in-memory index holding this one's records plus `records`."""
+        self.check_encoder(encoder)
+        existing = self.records()
+        taken = {r.id: r.source for r in existing}
+        for record in records:
+            if record.id in taken:
+                raise InputError(f"{record.source}: id {record.id!r} is already in the index "
+                                 f"(from {taken[record.id]}). Ids must be unique.")
+        vectors = np.concatenate([self.vectors(), _embed(encoder, [r.sequence for r in records],
+                                                         batch_size, progress)])
+        everything = [*existing, *records]
+        manifest = dict(self.manifest)
+        _update_counts(manifest, everything)
+        manifest["fingerprint"] = _index_fingerprint(encoder.fingerprint, [r.id for r in everything])
+        index = ReferenceIndex(manifest, _labels_from_records(everything), vectors=vectors, path=self.path)
+        index._records = everything
+        return index
+
+    # -------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, directory: Path) -> ReferenceIndex:
+        """Open a saved index, checking its format version and files."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.exists():
+            raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with "
+                             "'clibd build-index'.")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{manifest_path}: is not valid JSON ({exc}). Rebuild the index.") from exc
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(f"{directory}: index format version {version}, this clibd reads "
+                             f"{FORMAT_VERSION}. Rebuild the index with this version.")
+        labels = _labels_from_db(directory / RECORDS_DB)
+        if len(labels.record_id) != manifest["counts"]["records"]:
+            raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} rows but the "
+                             f"manifest says {manifest['counts']['records']}. Rebuild the index.")
+        info = manifest["modalities"][manifest["encoder"].get("modality", "dna")]
+        file = directory / info["file"]
+        if not file.exists():
+            raise InputError(f"{directory}: {info['file']} is missing. Rebuild the index.")
+        graph = _hnsw().Index(space="ip", dim=int(manifest["encoder"]["dim"]))
+        try:
+            graph.load_index(str(file))
+        except RuntimeError as exc:
+            raise InputError(f"{file}: cannot be loaded ({exc}). Rebuild the index.") from exc
+        return cls(manifest, labels, graph=graph, path=directory)
+
+    def set_thresholds(self, thresholds: dict[str, float], calibration: dict) -> None:
+        """Store calibrated thresholds in the manifest (written on the next save)."""
+        self.manifest["thresholds"] = {rank: float(thresholds[rank]) for rank in RANKS}
+        self.manifest["calibration"] = calibration
+
+    def save_manifest(self) -> None:
+        """Rewrite only index.json (atomically), e.g. after calibration."""
+        _write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 512,
+              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (cosine on normalised vectors); returns 0-based indices.
+
+    `exclude`, if given, is a boolean matrix [n_queries, n_vectors] of references to skip
+    (used by leave-one-out and leave-species-out calibration).
+    """
+    n = len(queries)
+    labels = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, chunk):
+        block = queries[start : start + chunk] @ vectors.T
+        if exclude is not None:
+            block[exclude[start : start + chunk]] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < block.shape[1] else \
+            np.tile(np.arange(block.shape[1]), (len(block), 1))
+        top_sims = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        labels[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+        sims[start : start + chunk] = np.take_along_axis(top_sims, order, axis=1)
+    return labels, sims
+
+
+def _embed(encoder: Encoder, items: list[str], batch_size: int, progress) -> np.ndarray:
+    out = np.empty((len(items), encoder.dim), dtype=np.float32)
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        out[start : start + len(batch)] = encoder.encode(batch)
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+def _build_graph(vectors: np.ndarray, threads: int | None):
+    graph = _hnsw().Index(space="ip", dim=vectors.shape[1])
+    graph.init_index(max_elements=len(vectors), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
+                     random_seed=100)
+    graph.add_items(vectors, np.arange(1, len(vectors) + 1), num_threads=threads or -1)
+    return graph
+
+
+def _new_manifest(encoder: Encoder) -> dict:
+    description = encoder.describe()
+    return {
+        "format_version": FORMAT_VERSION,
+        "clibd_version": __version__,
+        "encoder": {**description, "fingerprint": encoder.fingerprint},
+        "metric": "cosine",
+        "hnsw": {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH,
+                 "exact_max": EXACT_MAX},
+        "thresholds": dict(getattr(encoder, "default_thresholds", {})),
+        "calibration": {"method": "encoder default"},
+    }
+
+
+def _update_counts(manifest: dict, records: Sequence[SequenceRecord]) -> None:
+    manifest["counts"] = {"records": len(records),
+                          **{rank: len({r.label(rank) for r in records} - {""}) for rank in RANKS}}
+
+
+def _index_fingerprint(encoder_fingerprint: str, ids: Sequence[str]) -> str:
+    digest = hashlib.sha256(encoder_fingerprint.encode())
+    for record_id in ids:
+        digest.update(b"\0" + record_id.encode())
+    return digest.hexdigest()[:16]
+
+
+def _labels_from_records(records: Sequence[SequenceRecord]) -> Labels:
+    return Labels(np.array([r.id for r in records], dtype=object),
+                  {rank: np.array([r.label(rank) for r in records], dtype=object) for rank in RANKS},
+                  np.array([r.bin for r in records], dtype=object))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise InputError(f"{path}: missing. Rebuild the index.")
+    try:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise InputError(f"{path}: cannot be opened ({exc}). Rebuild the index.") from exc
+
+
+def _labels_from_db(path: Path) -> Labels:
+    with _connect(path) as db:
+        try:
+            rows = db.execute('SELECT record_id, "order", family, genus, species, bin FROM records '
+                              "ORDER BY rowid").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{path}: not a readable records database ({exc}). Rebuild the index.") from exc
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+    arrays = [np.array(c, dtype=object) for c in columns]
+    return Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5])
+
+
+def _read_records(path: Path) -> list[SequenceRecord]:
+    with _connect(path) as db:
+        rows = db.execute('SELECT record_id, "order", family, genus, species, bin, flags, source, sequence '
+                          "FROM records ORDER BY rowid").fetchall()
+    return [SequenceRecord(row[0], row[8] or "", dict(zip(RANKS, row[1:5], strict=True)), row[5], row[7],
+                           tuple(f for f in row[6].split(",") if f)) for row in rows]
+
+
+def _write_records(path: Path, records: Sequence[SequenceRecord]) -> None:
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(_SCHEMA)
+        db.executemany(
+            'INSERT INTO records (rowid, record_id, "order", family, genus, species, bin, length, flags, '
+            "source, sequence) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            ((i, r.id, *(r.label(rank) for rank in RANKS), r.bin, len(r.sequence), ",".join(r.flags),
+              r.source, r.sequence) for i, r in enumerate(records, start=1)))
+        db.execute("CREATE INDEX records_species ON records (species)")
+        db.commit()
+    finally:
+        db.close()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    """Move the finished temporary directory into place, replacing an old index if any."""
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)

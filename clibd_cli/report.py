@@ -1,0 +1,166 @@
+"""Result rows and the writers that stream them to CSV, TSV, JSON, JSONL or a terminal table.
+
+Rows are written and flushed as they are produced, so an interrupted run keeps every finished
+query and ``--resume`` can skip them.  JSON is written one result per line inside the array, which
+keeps it valid JSON when finished and recoverable line by line when not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from clibd_cli.errors import InputError, OutputExistsError
+from clibd_cli.sequences import RANKS
+
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+COLUMNS = ["query_id", "status", "rank", *RANKS, *(f"{r}_score" for r in RANKS), "top_hit_id",
+           "top_hit_similarity", "bin", "support", "flags"]
+HIT_COLUMNS = ["query_id", "hit_rank", "hit_id", "similarity", *RANKS, "bin"]
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
+               ".ndjson": "jsonl"}
+
+
+def choose_format(fmt: str | None, path: Path | None, stdout_is_tty: bool) -> str:
+    """The explicit format, else the output file's extension, else table on a terminal and CSV when piped."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+        if fmt == "table" and path is not None:
+            raise InputError("--format table prints to the terminal; use csv, tsv, json or jsonl with -o.")
+        return fmt
+    if path is not None:
+        return _EXTENSIONS.get(path.suffix.lower(), "tsv")
+    return "table" if stdout_is_tty else "csv"
+
+
+def format_value(value) -> str | float | int:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 4)
+    return value
+
+
+def check_output(path: Path | None, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an existing output unless asked; called before any work is done."""
+    if path is None:
+        return
+    if path.exists() and path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for -o.")
+    if path.exists() and path.stat().st_size > 0 and not (resume or force):
+        raise OutputExistsError(f"{path}: already exists. Use --resume to continue it or --force to "
+                                "overwrite it.")
+    if not path.parent.exists():
+        raise InputError(f"{path.parent}: folder does not exist; create it or choose another -o path.")
+
+
+def completed_ids(path: Path, fmt: str) -> list[dict]:
+    """Rows already in an output file (for --resume); an unfinished last line is dropped."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    if fmt in ("csv", "tsv"):
+        rows = list(csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
+        if rows and "query_id" not in rows[0]:
+            raise InputError(f"{path}: has no query_id column, so it cannot be resumed; use --force.")
+        return rows
+    rows = []
+    for line in text.splitlines():
+        line = line.strip().rstrip(",")
+        if line.startswith('{"query_id"'):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+class RowWriter:
+    """Streams result rows to a file or stdout in one of :data:`FORMATS`."""
+
+    def __init__(self, path: Path | None, fmt: str, columns: list[str], info: dict | None = None,
+                 previous: Iterable[dict] = (), stream: IO[str] | None = None) -> None:
+        self.path, self.fmt, self.columns, self.info = path, fmt, columns, info or {}
+        self.rows_for_table: list[dict] = []
+        self._first = True
+        self._tmp: Path | None = None
+        previous = list(previous)
+        if fmt == "table":
+            self.fh = None
+            return
+        if path is None:
+            self.fh = stream or sys.stdout
+        elif fmt == "json" and previous:
+            # A JSON array cannot be appended to: rewrite the finished rows, then continue.
+            self._tmp = path.with_name(f".{path.name}.tmp")
+            self.fh = self._tmp.open("w", encoding="utf-8", newline="")
+        else:
+            self.fh = path.open("a" if previous else "w", encoding="utf-8", newline="")
+        if fmt in ("csv", "tsv"):
+            self._csv = csv.DictWriter(self.fh, columns, delimiter="," if fmt == "csv" else "\t",
+                                       extrasaction="ignore", lineterminator="\n")
+            if not previous:
+                self._csv.writeheader()
+        elif fmt == "json":
+            self.fh.write('{"info": ' + json.dumps(self.info) + ',\n "results": [\n')
+            for row in previous:
+                self.write(row, flush=False)
+        self.fh.flush()
+
+    def write(self, row: dict, flush: bool = True) -> None:
+        clean = {c: format_value(row.get(c, "")) for c in self.columns}
+        if self.fmt == "table":
+            self.rows_for_table.append(clean)
+            return
+        if self.fmt in ("csv", "tsv"):
+            self._csv.writerow(clean)
+        elif self.fmt == "jsonl":
+            self.fh.write(json.dumps(clean) + "\n")
+        else:
+            self.fh.write(("" if self._first else ",\n") + "  " + json.dumps(clean))
+            self._first = False
+        if flush:
+            self.fh.flush()
+
+    def close(self, console=None) -> None:
+        if self.fmt == "table":
+            if console is not None:
+                console.print(render_table(self.rows_for_table, self.columns))
+            return
+        if self.fmt == "json":
+            self.fh.write("\n ]\n}\n")
+        self.fh.flush()
+        if self.path is not None:
+            self.fh.close()
+            if self._tmp is not None:
+                os.replace(self._tmp, self.path)
+
+
+def render_table(rows: list[dict], columns: list[str]):
+    """A rich table of result rows for the terminal (scores rounded, empty cells dimmed)."""
+    from rich.table import Table
+
+    status_style = {"assigned": "green", "rolled_up": "yellow", "novel_candidate": "magenta",
+                    "no_match": "red", "error": "red"}
+    shown = [c for c in columns if c not in ("support", "flags", "order_score", "family_score")]
+    table = Table(show_lines=False, header_style="bold")
+    for column in shown:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        cells = []
+        for column in shown:
+            value = row.get(column, "")
+            text = f"{value:.3f}" if isinstance(value, float) else str(value)
+            if column == "status":
+                text = f"[{status_style.get(text, 'white')}]{text}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    return table

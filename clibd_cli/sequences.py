@@ -1,0 +1,322 @@
+"""Read DNA barcodes with their taxonomy from the formats biologists actually have.
+
+Supported: FASTA (plain or gzip; taxonomy in `id|order|family|genus|species|BIN` headers, SINTAX
+`;tax=o:…,f:…,g:…,s:…` headers or BOLD download headers `id|Species name|COI-5P`), the BOLD public-API
+"combined" TSV, BOLD data-package TSVs (`processid … nucleotides`), BIOSCAN-1M TSV, BIOSCAN-5M CSV
+and any CSV/TSV whose id and sequence columns are named on the command line.
+
+Every sequence is normalised the same way (upper-case, U→T, gaps dropped, IUPAC codes → N, end Ns
+trimmed) and quality-checked, because the tokenizer and the k-mer encoder treat every non-ACGT letter
+as unknown: lower case or alignment gaps must not silently become missing data.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clibd_cli.errors import InputError
+
+RANKS: tuple[str, ...] = ("order", "family", "genus", "species")
+
+# Column names for each field, tried in order (case-insensitive).
+ID_COLUMNS = ("processid", "id", "record_id", "seqid", "sampleid", "sample_id")
+SEQUENCE_COLUMNS = ("nucleotides", "nucraw", "dna_barcode", "barcode", "sequence", "seq", "dna")
+BIN_COLUMNS = ("bin_uri", "dna_bin", "uri", "bin")
+RANK_COLUMNS = {rank: (rank, f"{rank}_name", f"taxon_{rank}") for rank in RANKS}
+MISSING_LABELS = {"", "not_classified", "none", "na", "n/a", "nan", "null", "unknown", "unclassified"}
+
+IUPAC_AMBIGUOUS = "RYSWKMBDHVN"
+_GAP_CHARS = "-.~ \t\r\n*?"
+_NUCLEOTIDE_LETTERS = set("ACGTU" + IUPAC_AMBIGUOUS)
+_TRANSLATE = str.maketrans({**{c: "N" for c in IUPAC_AMBIGUOUS}, "U": "T", **{c: None for c in _GAP_CHARS}})
+
+DEFAULT_MIN_LENGTH = 200
+DEFAULT_MAX_AMBIGUOUS = 0.05
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Thresholds for the per-record quality flags."""
+
+    min_length: int = DEFAULT_MIN_LENGTH
+    max_ambiguous: float = DEFAULT_MAX_AMBIGUOUS
+
+
+@dataclass
+class SequenceRecord:
+    """One barcode: a stable id, the normalised sequence, its taxonomy and QC flags."""
+
+    id: str
+    sequence: str
+    taxonomy: dict[str, str] = field(default_factory=dict)
+    bin: str = ""
+    source: str = ""
+    flags: tuple[str, ...] = ()
+
+    def label(self, rank: str) -> str:
+        return self.taxonomy.get(rank, "")
+
+    @property
+    def has_taxonomy(self) -> bool:
+        return any(self.taxonomy.get(rank) for rank in RANKS)
+
+
+def normalise_sequence(raw: str) -> str:
+    """Upper-case, U→T, drop gaps and whitespace, IUPAC ambiguity codes → N, trim end Ns."""
+    return raw.upper().translate(_TRANSLATE).strip("N")
+
+
+def qc_flags(sequence: str, qc: QCConfig = QCConfig()) -> tuple[str, ...]:
+    """Flags for a normalised sequence: `empty`, `short`, `ambiguous`."""
+    if not sequence:
+        return ("empty",)
+    flags = []
+    if len(sequence) < qc.min_length:
+        flags.append("short")
+    if sequence.count("N") / len(sequence) > qc.max_ambiguous:
+        flags.append("ambiguous")
+    return tuple(flags)
+
+
+def clean_label(value: str | None) -> str:
+    value = (value or "").strip()
+    return "" if value.lower() in MISSING_LABELS else value
+
+
+def complete_taxonomy(taxonomy: dict[str, str]) -> dict[str, str]:
+    """Fill the genus from a binomial species name when the genus is missing."""
+    out = {rank: clean_label(taxonomy.get(rank)) for rank in RANKS}
+    if out["species"] and not out["genus"]:
+        first = out["species"].split()[0]
+        if first[:1].isupper():
+            out["genus"] = first
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening files
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open a (possibly gzip-compressed) text file, refusing binary and missing files clearly."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file. Check the path.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a sequence file (FASTA, TSV or CSV).")
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    opener = gzip.open if head == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as fh:
+            sample = fh.read(65536)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot be read ({exc}). Is it a complete file?") from exc
+    if not sample.strip():
+        raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
+    if b"\x00" in sample:
+        raise InputError(f"{path}: looks like a binary file, not FASTA/TSV/CSV text.")
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character may be cut at the sample's end; only earlier failures count.
+        if exc.start < len(sample) - 4:
+            raise InputError(f"{path}: is not UTF-8 text (byte {exc.start}); is it a binary file?") from exc
+    return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
+
+
+def sniff_format(path: Path) -> str:
+    """Return `fasta`, `tsv` or `csv` from the file's first non-empty line."""
+    with open_text(path) as fh:
+        for line in fh:
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if stripped.startswith(">"):
+                return "fasta"
+            if stripped.startswith("@"):
+                raise InputError(f"{path}: looks like FASTQ; convert it to FASTA first (e.g. seqkit fq2fa).")
+            return "tsv" if line.count("\t") >= line.count(",") and "\t" in line else "csv"
+    raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
+
+
+# ---------------------------------------------------------------------------------------------
+# FASTA headers
+
+_SINTAX_RANKS = {"o": "order", "f": "family", "g": "genus", "s": "species"}
+_MARKER = re.compile(r"^(COI|COX|CO1|ITS|16S|18S|12S|28S|RBCL|MATK|CYTB)", re.IGNORECASE)
+_BIN = re.compile(r"^BOLD:[A-Z]{3}\d{4}$")
+
+
+def parse_fasta_header(header: str) -> tuple[str, dict[str, str], str]:
+    """Split a FASTA header into (id, taxonomy, BIN).
+
+    Understands `id|order|family|genus|species|BIN` (the CLIBD/BOLD export used in this project),
+    SINTAX `id;tax=o:X,f:Y,g:Z,s:W;`, BOLD sequence downloads `id|Species name|COI-5P|…` and a bare id.
+    """
+    title = header.strip()
+    if ";tax=" in title:
+        seq_id, _, tax = title.partition(";tax=")
+        taxonomy: dict[str, str] = {}
+        for part in tax.rstrip(";").split(","):
+            key, _, value = part.partition(":")
+            rank = _SINTAX_RANKS.get(key.strip().lower())
+            if rank:
+                taxonomy[rank] = value.strip().replace("_", " ")
+        return seq_id.split()[0], complete_taxonomy(taxonomy), ""
+    fields = [f.strip() for f in title.split("|")]
+    seq_id = fields[0].split()[0] if fields[0] else ""
+    if len(fields) >= 5 and not _MARKER.match(fields[2]):
+        bin_uri = fields[5] if len(fields) > 5 and _BIN.match(fields[5]) else ""
+        return seq_id, complete_taxonomy(dict(zip(RANKS, fields[1:5], strict=False))), bin_uri
+    if len(fields) >= 3 and _MARKER.match(fields[2]):
+        return seq_id, complete_taxonomy({"species": fields[1]}), ""
+    return seq_id, complete_taxonomy({}), ""
+
+
+_PROTEIN_ONLY = set("EFILPQ")
+
+
+def _looks_like_protein(raw: str) -> bool:
+    letters = [c for c in raw.upper() if c.isalpha()]
+    if not letters:
+        return False
+    non_nucleotide = sum(c not in _NUCLEOTIDE_LETTERS for c in letters)
+    return non_nucleotide / len(letters) > 0.1 or bool(_PROTEIN_ONLY & set(letters[:200]))
+
+
+def _read_fasta(path: Path) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
+    from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+    with open_text(path) as fh:
+        for number, (header, raw) in enumerate(SimpleFastaParser(fh), start=1):
+            seq_id, taxonomy, bin_uri = parse_fasta_header(header)
+            yield seq_id, taxonomy, bin_uri, raw, f"{path}: record {number} (>{header[:60]})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
+                 path: Path) -> str | None:
+    lowered = {name.strip().lower(): name for name in header}
+    if explicit:
+        if explicit in header:
+            return explicit
+        if explicit.lower() in lowered:
+            return lowered[explicit.lower()]
+        raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
+                         f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def _read_table(path: Path, delimiter: str, id_column: str | None,
+                sequence_column: str | None) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
+    csv.field_size_limit(sys.maxsize)
+    with open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
+        seq_col = _find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
+        if seq_col is None:
+            raise InputError(f"{path}: no sequence column (looked for {', '.join(SEQUENCE_COLUMNS)}); "
+                             "name it with --sequence-column.")
+        id_col = _find_column(header, ID_COLUMNS, id_column, "record id", path)
+        if id_col is None:
+            raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
+                             "name it with --id-column.")
+        bin_col = _find_column(header, BIN_COLUMNS, None, "BIN", path)
+        rank_cols = {rank: _find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
+        position = {name: i for i, name in enumerate(header)}
+        seq_i, id_i = position[seq_col], position[id_col]
+        bin_i = position[bin_col] if bin_col else None
+        rank_i = {rank: position[col] for rank, col in rank_cols.items() if col}
+        width = len(header)
+        for line_number, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < width:
+                row = row + [""] * (width - len(row))
+            taxonomy = complete_taxonomy({rank: row[i] for rank, i in rank_i.items()})
+            bin_uri = clean_label(row[bin_i]) if bin_i is not None else ""
+            yield row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: line {line_number}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+@dataclass
+class ReadResult:
+    """Records read from one or more files, with counts of what was skipped and why."""
+
+    records: list[SequenceRecord]
+    skipped_empty: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: str | None = None,
+                     ) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
+    """Yield (id, taxonomy, BIN, raw sequence, location) from any supported file."""
+    kind = sniff_format(path)
+    if kind == "fasta":
+        yield from _read_fasta(path)
+    else:
+        yield from _read_table(path, "\t" if kind == "tsv" else ",", id_column, sequence_column)
+
+
+def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,
+                   sequence_column: str | None = None, qc: QCConfig = QCConfig(),
+                   skip_empty: bool = True) -> ReadResult:
+    """Read, normalise and QC every record in `paths`.
+
+    Raises :class:`InputError` for a missing/empty/binary file, protein sequences, a record without
+    an id, and duplicate ids (with both locations).  Records whose sequence is empty after
+    normalisation (e.g. a BOLD row for another marker) are skipped and counted when `skip_empty`.
+    """
+    result = ReadResult(records=[])
+    seen: dict[str, str] = {}
+    for path in map(Path, paths):
+        result.files.append(str(path))
+        count_before = len(result.records) + result.skipped_empty
+        for seq_id, taxonomy, bin_uri, raw, where in iter_raw_records(path, id_column, sequence_column):
+            if not seq_id:
+                raise InputError(f"{where}: the record has no id. Give every record an id.")
+            if seq_id in seen:
+                raise InputError(f"{where}: duplicate id {seq_id!r} (first at {seen[seq_id]}). "
+                                 "Ids must be unique; rename or remove one.")
+            seen[seq_id] = where
+            if _looks_like_protein(raw):
+                raise InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
+                                 "clibd needs nucleotide barcodes (e.g. COI-5P).")
+            sequence = normalise_sequence(raw)
+            if not sequence and skip_empty:
+                result.skipped_empty += 1
+                continue
+            result.records.append(SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where,
+                                                 qc_flags(sequence, qc)))
+        if len(result.records) + result.skipped_empty == count_before:
+            raise InputError(f"{path}: contains no records. Give a FASTA, TSV or CSV with barcodes.")
+    if not result.records:
+        raise InputError(f"{', '.join(result.files)}: no record has a DNA sequence.")
+    return result
+
+
+def require_taxonomy(records: list[SequenceRecord], what: str) -> None:
+    """Refuse a reference in which no record carries any taxonomy."""
+    if not any(record.has_taxonomy for record in records):
+        raise InputError(
+            f"{what}: no record has a taxonomy, so nothing can be identified against it. Use FASTA "
+            "headers like 'id|order|family|genus|species|BIN' or ';tax=o:…,f:…,g:…,s:…', or a table with "
+            "order/family/genus/species columns.")
