@@ -43,7 +43,9 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except ClibdError as exc:
-            _stderr().print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+            from rich.markup import escape
+
+            _stderr().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _stderr().print("[yellow]interrupted[/yellow]: finished rows were kept; rerun with --resume.")
@@ -132,7 +134,7 @@ IdColumn = Annotated[str | None, typer.Option(help="Column holding record ids (t
 SeqColumn = Annotated[str | None, typer.Option(help="Column holding the sequences (tables only).")]
 MinLength = Annotated[int, typer.Option(help="Flag sequences shorter than this (bp) as 'short'.")]
 Kmer = Annotated[int | None, typer.Option("--kmer", help="k of the weight-free k-mer profile encoder "
-                                                         "(default 6; must match the index).")]
+                                                         "(default 5; must match the index).")]
 
 
 @app.command("build-index")
@@ -287,6 +289,9 @@ def calibrate(
                                                  "from the reference (default: leave-species-out).")] = None,
     precision: Annotated[float, typer.Option(min=0.5, max=1.0, help="Target precision per rank.")] = 0.95,
     sample: Annotated[int, typer.Option(min=50, help="Reference records used by leave-species-out.")] = 1000,
+    novel_share: Annotated[float, typer.Option(min=0.0, max=0.9, help="Assumed share of field specimens "
+                                               "whose species is absent from the reference "
+                                               "(leave-species-out).")] = 0.25,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the leave-species-out sample.")] = 0,
     id_column: IdColumn = None,
@@ -309,7 +314,7 @@ def calibrate(
     else:
         try:
             calibration = calibrate_leave_species_out(index, target=precision, k=neighbours, sample=sample,
-                                                      seed=seed)
+                                                      seed=seed, novel_share=novel_share)
         except ValueError as exc:
             raise ClibdError(f"{index_path}: {exc}; give labelled --queries instead.") from exc
     index.set_thresholds(calibration.thresholds, calibration.report)

@@ -3,9 +3,12 @@
 Thresholds are only honest if the calibration queries look like field data, where some specimens
 belong to species nobody has barcoded yet.  With labelled queries (which should include such
 species) their calls are scored directly.  Without them, the reference calibrates itself by
-leave-species-out: half of a seeded sample of reference records is searched with only itself
-removed (its species is still present), the other half with every record of its species removed
-(its species is absent, as for a new species in the field).
+leave-species-out: part of a seeded sample of reference records is searched with only itself
+removed (its species is still present), the rest with every record of its species removed (its
+species is absent, as for a new species in the field).  The share of such "absent" queries,
+``novel_share``, is an assumption about the field: 0.25 (a quarter of specimens belong to species
+missing from the reference) by default.  Precision depends on it: a higher share gives stricter
+species thresholds.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clibd_cli.assign import DEFAULT_TAU, rank_calls
+from clibd_cli.assign import DEFAULT_TAU, assign_batch
 from clibd_cli.index import ReferenceIndex, exact_knn
 from clibd_cli.sequences import RANKS
 
 DEFAULT_PRECISION = 0.95
+DEFAULT_NOVEL_SHARE = 0.25
 MIN_CALLS = 20
+MIN_WRONG = 5
 NEVER = 1.01  # a cosine threshold no hit can reach
 
 
@@ -51,14 +56,25 @@ def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: flo
 
 
 def fit_thresholds(scores: dict[str, np.ndarray], correct: dict[str, np.ndarray], target: float,
-                   ) -> Calibration:
-    """Per-rank thresholds, made monotone (order ≤ family ≤ genus ≤ species) so calls nest."""
+                   defaults: dict[str, float] | None = None) -> Calibration:
+    """Per-rank thresholds, made monotone (order ≤ family ≤ genus ≤ species) so calls nest.
+
+    A rank whose calibration calls are (almost) never wrong, e.g. genus in a reference of one genus,
+    says nothing about where wrong calls begin: there the encoder's default threshold (measured on a
+    diverse reference) is kept as a floor instead of trusting a threshold fitted without negatives.
+    """
+    defaults = defaults or {}
     thresholds: dict[str, float] = {}
     report: dict = {"target_precision": target, "ranks": {}}
     for rank in RANKS:
         t, p, cov = threshold_for_precision(scores[rank], correct[rank], target)
+        wrong = int(((scores[rank] > 0) & ~correct[rank]).sum())
+        entry = {"threshold": t, "precision": p, "coverage": cov, "wrong_calls_seen": wrong}
+        if wrong < MIN_WRONG and rank in defaults:
+            t = max(t, defaults[rank]) if t < NEVER else defaults[rank]
+            entry.update(threshold=t, note="too few wrong calls to calibrate; encoder default used as floor")
         thresholds[rank] = t
-        report["ranks"][rank] = {"threshold": t, "precision": p, "coverage": cov}
+        report["ranks"][rank] = entry
     for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
         thresholds[higher] = min(thresholds[higher], thresholds[lower])
     return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
@@ -68,19 +84,16 @@ def score_queries(similarities: np.ndarray, hit_taxonomy: dict[str, np.ndarray],
                   truth: dict[str, Sequence[str]], tau: float = DEFAULT_TAU,
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-rank score and correctness of the winning label for each query."""
-    n = len(similarities)
-    scores = {rank: np.zeros(n) for rank in RANKS}
-    correct = {rank: np.zeros(n, dtype=bool) for rank in RANKS}
-    for i in range(n):
-        calls = rank_calls(similarities[i], {rank: hit_taxonomy[rank][i] for rank in RANKS}, tau)
-        for rank in RANKS:
-            scores[rank][i] = calls[rank].score
-            correct[rank][i] = bool(calls[rank].label) and calls[rank].label == truth[rank][i]
+    assignments = assign_batch(similarities, hit_taxonomy, {}, tau)
+    scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
+    correct = {rank: np.array([bool(a.calls[rank].label) and a.calls[rank].label == truth[rank][i]
+                               for i, a in enumerate(assignments)], dtype=bool) for rank in RANKS}
     return scores, correct
 
 
 def calibrate_leave_species_out(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, k: int = 10,
-                                sample: int = 1000, seed: int = 0, tau: float = DEFAULT_TAU) -> Calibration:
+                                sample: int = 1000, seed: int = 0, tau: float = DEFAULT_TAU,
+                                novel_share: float = DEFAULT_NOVEL_SHARE) -> Calibration:
     """Self-calibration from the reference alone (see the module docstring)."""
     species = index.labels.ranks["species"]
     labelled = np.flatnonzero(species != "")
@@ -89,18 +102,20 @@ def calibrate_leave_species_out(index: ReferenceIndex, *, target: float = DEFAUL
     rng = np.random.default_rng(seed)
     chosen = rng.choice(labelled, size=min(sample, len(labelled)), replace=False)
     absent = np.zeros(len(chosen), dtype=bool)
-    absent[: len(chosen) // 2] = True
-    vectors = index.vectors()
+    absent[: round(len(chosen) * novel_share)] = True
+    vectors, vector_of = index.vectors(), index.labels.vector
     exclude = np.zeros((len(chosen), index.size), dtype=bool)
     exclude[np.arange(len(chosen)), chosen] = True
     exclude[absent] |= species[chosen[absent]][:, None] == species[None, :]
-    neighbours, sims = exact_knn(vectors[chosen], vectors, min(k, index.size - 1), exclude=exclude)
+    neighbours, sims = exact_knn(vectors[vector_of[chosen]], vectors, min(k, index.size - 1),
+                                 exclude=exclude, columns=vector_of)
     hit_taxonomy = index.taxonomy_of(neighbours + 1)
     truth = {rank: index.labels.ranks[rank][chosen] for rank in RANKS}
     scores, correct = score_queries(sims, hit_taxonomy, truth, tau)
-    calibration = fit_thresholds(scores, correct, target)
+    calibration = fit_thresholds(scores, correct, target, index.encoder_defaults())
     calibration.report.update({"method": "leave-species-out", "queries": len(chosen),
-                               "absent_species_queries": int(absent.sum()), "k": k, "seed": seed})
+                               "absent_species_queries": int(absent.sum()), "novel_share": novel_share, "k": k,
+                               "seed": seed})
     return calibration
 
 
@@ -111,7 +126,7 @@ def calibrate_with_queries(index: ReferenceIndex, query_vectors: np.ndarray, tru
     result = index.search(query_vectors, k, exact=exact)
     scores, correct = score_queries(result.similarities, index.taxonomy_of(result.labels), truth, tau)
     known = set(index.labels.ranks["species"])
-    calibration = fit_thresholds(scores, correct, target)
+    calibration = fit_thresholds(scores, correct, target, index.encoder_defaults())
     calibration.report.update({"method": "labelled queries", "queries": len(query_vectors),
                                "absent_species_queries": int(sum(s not in known for s in truth["species"])),
                                "k": k})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -44,21 +44,30 @@ def fingerprint_of(description: dict) -> str:
 class KmerProfileEncoder:
     """L2-normalised overlapping k-mer frequency profile of a barcode.
 
-    k=6 was chosen by measurement on `bold_insect_coi_dev.tsv.gz` (benchmarks/kmer_choice.py): it
-    gives the best species accuracy of 1-NN and on held-out species separates "same genus" from
-    "same species" best among k = 4…8, at 4,096 dimensions.  k-mers containing N are ignored; the
-    square-root transform of counts (Hellinger) damps repeated motifs such as poly-A runs.
+    k is chosen by measurement on `bold_insect_coi_dev.tsv.gz` (benchmarks/kmer_choice.py and
+    benchmarks/dna_vs_vsearch.py): k = 4…6 give the same species accuracy; k=6 finds the right genus
+    of a species missing from the reference more often, but its 4,096 dimensions make the index 4×
+    larger and the search ~5× slower than k=5 (1,024 dimensions), so k=5 is the default and
+    ``--kmer 6`` is there for novel-species work.  k-mers containing N are ignored; the square-root
+    transform of counts (Hellinger) damps repeated motifs such as poly-A runs.
     """
 
     name = "kmer-profile"
     modality = "dna"
     version = 1
+    # Leave-species-out calibration at precision 0.95, novel share 0.25, on bold_insect_coi_dev.tsv.gz
+    # (90,084 barcodes, 819 species, 2,000 queries, seeds 0-2), rounded towards stricter values.
+    # Other k have no defaults and must be calibrated (build-index does so).
+    MEASURED_DEFAULTS: ClassVar[dict[int, dict[str, float]]] = {
+        5: {"order": 0.40, "family": 0.51, "genus": 0.78, "species": 0.92},
+        6: {"order": 0.30, "family": 0.40, "genus": 0.60, "species": 0.86}}
 
-    def __init__(self, k: int = 6, sqrt: bool = True, max_len: int = 2000) -> None:
+    def __init__(self, k: int = 5, sqrt: bool = True, max_len: int = 2000) -> None:
         if not 2 <= k <= 8:
             raise ValueError(f"k must be between 2 and 8, got {k}")
         self.k, self.sqrt, self.max_len = k, sqrt, max_len
         self.dim = 4**k
+        self.default_thresholds = dict(self.MEASURED_DEFAULTS.get(k, {}))
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "modality": self.modality, "k": self.k,

@@ -5,14 +5,21 @@ Layout (format version 1)::
     DIR/index.json       manifest: format version, encoder description and fingerprint, metric,
                          HNSW parameters, calibrated thresholds, counts, index fingerprint
     DIR/records.sqlite   one row per reference specimen (taxonomy, BIN, sequence, source): the single
-                         source of truth for metadata; its rowid is the vector label
-    DIR/dna.hnsw         hnswlib graph (inner product on L2-normalised vectors = cosine), one per modality;
-                     it also holds the vectors, so nothing is stored twice
+                         source of truth for metadata; `vector` is the graph label of its embedding
+    DIR/dna.hnsw         hnswlib graph (inner product on L2-normalised vectors = cosine), one per
+                         modality; it also holds the vectors, so nothing is stored twice
 
-Small indexes (≤ ``EXACT_MAX`` records) are searched exactly with a matrix product over the vectors
-read back from the graph, which is both fast and exact there; ``exact=True`` forces exact search on any size.  Every write goes to a
-temporary sibling directory that replaces the target in one rename, so an interrupted build never
-leaves a half-written index behind.
+Identical inputs share one vector: BOLD libraries hold the same haplotype many times (80,767 barcodes
+are 38,291 distinct sequences in bold_insect_coi_dev), and HNSW graphs lose recall on exact duplicates.
+A search finds the nearest distinct vectors and expands them to their records, which gives what a kNN
+over all records would (ties included) at half the size.  Vectors are inserted in a seeded random
+order: inserted sorted by taxonomy, as reference files usually are, the graph misses the true nearest
+neighbour of ~1 % of queries on this clustered data.
+
+Small indexes (≤ ``EXACT_MAX`` vectors) are searched exactly with a matrix product over the vectors
+read back from the graph, which is both fast and exact there; ``exact=True`` forces it on any size.
+Every write goes to a temporary sibling directory that replaces the target in one rename, so an
+interrupted build never leaves a half-written index behind.
 """
 
 from __future__ import annotations
@@ -38,14 +45,15 @@ FORMAT_VERSION = 1
 MANIFEST = "index.json"
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 120
-HNSW_EF_SEARCH = 96
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
 
 _SCHEMA = """
 CREATE TABLE records (
     rowid INTEGER PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,
+    vector INTEGER NOT NULL,
     "order" TEXT NOT NULL DEFAULT '',
     family TEXT NOT NULL DEFAULT '',
     genus TEXT NOT NULL DEFAULT '',
@@ -62,11 +70,18 @@ CREATE TABLE records (
 
 @dataclass
 class Labels:
-    """In-memory taxonomy of every record, indexed by vector label (= SQLite rowid)."""
+    """In-memory taxonomy of every record (row i = SQLite rowid i + 1) and its vector."""
 
     record_id: np.ndarray
     ranks: dict[str, np.ndarray]
     bin: np.ndarray
+    vector: np.ndarray  # record → row of the distinct-vector matrix
+
+    def records_by_vector(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR layout (indptr, record rows) of the records sharing each vector, in record order."""
+        order = np.argsort(self.vector, kind="stable")
+        counts = np.bincount(self.vector, minlength=int(self.vector.max(initial=-1)) + 1)
+        return np.r_[0, np.cumsum(counts)], order
 
 
 @dataclass
@@ -93,6 +108,9 @@ class ReferenceIndex:
         self.path = path
         self._vectors = vectors
         self._graph = graph
+        self._csr: tuple[np.ndarray, np.ndarray] | None = None
+        self._records: list[SequenceRecord] | None = None
+        self._codes: dict[str, np.ndarray] | None = None
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -119,6 +137,10 @@ class ReferenceIndex:
         """The encoder this index was built with (weight-free encoders are rebuilt from the manifest)."""
         return encoder_from_description(self.encoder_description)
 
+    def encoder_defaults(self) -> dict[str, float]:
+        """Default thresholds of the index's encoder (floors for calibration)."""
+        return dict(self.manifest["encoder"].get("default_thresholds", {}))
+
     def check_encoder(self, encoder: Encoder) -> None:
         """Refuse an encoder whose embedding space differs from the index's."""
         if encoder.fingerprint != self.encoder_fingerprint:
@@ -129,32 +151,62 @@ class ReferenceIndex:
                 f"(fingerprint {encoder.fingerprint}). Rebuild the index with the same encoder/model.")
 
     def vectors(self) -> np.ndarray:
-        """All reference vectors in label order (row i ↔ label i + 1), loaded on first use."""
+        """The distinct reference vectors (row j ↔ graph label j), loaded on first use."""
         if self._vectors is None:
-            self._vectors = self._graph.get_items(np.arange(1, self.size + 1), return_type="numpy")
-            self._vectors = np.ascontiguousarray(self._vectors, dtype=np.float32)
+            count = self._graph.get_current_count()
+            self._vectors = np.ascontiguousarray(self._graph.get_items(np.arange(count), return_type="numpy"),
+                                                 dtype=np.float32)
         return self._vectors
 
     # ---------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, exact: bool | None = None,
                threads: int | None = None) -> SearchResult:
-        """k nearest references of each query embedding by cosine similarity."""
-        k_eff = min(k, self.size)
+        """k nearest reference records of each query embedding by cosine similarity.
+
+        Labels are record rowids (1-based), -1 where the index holds fewer than k records.
+        """
+        n_vectors = int(self.manifest["counts"]["vectors"])
+        k_vec = min(k, n_vectors)
         if exact is None:
-            exact = self._graph is None or self.size <= EXACT_MAX
+            exact = self._graph is None or n_vectors <= EXACT_MAX
         if exact:
-            labels, sims = exact_knn(queries, self.vectors(), k_eff)
-            labels = labels + 1
+            vec_labels, vec_sims = exact_knn(queries, self.vectors(), k_vec)
         else:
-            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_eff))
-            labels, distances = self._graph.knn_query(queries, k=k_eff, num_threads=threads or -1)
-            labels = labels.astype(np.int64)
-            sims = (1.0 - distances).astype(np.float32)
-        if k_eff < k:
-            pad = k - k_eff
-            labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
-            sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
+            vec_labels, distances = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)
+            vec_labels = vec_labels.astype(np.int64)
+            vec_sims = (1.0 - distances).astype(np.float32)
+        return self._expand(vec_labels, vec_sims, k)
+
+    def _expand(self, vec_labels: np.ndarray, vec_sims: np.ndarray, k: int) -> SearchResult:
+        """Distinct-vector hits → the first k records behind them, in similarity order."""
+        indptr, members = self._members()
+        labels = np.full((len(vec_labels), k), -1, dtype=np.int64)
+        sims = np.full((len(vec_labels), k), -np.inf, dtype=np.float32)
+        for i, (row, row_sims) in enumerate(zip(vec_labels, vec_sims, strict=True)):
+            filled = 0
+            for vec, sim in zip(row, row_sims, strict=True):
+                take = members[indptr[vec] : indptr[vec + 1]][: k - filled]
+                labels[i, filled : filled + len(take)] = take + 1
+                sims[i, filled : filled + len(take)] = sim
+                filled += len(take)
+                if filled == k:
+                    break
         return SearchResult(labels, sims)
+
+    def _members(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._csr is None:
+            self._csr = self.labels.records_by_vector()
+        return self._csr
+
+    def lineage_codes_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """:func:`clibd_cli.assign.lineage_codes` of the records behind a label matrix (-1 for none)."""
+        if self._codes is None:
+            from clibd_cli.assign import lineage_codes
+
+            self._codes = lineage_codes(self.labels.ranks)
+        idx = np.where(labels > 0, labels - 1, 0)
+        return {rank: np.where(labels > 0, codes[idx], -1) for rank, codes in self._codes.items()}
 
     def taxonomy_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Arrays of rank labels for a label matrix ('' where the label is -1)."""
@@ -171,17 +223,34 @@ class ReferenceIndex:
                      progress=None, what: str = "the reference") -> ReferenceIndex:
         """Embed `records` and keep everything in memory (exact search); nothing is written."""
         require_taxonomy(list(records), what)
-        vectors = _embed(encoder, [r.sequence for r in records], batch_size, progress)
-        manifest = _new_manifest(encoder)
-        _update_counts(manifest, records)
-        manifest["fingerprint"] = _index_fingerprint(encoder.fingerprint, [r.id for r in records])
-        index = cls(manifest, _labels_from_records(records), vectors=vectors)
-        index._records = list(records)
+        return cls._assemble(list(records), encoder, np.empty((0, encoder.dim), np.float32), {},
+                             _new_manifest(encoder), batch_size, progress)
+
+    @classmethod
+    def _assemble(cls, records: list[SequenceRecord], encoder: Encoder, vectors: np.ndarray,
+                  vector_of_input: dict[str, int], manifest: dict, batch_size: int, progress,
+                  path: Path | None = None) -> ReferenceIndex:
+        """Embed the inputs not seen yet (one vector per distinct input) and build the in-memory index."""
+        vector_of_input = dict(vector_of_input)
+        fresh: list[str] = []
+        vector = np.empty(len(records), dtype=np.int64)
+        for i, record in enumerate(records):
+            j = vector_of_input.get(record.sequence)
+            if j is None:
+                j = vector_of_input[record.sequence] = len(vectors) + len(fresh)
+                fresh.append(record.sequence)
+            vector[i] = j
+        if fresh:
+            vectors = np.concatenate([vectors, _embed(encoder, fresh, batch_size, progress)])
+        manifest = {**manifest, "counts": _counts(records, len(vectors)),
+                    "fingerprint": _index_fingerprint(encoder.fingerprint, [r.id for r in records])}
+        index = cls(manifest, _labels_from_records(records, vector), vectors=vectors, path=path)
+        index._records = records
         return index
 
     def records(self) -> list[SequenceRecord]:
         """Every reference record (read from SQLite for a saved index)."""
-        if getattr(self, "_records", None) is not None:
+        if self._records is not None:
             return self._records
         return _read_records(self.path / RECORDS_DB)
 
@@ -195,13 +264,17 @@ class ReferenceIndex:
             raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an index is shared like any folder
         try:
             records = self.records()
-            _write_records(tmp / RECORDS_DB, records)
+            _write_records(tmp / RECORDS_DB, records, self.labels.vector)
             vectors = self.vectors()
             modality = self.encoder_description.get("modality", "dna")
             filename = f"{modality}.hnsw"
             _build_graph(vectors, threads).save_index(str(tmp / filename))
+            self.manifest.pop("modalities", None)
             self.manifest["modalities"] = {modality: {"file": filename, "count": len(vectors)}}
             _write_json(tmp / MANIFEST, self.manifest)
             _replace_dir(tmp, directory)
@@ -221,15 +294,9 @@ class ReferenceIndex:
             if record.id in taken:
                 raise InputError(f"{record.source}: id {record.id!r} is already in the index "
                                  f"(from {taken[record.id]}). Ids must be unique.")
-        vectors = np.concatenate([self.vectors(), _embed(encoder, [r.sequence for r in records],
-                                                         batch_size, progress)])
-        everything = [*existing, *records]
-        manifest = dict(self.manifest)
-        _update_counts(manifest, everything)
-        manifest["fingerprint"] = _index_fingerprint(encoder.fingerprint, [r.id for r in everything])
-        index = ReferenceIndex(manifest, _labels_from_records(everything), vectors=vectors, path=self.path)
-        index._records = everything
-        return index
+        known = {r.sequence: int(j) for r, j in zip(existing, self.labels.vector, strict=True)}
+        return self._assemble([*existing, *records], encoder, self.vectors(), known, self.manifest,
+                              batch_size, progress, path=self.path)
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
@@ -276,17 +343,21 @@ class ReferenceIndex:
 # ------------------------------------------------------------------------------------ helpers
 
 def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 512,
-              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              exclude: np.ndarray | None = None, columns: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product (cosine on normalised vectors); returns 0-based indices.
 
-    `exclude`, if given, is a boolean matrix [n_queries, n_vectors] of references to skip
-    (used by leave-one-out and leave-species-out calibration).
+    `columns`, if given, maps each candidate to its row of `vectors` (records sharing a vector);
+    `exclude` is then a boolean matrix [n_queries, n_candidates] of candidates to skip (used by
+    leave-species-out calibration).
     """
     n = len(queries)
     labels = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, chunk):
         block = queries[start : start + chunk] @ vectors.T
+        if columns is not None:
+            block = block[:, columns]
         if exclude is not None:
             block[exclude[start : start + chunk]] = -np.inf
         top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < block.shape[1] else \
@@ -312,27 +383,29 @@ def _build_graph(vectors: np.ndarray, threads: int | None):
     graph = _hnsw().Index(space="ip", dim=vectors.shape[1])
     graph.init_index(max_elements=len(vectors), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
                      random_seed=100)
-    graph.add_items(vectors, np.arange(1, len(vectors) + 1), num_threads=threads or -1)
+    order = np.random.default_rng(0).permutation(len(vectors))
+    graph.add_items(vectors[order], order, num_threads=threads or -1)
     return graph
 
 
 def _new_manifest(encoder: Encoder) -> dict:
     description = encoder.describe()
+    defaults = dict(getattr(encoder, "default_thresholds", {}))
     return {
         "format_version": FORMAT_VERSION,
         "clibd_version": __version__,
-        "encoder": {**description, "fingerprint": encoder.fingerprint},
+        "encoder": {**description, "fingerprint": encoder.fingerprint, "default_thresholds": defaults},
         "metric": "cosine",
         "hnsw": {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH,
                  "exact_max": EXACT_MAX},
-        "thresholds": dict(getattr(encoder, "default_thresholds", {})),
+        "thresholds": defaults,
         "calibration": {"method": "encoder default"},
     }
 
 
-def _update_counts(manifest: dict, records: Sequence[SequenceRecord]) -> None:
-    manifest["counts"] = {"records": len(records),
-                          **{rank: len({r.label(rank) for r in records} - {""}) for rank in RANKS}}
+def _counts(records: Sequence[SequenceRecord], n_vectors: int) -> dict[str, int]:
+    return {"records": len(records), "vectors": n_vectors,
+            **{rank: len({r.label(rank) for r in records} - {""}) for rank in RANKS}}
 
 
 def _index_fingerprint(encoder_fingerprint: str, ids: Sequence[str]) -> str:
@@ -342,10 +415,10 @@ def _index_fingerprint(encoder_fingerprint: str, ids: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _labels_from_records(records: Sequence[SequenceRecord]) -> Labels:
+def _labels_from_records(records: Sequence[SequenceRecord], vector: np.ndarray) -> Labels:
     return Labels(np.array([r.id for r in records], dtype=object),
                   {rank: np.array([r.label(rank) for r in records], dtype=object) for rank in RANKS},
-                  np.array([r.bin for r in records], dtype=object))
+                  np.array([r.bin for r in records], dtype=object), vector)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -360,13 +433,14 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _labels_from_db(path: Path) -> Labels:
     with _connect(path) as db:
         try:
-            rows = db.execute('SELECT record_id, "order", family, genus, species, bin FROM records '
+            rows = db.execute('SELECT record_id, "order", family, genus, species, bin, vector FROM records '
                               "ORDER BY rowid").fetchall()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path}: not a readable records database ({exc}). Rebuild the index.") from exc
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
-    arrays = [np.array(c, dtype=object) for c in columns]
-    return Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5])
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    arrays = [np.array(c, dtype=object) for c in columns[:6]]
+    return Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5],
+                  np.array(columns[6], dtype=np.int64))
 
 
 def _read_records(path: Path) -> list[SequenceRecord]:
@@ -377,15 +451,15 @@ def _read_records(path: Path) -> list[SequenceRecord]:
                            tuple(f for f in row[6].split(",") if f)) for row in rows]
 
 
-def _write_records(path: Path, records: Sequence[SequenceRecord]) -> None:
+def _write_records(path: Path, records: Sequence[SequenceRecord], vector: np.ndarray) -> None:
     db = sqlite3.connect(path)
     try:
         db.executescript(_SCHEMA)
         db.executemany(
-            'INSERT INTO records (rowid, record_id, "order", family, genus, species, bin, length, flags, '
-            "source, sequence) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            ((i, r.id, *(r.label(rank) for rank in RANKS), r.bin, len(r.sequence), ",".join(r.flags),
-              r.source, r.sequence) for i, r in enumerate(records, start=1)))
+            'INSERT INTO records (rowid, record_id, vector, "order", family, genus, species, bin, length, '
+            "flags, source, sequence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            ((i, r.id, int(v), *(r.label(rank) for rank in RANKS), r.bin, len(r.sequence), ",".join(r.flags),
+              r.source, r.sequence) for i, (r, v) in enumerate(zip(records, vector, strict=True), start=1)))
         db.execute("CREATE INDEX records_species ON records (species)")
         db.commit()
     finally:

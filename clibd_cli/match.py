@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clibd_cli.assign import DEFAULT_TAU, Assignment, assign
+from clibd_cli.assign import DEFAULT_TAU, Assignment, assign_batch
 from clibd_cli.encoders import Encoder
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.sequences import RANKS, SequenceRecord
@@ -69,12 +69,13 @@ def identify(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
         ids = np.where(found.labels > 0, index.labels.record_id[safe], "")
         bins = np.where(found.labels > 0, index.labels.bin[safe], "")
         k = options.neighbours
-        for i, query in enumerate(batch):
+        sims_k = found.similarities[:, :k].copy()
+        sims_k[[not q.sequence for q in batch]] = -np.inf  # nothing to compare: no hits
+        codes = {rank: c[:, :k] for rank, c in index.lineage_codes_of(found.labels).items()}
+        assignments = assign_batch(sims_k, {rank: taxonomy[rank][:, :k] for rank in RANKS}, thresholds,
+                                   options.tau, codes=codes)
+        for i, (query, assignment) in enumerate(zip(batch, assignments, strict=True)):
             sims = found.similarities[i]
-            if not query.sequence:
-                sims = np.full_like(sims, -np.inf)
-            assignment = assign(sims[:k], {rank: taxonomy[rank][i][:k] for rank in RANKS}, thresholds,
-                                options.tau)
             hits = [{"query_id": query.id, "hit_rank": j + 1, "hit_id": ids[i][j],
                      "similarity": float(sims[j]), **{rank: taxonomy[rank][i][j] for rank in RANKS},
                      "bin": bins[i][j]}

@@ -103,6 +103,10 @@ class RowWriter:
             self._tmp = path.with_name(f".{path.name}.tmp")
             self.fh = self._tmp.open("w", encoding="utf-8", newline="")
         else:
+            if previous:  # an interrupted run may have left half a row, which completed_ids ignored
+                data = path.read_bytes()
+                if not data.endswith(b"\n"):
+                    os.truncate(path, data.rfind(b"\n") + 1)
             self.fh = path.open("a" if previous else "w", encoding="utf-8", newline="")
         if fmt in ("csv", "tsv"):
             self._csv = csv.DictWriter(self.fh, columns, delimiter="," if fmt == "csv" else "\t",

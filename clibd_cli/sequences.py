@@ -176,19 +176,23 @@ def parse_fasta_header(header: str) -> tuple[str, dict[str, str], str]:
         bin_uri = fields[5] if len(fields) > 5 and _BIN.match(fields[5]) else ""
         return seq_id, complete_taxonomy(dict(zip(RANKS, fields[1:5], strict=False))), bin_uri
     if len(fields) >= 3 and _MARKER.match(fields[2]):
-        return seq_id, complete_taxonomy({"species": fields[1]}), ""
+        # BOLD gives the deepest identified taxon: one word (a genus, family or order) is no species.
+        species = fields[1] if len(fields[1].split()) > 1 else ""
+        return seq_id, complete_taxonomy({"species": species}), ""
     return seq_id, complete_taxonomy({}), ""
 
 
-_PROTEIN_ONLY = set("EFILPQ")
+_DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP_CHARS))
 
 
 def _looks_like_protein(raw: str) -> bool:
-    letters = [c for c in raw.upper() if c.isalpha()]
-    if not letters:
+    """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …)."""
+    upper = raw.upper()
+    foreign = upper.translate(_DROP_NUCLEOTIDES)
+    if not foreign:
         return False
-    non_nucleotide = sum(c not in _NUCLEOTIDE_LETTERS for c in letters)
-    return non_nucleotide / len(letters) > 0.1 or bool(_PROTEIN_ONLY & set(letters[:200]))
+    letters = len(upper) - sum(upper.count(c) for c in _GAP_CHARS)
+    return sum(c.isalpha() for c in foreign) > 0.1 * max(letters, 1)
 
 
 def _read_fasta(path: Path) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
