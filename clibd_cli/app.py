@@ -330,6 +330,54 @@ def calibrate(
     Console().print(table)
 
 
+@app.command()
+@user_errors
+def simulate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the synthetic specimens to.")],
+    species: Annotated[int, typer.Option(min=4, help="Number of species.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    image_size: Annotated[int, typer.Option(min=32, help="Photo size in pixels.")] = 224,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering photos.")] = 1,
+    force: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
+) -> None:
+    """Write honest synthetic specimens (taxonomy, COI-like barcodes, photos, CLIBD HDF5) for tests and demos."""
+    from training.synthetic import write_simulation
+
+    if output.exists() and any(output.iterdir()) and not force:
+        raise ClibdError(f"{output}: is not empty. Use --force or another folder.")
+    summary = write_simulation(output, n_species=species, seed=seed, image_size=image_size, workers=workers)
+    _stderr().print(f"[green]wrote[/green] {output}: {summary['records']:,} synthetic specimens of "
+                    f"{summary['species']:,} species (specimens.tsv, images/, clibd.hdf5)")
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[str, typer.Option(help="Preset (tiny-cpu, bioscan1m-idt, bioscan5m-idt) or YAML file.")
+                      ] = "tiny-cpu",
+    data: Annotated[str | None, typer.Option(help="simulate folder, CLIBD HDF5, BIOSCAN TSV/CSV or manifest.")
+                    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, metrics).")
+                      ] = Path("runs/clibd"),
+    stage: Annotated[str | None, typer.Option(help="contrastive, or dna-pretrain (BarcodeBERT-style masked "
+                                              "k-mer pretraining of the DNA encoder).")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Processes per machine "
+                                                "(one per GPU; on CPU, gloo processes).")] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="Machines taking part.")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This machine's rank (multi-node).")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the rendezvous (multi-node).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output from checkpoints/last.pt.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. "
+                                                   "optim.lr=1e-4 (repeatable).")] = None,
+) -> None:
+    """Train CLIBD (image, DNA, text encoders) with torchrun/DDP; NCCL on GPUs, gloo on CPU."""
+    from training.train import launch
+
+    run = launch(config, output=output, data=data, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                 node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, overrides=set_, stage=stage)
+    _stderr().print(f"[green]done[/green]: {run}/checkpoints/best.pt, metrics in {run}/metrics.jsonl")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

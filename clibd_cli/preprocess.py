@@ -1,0 +1,337 @@
+"""Image decoding and preprocessing: the one implementation shared by training and inference.
+
+A model only works on pixels prepared exactly as it saw them in training, so the resize, crop, scaling
+and normalisation live here (numpy + pillow, no torch) and both the field runtime and
+:mod:`training.data` call them.  The parameters travel with every model in its manifest as an
+:class:`ImagePreprocessing` (``to_dict``/``from_dict``).
+
+Decoding (:func:`load_image`) is defensive because field photos come from anywhere: EXIF orientation is
+applied (camera phones store portrait shots sideways), transparency is composited on white, palette,
+16-bit and CMYK images are converted to 8-bit RGB properly (PIL's plain ``convert`` clips 16-bit data),
+decompression bombs are refused, and every failure becomes an :class:`ImageError` naming the file.
+
+The geometry follows torchvision's ``Resize(int)`` + ``CenterCrop`` on PIL images exactly (same output
+size rounding, same crop offsets, PIL's antialiased resampling), so a PIL-based evaluation pipeline and
+this one give identical arrays.  The official CLIBD code resizes float tensors with bilinear
+interpolation instead; an importer for its checkpoints should set ``interpolation="bilinear"`` and
+``mean=std=None`` (differences left are below one grey level).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from clibd_cli.errors import InputError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+CROPS: tuple[str, ...] = ("center",)
+
+# PIL's own default limit (~89.5 Mpx, a 9500×9500 photo): far above any camera (BIOSCAN originals are
+# 6.2 Mpx) and far below what would exhaust memory.  Read at import so a caller changing PIL's global
+# afterwards does not silently change ours.
+DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+# JPEG draft decoding (DCT-domain downscaling by 1/2, 1/4 or 1/8) is only used while the decoded short
+# side stays at least this many times the resize target, so the final antialiased resize still does a
+# real reduction and the result stays within about one grey level of a full decode.
+DRAFT_MARGIN: int = 2
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview
+
+
+class ImageError(InputError):
+    """An image file or blob cannot be decoded (missing, not an image, truncated, too large)."""
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How a model's input images are made; stored in model manifests so inference repeats training.
+
+    ``resize`` is the short side after resizing, ``size`` the square centre crop taken from it.
+    ``mean``/``std`` normalise per channel after scaling to [0, 1]; ``None`` for both keeps [0, 1]
+    (what the official CLIBD checkpoints expect).
+    """
+
+    size: int = 224
+    resize: int = 256
+    crop: str = "center"
+    mean: tuple[float, float, float] | None = IMAGENET_MEAN
+    std: tuple[float, float, float] | None = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        # Manifests and YAML give lists; freeze them into tuples so specs compare and hash by value.
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != 3:
+                    raise ValueError(f"ImagePreprocessing.{name} needs 3 values (R, G, B), got {len(value)}")
+                object.__setattr__(self, name, value)
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("ImagePreprocessing: give both mean and std, or neither (no normalisation)")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"ImagePreprocessing.std must be positive, got {self.std}")
+        if int(self.size) != self.size or self.size < 1:
+            raise ValueError(f"ImagePreprocessing.size must be a positive integer, got {self.size!r}")
+        if int(self.resize) != self.resize or self.resize < self.size:
+            raise ValueError(f"ImagePreprocessing.resize ({self.resize!r}) must be an integer ≥ size ({self.size})")
+        if self.crop not in CROPS:
+            raise ValueError(f"ImagePreprocessing.crop {self.crop!r} is not supported; use one of {CROPS}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"ImagePreprocessing.interpolation {self.interpolation!r} is not supported; "
+                             f"use one of {tuple(INTERPOLATIONS)}")
+        object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "resize", int(self.resize))
+
+    @property
+    def normalised(self) -> bool:
+        return self.mean is not None
+
+    @property
+    def resample(self) -> Image.Resampling:
+        """The PIL resampling filter named by ``interpolation``."""
+        return INTERPOLATIONS[self.interpolation]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists) for model manifests and checkpoints."""
+        out = asdict(self)
+        for name in ("mean", "std"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImagePreprocessing:
+        """Inverse of :meth:`to_dict`; unknown keys are refused rather than silently ignored.
+
+        A manifest written by a newer clibd with a preprocessing option this version does not know
+        would otherwise be run with different pixels than the model was trained on.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown image preprocessing option(s) {unknown}; known: {sorted(known)}. "
+                             "Was the model made by a newer clibd?")
+        return cls(**dict(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _describe(source: ImageSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes of image data>"
+    return os.fspath(source)
+
+
+def _open(source: ImageSource, label: str) -> Image.Image:
+    """``Image.open`` on a path or bytes, with file-system errors turned into :class:`ImageError`."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageError(f"{label}: the image data is empty.")
+        return Image.open(io.BytesIO(bytes(source)))
+    path = Path(os.fspath(source))
+    if not path.exists():
+        raise ImageError(f"{label}: no such image file. Check the path.")
+    if path.is_dir():
+        raise ImageError(f"{label}: is a folder, expected an image file.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{label}: the image file is empty (0 bytes).")
+    return Image.open(path)
+
+
+def _draft(image: Image.Image, min_side: int) -> None:
+    """Let a big JPEG decode at 1/2, 1/4 or 1/8 scale, keeping both sides ≥ ``min_side``.
+
+    Decoding a 2880×2160 photo fully costs ~10× more than decoding it at 1/4 scale, and the result is
+    resized to 256 px anyway.  Asking for a square ``min_side`` box keeps the short side ≥ min_side
+    whatever the orientation.
+    """
+    if image.format not in ("JPEG", "MPO"):
+        return
+    width, height = image.size
+    if min(width, height) >= 2 * min_side:
+        image.draft(None, (min_side, min_side))
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _grey_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale integer/float grey levels to 0-255 instead of clipping them as PIL's convert does."""
+    values = values.astype(np.float64)
+    if mode.startswith("I;16"):
+        scaled = values / 257.0
+    elif mode == "F":
+        top = float(values.max()) if values.size else 0.0
+        scaled = values * 255.0 if top <= 1.0 else values
+    else:  # "I": 32-bit ints, usually 16-bit data; ≤ 255 is taken as 8-bit data stored wide.
+        top = float(values.max()) if values.size else 0.0
+        if top <= 255:
+            scaled = values
+        elif top <= 65535:
+            scaled = values / 257.0
+        else:
+            scaled = values * (255.0 / top)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB: alpha over white, palettes expanded, 16-bit scaled, CMYK converted.
+
+    White is the background of BIOSCAN-style specimen photos, so a transparent cut-out looks like
+    the training images.  Adobe (inverted) CMYK JPEGs are already un-inverted by PIL's decoder.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _composite_on_white(image)
+    if mode == "P":
+        if "transparency" in image.info:
+            return _composite_on_white(image)
+        return image.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        grey = _grey_to_uint8(np.asarray(image), mode)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "1":
+        return image.convert("L").convert("RGB")
+    return image.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, name: str | None = None,
+               draft_min_side: int | None = None) -> Image.Image:
+    """Decode an image file or blob to an upright 8-bit RGB PIL image.
+
+    ``name`` labels error messages (e.g. a record id for HDF5 blobs).  ``draft_min_side`` allows JPEGs
+    to be decoded at reduced scale as long as both sides stay ≥ that many pixels (see
+    :func:`preprocess_image`).  Raises :class:`ImageError` (an :class:`InputError`) naming the file for
+    missing, empty, non-image, truncated or corrupt data and for images over ``max_pixels``.
+    ``max_pixels`` can only lower PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, which PIL enforces
+    while reading the header); raising it needs that global raised too.
+    """
+    label = _describe(source, name)
+    try:
+        # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; make it fatal.  On
+        # Python 3.11 catch_warnings is process-global: a race between threads can at worst leave this
+        # one category set to "error", which is the behaviour wanted anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(source, label) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"{label}: {width}×{height} = {width * height:,} pixels exceeds the limit of "
+                        f"{max_pixels:,} (possible decompression bomb). Downscale it, or raise max_pixels "
+                        "if it is a genuine photo.")
+                if draft_min_side:
+                    _draft(image, draft_min_side)
+                image.load()
+                frame = image
+                try:
+                    frame = ImageOps.exif_transpose(image)
+                except Exception:  # broken EXIF is metadata damage: keep the pixels as stored
+                    frame = image
+                rgb = to_rgb(frame)
+                if rgb is image:
+                    rgb = image.copy()  # detach from the file handle closed by the with-block
+                return rgb
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label}: refused as a possible decompression bomb ({exc}).") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not an image, or a format pillow cannot read.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+        raise ImageError(f"{label}: cannot decode the image ({exc}). Is the file complete and not corrupt?") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and pixels
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side scaled to ``short_side``, rounded like torchvision's Resize."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def resize_short_side(image: Image.Image, short_side: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so the shorter side is ``short_side``, keeping the aspect ratio."""
+    target = resized_size(*image.size, short_side)
+    if target == image.size:
+        return image
+    return image.resize(target, INTERPOLATIONS[interpolation])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central ``size``×``size`` square, offsets rounded like torchvision's CenterCrop."""
+    width, height = image.size
+    if width < size or height < size:
+        raise ValueError(f"cannot centre-crop {size}×{size} from a {width}×{height} image; resize first")
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return image.crop((left, top, left + size, top + size))
+
+
+def image_to_array(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
+    """8-bit RGB image → float32 [3, H, W] in [0, 1], normalised with ``spec.mean``/``spec.std`` if set.
+
+    The training augmentation ends here too, so pixel scaling can never differ between training and
+    inference.  Float32 division by 255 then ``(x - mean) / std`` matches torchvision's ToTensor +
+    Normalize bit for bit.
+    """
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    array = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    if spec.mean is not None and spec.std is not None:
+        mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+        array = (array - mean) / std
+    return array
+
+
+def preprocess_image(image: Image.Image | ImageSource, spec: ImagePreprocessing = ImagePreprocessing(), *,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """The evaluation transform: resize short side, centre crop, scale (and normalise) → float32 [3, S, S].
+
+    ``image`` may be a decoded PIL image or a path/bytes; given a path or bytes, a JPEG much larger than
+    needed is decoded at reduced scale (:data:`DRAFT_MARGIN` × ``spec.resize`` short side kept), which
+    is several times faster on full-resolution photos and changes the result by about a grey level.
+    """
+    if not isinstance(image, Image.Image):
+        image = load_image(image, max_pixels, name=name, draft_min_side=DRAFT_MARGIN * spec.resize)
+    elif image.mode != "RGB":
+        image = to_rgb(image)
+    image = resize_short_side(image, spec.resize, spec.interpolation)
+    image = center_crop(image, spec.size)
+    return image_to_array(image, spec)

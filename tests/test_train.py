@@ -1,0 +1,99 @@
+"""End-to-end training through torchrun on 2 gloo processes, and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clibd_cli.app import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> None:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    invoke("simulate", "-o", str(out), "--species", "30", "--seed", "3", "--image-size", "64", "--force")
+    return out
+
+
+def last_val(run: Path) -> dict:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [line for line in lines if line["kind"] == "val"]
+    assert vals, "no validation metrics written"
+    return vals[-1]
+
+
+def chance(sim: Path) -> float:
+    """Top-1 accuracy of a random key: mean share of the keys that hold each seen query's species."""
+    import csv
+
+    with (sim / "specimens.tsv").open() as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    keys = [r["species"] for r in rows if r["split"] in ("seen_keys", "val_unseen_keys")]
+    queries = [r["species"] for r in rows if r["split"] == "val_seen"]
+    return sum(keys.count(s) for s in queries) / len(queries) / len(keys)
+
+
+@pytest.mark.slow
+def test_tiny_training_on_two_processes(sim: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    invoke("train", "--config", "tiny-cpu", "--data", str(sim), "--output", str(run), "--nproc-per-node", "2")
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert best["world_size"] == 2 and best["step"] > 0
+    val = last_val(run)
+    floor = chance(sim)
+    for pair in ("dna_to_dna", "image_to_image", "image_to_dna"):
+        accuracy = val[f"seen/{pair}/species/micro_top1"]
+        assert accuracy > 3 * floor, f"{pair}: species top-1 {accuracy:.3f} not clearly above chance {floor:.3f}"
+    train_losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                    if json.loads(line)["kind"] == "train"]
+    assert train_losses[-1] < train_losses[0]
+
+
+@pytest.mark.slow
+def test_resume_gives_identical_parameters(sim: Path, tmp_path: Path) -> None:
+    common = ["--config", "tiny-cpu", "--data", str(sim), "--nproc-per-node", "2", "--set", "epochs=2",
+              "--set", "batch_size=8", "--set", "checkpoint_every=1000"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    invoke("train", *common, "--output", str(full), "--set", "max_steps=8")
+    invoke("train", *common, "--output", str(split), "--set", "max_steps=4")
+    stopped = torch.load(split / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert stopped["step"] == 4
+    refused = runner.invoke(app, ["train", "--output", str(split), "--resume"])
+    assert refused.exit_code == 2 and "2 processes" in refused.output
+    invoke("train", "--output", str(split), "--resume", "--nproc-per-node", "2", "--set", "max_steps=8")
+    a = torch.load(full / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(split / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert a["step"] == b["step"] == 8
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+@pytest.mark.slow
+def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: Path) -> None:
+    from training.models import DNAEncoder, DNAEncoderConfig
+
+    run = tmp_path / "pretrain"
+    invoke("train", "--config", "tiny-cpu", "--stage", "dna-pretrain", "--data", str(sim), "--output", str(run),
+           "--set", "epochs=2")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"]
+    assert val and val[-1]["masked_accuracy"] > 0.05  # 4-mers: chance is 1 in 256
+    saved = run / "dna_encoder"
+    encoder = DNAEncoder(DNAEncoderConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, k=4,
+                                          pretrained=str(saved)), embed_dim=64)
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    word = state["mlm.bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(encoder.bert.embeddings.word_embeddings.weight, word)
