@@ -254,11 +254,8 @@ def match(
     info = {"clibd_version": __version__, "encoder": index.encoder_description,
             "encoder_fingerprint": encoder.fingerprint, "index_fingerprint": index.fingerprint,
             "index": str(index_path), "thresholds": thresholds, "neighbours": neighbours}
-    writer = report.RowWriter(output, fmt, report.COLUMNS, info, previous=previous if fmt == "json" else
-                              ([{}] if previous else []))
-    hit_writer = (report.RowWriter(hits, hits_fmt, report.HIT_COLUMNS,
-                                   previous=[{}] if (resume and hits.exists() and hits.stat().st_size) else [])
-                  if hits else None)
+    writer = report.RowWriter(output, fmt, report.COLUMNS, info, previous=previous)
+    hit_writer = report.RowWriter(hits, hits_fmt, report.HIT_COLUMNS, append=resume) if hits else None
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                            batch_size=batch_size, threads=threads)
     counts: dict[str, int] = {}

@@ -87,31 +87,33 @@ class RowWriter:
     """Streams result rows to a file or stdout in one of :data:`FORMATS`."""
 
     def __init__(self, path: Path | None, fmt: str, columns: list[str], info: dict | None = None,
-                 previous: Iterable[dict] = (), stream: IO[str] | None = None) -> None:
+                 previous: Iterable[dict] = (), stream: IO[str] | None = None, append: bool = False) -> None:
+        """`previous`: rows already in `path` (--resume); `append`: continue `path` even without them."""
         self.path, self.fmt, self.columns, self.info = path, fmt, columns, info or {}
         self.rows_for_table: list[dict] = []
         self._first = True
         self._tmp: Path | None = None
         previous = list(previous)
+        append = (append or bool(previous)) and path is not None and path.exists() and path.stat().st_size > 0
         if fmt == "table":
             self.fh = None
             return
         if path is None:
             self.fh = stream or sys.stdout
-        elif fmt == "json" and previous:
+        elif fmt == "json" and append:
             # A JSON array cannot be appended to: rewrite the finished rows, then continue.
             self._tmp = path.with_name(f".{path.name}.tmp")
             self.fh = self._tmp.open("w", encoding="utf-8", newline="")
         else:
-            if previous:  # an interrupted run may have left half a row, which completed_ids ignored
+            if append:  # an interrupted run may have left half a row, which completed_ids ignored
                 data = path.read_bytes()
                 if not data.endswith(b"\n"):
                     os.truncate(path, data.rfind(b"\n") + 1)
-            self.fh = path.open("a" if previous else "w", encoding="utf-8", newline="")
+            self.fh = path.open("a" if append else "w", encoding="utf-8", newline="")
         if fmt in ("csv", "tsv"):
             self._csv = csv.DictWriter(self.fh, columns, delimiter="," if fmt == "csv" else "\t",
                                        extrasaction="ignore", lineterminator="\n")
-            if not previous:
+            if not append:
                 self._csv.writeheader()
         elif fmt == "json":
             self.fh.write('{"info": ' + json.dumps(self.info) + ',\n "results": [\n')

@@ -17,7 +17,7 @@ import gzip
 import io
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,16 @@ def qc_flags(sequence: str, qc: QCConfig = QCConfig()) -> tuple[str, ...]:
 def clean_label(value: str | None) -> str:
     value = (value or "").strip()
     return "" if value.lower() in MISSING_LABELS else value
+
+
+def taxonomy_text(taxonomy: Mapping[str, str | None]) -> str:
+    """``"{order} {family} {genus} {species}"`` without empty ranks: the CLIBD text-encoder input.
+
+    Used by training (the text modality and its vocabulary) and by inference (taxonomy strings as
+    references), so both always see the same text.  Whitespace runs inside a label collapse to one.
+    """
+    return " ".join(" ".join(label.split()) for label in (taxonomy.get(rank) or "" for rank in RANKS)
+                    if label.strip())
 
 
 def complete_taxonomy(taxonomy: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from clibd_cli.errors import ClibdError  # noqa: E402
+from clibd_cli.sequences import taxonomy_text  # noqa: E402
 from training.models import (  # noqa: E402
     CLIBDModel,
     DNAEncoder,
@@ -28,7 +29,7 @@ from training.models import (  # noqa: E402
     count_parameters,
     tiny_config,
 )
-from training.text_tokenizer import load_text_tokenizer, taxonomy_text, train_text_tokenizer  # noqa: E402
+from training.text_tokenizer import load_text_tokenizer, train_text_tokenizer  # noqa: E402
 
 LINEAGES = [
     ("Diptera", "Cecidomyiidae", "Lestodiplosis", "Lestodiplosis pallidicornis"),
@@ -37,7 +38,8 @@ LINEAGES = [
     ("Coleoptera", "Carabidae", "Carabus", "Carabus auratus"),
     ("Hymenoptera", "Formicidae", "Formica", ""),
 ]
-TEXTS = [taxonomy_text(*lineage) for lineage in LINEAGES]
+RANK_NAMES = ("order", "family", "genus", "species")
+TEXTS = [taxonomy_text(dict(zip(RANK_NAMES, lineage, strict=True))) for lineage in LINEAGES]
 DNA = ["ACGT" * 150, "TTGACC" * 60, "ACGTNACGTA" * 20, "GATTACA" * 94]
 
 
@@ -124,8 +126,9 @@ def test_backward_reaches_every_encoder_and_the_temperature(text_tokenizer):
 
 
 def test_taxonomy_text_skips_empty_ranks():
-    assert taxonomy_text("Diptera", "", None, "Aedes  aegypti ") == "Diptera Aedes aegypti"
-    assert taxonomy_text(None, None, None, None) == ""
+    assert taxonomy_text({"order": "Diptera", "family": "", "genus": None, "species": "Aedes  aegypti "}) == \
+        "Diptera Aedes aegypti"
+    assert taxonomy_text({}) == ""
 
 
 def test_text_tokenizer_round_trips_and_saves(tmp_path, text_tokenizer):

@@ -57,6 +57,7 @@ from clibd_cli.sequences import (
     clean_label,
     normalise_sequence,
     open_text,
+    taxonomy_text,
 )
 from clibd_cli.tokenizer import KmerTokenizer
 
@@ -134,16 +135,6 @@ class Specimen:
     @property
     def text(self) -> str:
         return taxonomy_text(self.taxonomy)
-
-
-def taxonomy_text(taxonomy: Mapping[str, str]) -> str:
-    """``"{order} {family} {genus} {species}"`` without empty ranks: the CLIBD text-encoder input.
-
-    Runs of whitespace inside a label collapse to one space, exactly as
-    :func:`training.text_tokenizer.taxonomy_text` (which needs transformers, so is not imported here)
-    builds the texts its vocabulary is learnt from.
-    """
-    return " ".join(" ".join(label.split()) for label in (taxonomy.get(rank) or "" for rank in RANKS) if label.strip())
 
 
 def _taxonomy(values: Mapping[str, str | None]) -> dict[str, str]:

@@ -100,12 +100,6 @@ def from_local_or_hub(loader: Callable[..., T], source: str, *, what: str, setti
         raise MissingPretrainedError(missing_message(source, what, setting, str(exc).splitlines()[0])) from exc
 
 
-def taxonomy_text(order: str | None, family: str | None, genus: str | None, species: str | None) -> str:
-    """The text modality's input: the ranks joined by single spaces, empty or missing ranks skipped."""
-    parts = (" ".join(str(rank).split()) for rank in (order, family, genus, species) if rank is not None)
-    return " ".join(part for part in parts if part)
-
-
 def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 2000, out_dir: str | Path | None = None, *,
                          lowercase: bool = False, min_frequency: int = 1) -> BertTokenizerFast:
     """A WordPiece vocabulary for taxonomy strings: whole taxon names plus single-letter pieces.

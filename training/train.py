@@ -245,14 +245,15 @@ class Trainer:
         return out
 
     def _text_tokenizer(self, specimens):
-        from training.text_tokenizer import load_text_tokenizer, taxonomy_text, train_text_tokenizer
+        from clibd_cli.sequences import taxonomy_text
+        from training.text_tokenizer import load_text_tokenizer, train_text_tokenizer
 
         pretrained = self.model_cfg.text.pretrained
         if pretrained:
             return load_text_tokenizer(pretrained)
         folder = self.output / "text_tokenizer"
         if self.env.main and not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists():
-            texts = [taxonomy_text(*(s.taxonomy.get(r, "") for r in RANKS)) for s in specimens]
+            texts = [taxonomy_text(s.taxonomy) for s in specimens]
             train_text_tokenizer(texts, out_dir=folder)
         dist.barrier()
         return load_text_tokenizer(str(folder))
