@@ -97,3 +97,16 @@ def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: 
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     word = state["mlm.bert.embeddings.word_embeddings.weight"]
     assert torch.equal(encoder.bert.embeddings.word_embeddings.weight, word)
+
+
+def test_metric_log_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
+    from training.train import MetricLog
+
+    log = MetricLog(tmp_path, enabled=True)
+    log.write({"kind": "train", "step": 3, "epoch": 0, "loss": 1.5})
+    log.write({"kind": "val", "step": 3, "epoch": 1, "mean_top1": 0.25})
+    assert [json.loads(line)["kind"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        ["train", "val"]
+    assert log.tb is not None and any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    MetricLog(tmp_path / "other", enabled=False).write({"kind": "train", "step": 1})
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()
