@@ -34,9 +34,12 @@ def machine() -> str:
     return text
 
 
-def write_section(name: str, body: str, command: str, path: Path = RESULTS) -> None:
-    """Replace (or add) the section `name` with `body`, stamped with date, machine and command."""
-    stamp = f"_{dt.date.today().isoformat()} · {machine()} · `{command}`_\n\n"
+def write_section(name: str, body: str, command: str, path: Path = RESULTS, measured_on: str | None = None) -> None:
+    """Replace (or add) the section `name` with `body`, stamped with date, machine and command.
+
+    `measured_on` names the machine when the numbers were measured elsewhere (e.g. a lent GPU).
+    """
+    stamp = f"_{dt.date.today().isoformat()} · {measured_on or machine()} · `{command}`_\n\n"
     section = f"<!-- {name}:start -->\n## {name}\n\n{stamp}{body.rstrip()}\n<!-- {name}:end -->\n"
     text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n", re.S)

@@ -106,7 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json:
         payload = json.loads(args.from_json.read_text())
-        write_section(SECTION + f" — {payload['machine']}", render(payload["results"]), payload["command"])
+        write_section(SECTION + f" — {payload['machine']}", render(payload["results"]), payload["command"],
+                      measured_on=payload["machine"])
         return
     import torch
 
