@@ -375,6 +375,38 @@ def train(
     _stderr().print(f"[green]done[/green]: {run}/checkpoints/best.pt, metrics in {run}/metrics.jsonl")
 
 
+@app.command("split")
+@user_errors
+def split_command(
+    metadata: Annotated[Path, typer.Argument(help="BIOSCAN metadata TSV/CSV (gzip ok) with a species column.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Table to write: every input column plus "
+                                         "`split`.")],
+    seed: Annotated[int, typer.Option(help="Seed of the seen/unseen draw and record shuffles.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    species_column: Annotated[str | None, typer.Option(help="Column holding species names "
+                                                       "(default: species or species_name).")] = None,
+) -> None:
+    """Assign the CLIBD splits (seen/unseen train, queries, keys); a BIOSCAN-5M `split` column is kept."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from clibd_cli.split import split_table
+
+    summary = split_table(metadata, output, seed=seed, species_column=species_column, force=force)
+    if summary["source"] == "existing":
+        title = f"{output}: kept the table's own '{summary['split_column']}' column"
+    else:
+        title = (f"{output}: CLIBD split, seed {seed} ({summary['seen_species']:,} seen / "
+                 f"{summary['unseen_species']:,} unseen species)")
+    table = Table(title=title)
+    for column in ("split", "records", "species"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, info in summary["splits"].items():
+        table.add_row(name, f"{info['records']:,}", f"{info['species']:,}")
+    table.add_row("total", f"{summary['records']:,}", f"{summary['species']:,}", style="bold")
+    Console().print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
