@@ -218,14 +218,15 @@ def _read_fasta(path: Path) -> Iterator[tuple[str, dict[str, str], str, str, str
 # Tables
 
 
-def _find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
-                 path: Path) -> str | None:
+def find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
+                path: Path) -> str | None:
+    """The column named `explicit` (case-insensitive), else the first of `candidates` present."""
     lowered = {name.strip().lower(): name for name in header}
     if explicit:
         if explicit in header:
             return explicit
-        if explicit.lower() in lowered:
-            return lowered[explicit.lower()]
+        if explicit.strip().lower() in lowered:
+            return lowered[explicit.strip().lower()]
         raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
                          f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
     for name in candidates:
@@ -242,16 +243,16 @@ def _read_table(path: Path, delimiter: str, id_column: str | None,
         header = next(reader, None)
         if not header:
             raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
-        seq_col = _find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
+        seq_col = find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
         if seq_col is None:
             raise InputError(f"{path}: no sequence column (looked for {', '.join(SEQUENCE_COLUMNS)}); "
                              "name it with --sequence-column.")
-        id_col = _find_column(header, ID_COLUMNS, id_column, "record id", path)
+        id_col = find_column(header, ID_COLUMNS, id_column, "record id", path)
         if id_col is None:
             raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
                              "name it with --id-column.")
-        bin_col = _find_column(header, BIN_COLUMNS, None, "BIN", path)
-        rank_cols = {rank: _find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
+        bin_col = find_column(header, BIN_COLUMNS, None, "BIN", path)
+        rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
         position = {name: i for i, name in enumerate(header)}
         seq_i, id_i = position[seq_col], position[id_col]
         bin_i = position[bin_col] if bin_col else None

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli.errors import InputError, OutputExistsError
-from clibd_cli.sequences import clean_label, open_text
+from clibd_cli.sequences import clean_label, find_column, open_text
 
 SEEN_SPLITS = ("train_seen", "val_seen", "test_seen", "seen_keys")
 UNSEEN_SPLITS = ("val_unseen", "val_unseen_keys", "test_unseen", "test_unseen_keys")
@@ -144,22 +144,6 @@ def summarise(species: Sequence[str], splits: Sequence[str]) -> dict:
     }
 
 
-def _find(header: list[str], candidates: Sequence[str], explicit: str | None, what: str,
-          path: Path) -> str | None:
-    lowered = {name.strip().lower(): name for name in header}
-    if explicit:
-        if explicit in header:
-            return explicit
-        if explicit.strip().lower() in lowered:
-            return lowered[explicit.strip().lower()]
-        raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
-                         f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    return None
-
-
 def _read(path: Path) -> tuple[list[str], list[list[str]]]:
     csv.field_size_limit(sys.maxsize)
     with open_text(path) as fh:
@@ -206,13 +190,13 @@ def split_table(path: Path | str, out: Path | str, seed: int = 0, species_column
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists. Use --force to replace it, or another name.")
     header, rows = _read(path)
-    species_col = _find(header, SPECIES_COLUMNS, species_column, "species", path)
+    species_col = find_column(header, SPECIES_COLUMNS, species_column, "species", path)
     if species_col is None:
         raise InputError(f"{path}: no species column (looked for {', '.join(SPECIES_COLUMNS)}); "
                          "name it with --species-column.")
     species_i = header.index(species_col)
     species = [row[species_i] for row in rows]
-    existing = _find(header, SPLIT_COLUMNS, split_column, "split", path)
+    existing = find_column(header, SPLIT_COLUMNS, split_column, "split", path)
     if existing is not None:
         split_i = header.index(existing)
         splits = [row[split_i].strip() for row in rows]
