@@ -218,6 +218,35 @@ def _read_fasta(path: Path) -> Iterator[tuple[str, dict[str, str], str, str, str
 # Tables
 
 
+def table_delimiter(path: Path, first_line: str) -> str:
+    """Tab or comma: from the extension (.tsv/.tab, .csv, also gzipped), else the first line's content."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".tsv", ".tab")):
+        return "\t"
+    if name.endswith(".csv"):
+        return ","
+    return "\t" if "\t" in first_line and first_line.count("\t") >= first_line.count(",") else ","
+
+
+def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """A CSV/TSV table (gzip or not) as (line number, cells): the header first, then every non-blank row
+    padded to the header's width.  The one table reader behind barcodes, training manifests and splits."""
+    csv.field_size_limit(sys.maxsize)
+    with open_text(path) as fh:
+        first = fh.readline()
+        fh.seek(0)
+        reader = csv.reader(fh, delimiter=table_delimiter(path, first))
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{path}: the file is empty; expected a header line with column names.")
+        yield 1, header
+        width = len(header)
+        for line_number, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            yield line_number, row + [""] * (width - len(row))
+
+
 def find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
                 path: Path) -> str | None:
     """The column named `explicit` (case-insensitive), else the first of `candidates` present."""
@@ -235,37 +264,28 @@ def find_column(header: list[str], candidates: Iterable[str], explicit: str | No
     return None
 
 
-def _read_table(path: Path, delimiter: str, id_column: str | None,
+def _read_table(path: Path, id_column: str | None,
                 sequence_column: str | None) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
-    csv.field_size_limit(sys.maxsize)
-    with open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
-        seq_col = find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
-        if seq_col is None:
-            raise InputError(f"{path}: no sequence column (looked for {', '.join(SEQUENCE_COLUMNS)}); "
-                             "name it with --sequence-column.")
-        id_col = find_column(header, ID_COLUMNS, id_column, "record id", path)
-        if id_col is None:
-            raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
-                             "name it with --id-column.")
-        bin_col = find_column(header, BIN_COLUMNS, None, "BIN", path)
-        rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
-        position = {name: i for i, name in enumerate(header)}
-        seq_i, id_i = position[seq_col], position[id_col]
-        bin_i = position[bin_col] if bin_col else None
-        rank_i = {rank: position[col] for rank, col in rank_cols.items() if col}
-        width = len(header)
-        for line_number, row in enumerate(reader, start=2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < width:
-                row = row + [""] * (width - len(row))
-            taxonomy = complete_taxonomy({rank: row[i] for rank, i in rank_i.items()})
-            bin_uri = clean_label(row[bin_i]) if bin_i is not None else ""
-            yield row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: line {line_number}"
+    rows = iter_table(path)
+    _, header = next(rows)
+    seq_col = find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
+    if seq_col is None:
+        raise InputError(f"{path}: no sequence column (looked for {', '.join(SEQUENCE_COLUMNS)}); "
+                         "name it with --sequence-column.")
+    id_col = find_column(header, ID_COLUMNS, id_column, "record id", path)
+    if id_col is None:
+        raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
+                         "name it with --id-column.")
+    bin_col = find_column(header, BIN_COLUMNS, None, "BIN", path)
+    rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
+    position = {name: i for i, name in enumerate(header)}
+    seq_i, id_i = position[seq_col], position[id_col]
+    bin_i = position[bin_col] if bin_col else None
+    rank_i = {rank: position[col] for rank, col in rank_cols.items() if col}
+    for line_number, row in rows:
+        taxonomy = complete_taxonomy({rank: row[i] for rank, i in rank_i.items()})
+        bin_uri = clean_label(row[bin_i]) if bin_i is not None else ""
+        yield row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: line {line_number}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +308,7 @@ def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: 
     if kind == "fasta":
         yield from _read_fasta(path)
     else:
-        yield from _read_table(path, "\t" if kind == "tsv" else ",", id_column, sequence_column)
+        yield from _read_table(path, id_column, sequence_column)
 
 
 def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,

@@ -18,7 +18,6 @@ import csv
 import gzip
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli.errors import InputError, OutputExistsError
-from clibd_cli.sequences import clean_label, find_column, open_text
+from clibd_cli.sequences import clean_label, find_column, iter_table
 
 SEEN_SPLITS = ("train_seen", "val_seen", "test_seen", "seen_keys")
 UNSEEN_SPLITS = ("val_unseen", "val_unseen_keys", "test_unseen", "test_unseen_keys")
@@ -145,19 +144,9 @@ def summarise(species: Sequence[str], splits: Sequence[str]) -> dict:
 
 
 def _read(path: Path) -> tuple[list[str], list[list[str]]]:
-    csv.field_size_limit(sys.maxsize)
-    with open_text(path) as fh:
-        first = fh.readline()
-        delimiter = "\t" if "\t" in first and first.count("\t") >= first.count(",") else ","
-        fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise InputError(f"{path}: the file is empty. Give a BIOSCAN TSV or CSV with a species column.")
-        width = len(header)
-        rows = [row + [""] * (width - len(row)) for row in reader
-                if row and not (len(row) == 1 and not row[0].strip())]
-    return header, rows
+    rows = iter_table(path)
+    _, header = next(rows)
+    return header, [row for _, row in rows]
 
 
 def _write(out: Path, header: list[str], rows: list[list[str]]) -> None:

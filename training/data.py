@@ -21,10 +21,8 @@ that were prepared differently from its training inputs.  Labels are cleaned wit
 
 from __future__ import annotations
 
-import csv
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +53,8 @@ from clibd_cli.sequences import (
     RANKS,
     SEQUENCE_COLUMNS,
     clean_label,
+    iter_table,
     normalise_sequence,
-    open_text,
     taxonomy_text,
 )
 from clibd_cli.tokenizer import KmerTokenizer
@@ -150,50 +148,25 @@ def _sequence(raw: str | None) -> str | None:
 # Tables
 
 
-def _delimiter(path: Path, first_line: str) -> str:
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".tsv", ".tab")):
-        return "\t"
-    if name.endswith(".csv"):
-        return ","
-    return "\t" if "\t" in first_line else ","
-
-
-def _open_table(path: Path) -> tuple[Any, Any]:
-    """(text handle, csv reader) positioned at the header; CSV or TSV, gzip or not."""
-    csv.field_size_limit(sys.maxsize)
-    fh = open_text(path)
-    first = fh.readline()
-    fh.seek(0)
-    return fh, csv.reader(fh, delimiter=_delimiter(path, first))
-
-
 def _clean_header(header: Sequence[str]) -> list[str]:
     return [h.strip().lstrip("\ufeff").lower() for h in header]
 
 
 def _read_header(path: Path) -> list[str]:
     """The lower-cased column names (a UTF-8 byte-order mark is dropped)."""
-    fh, reader = _open_table(path)
-    with fh:
-        header = next(reader, None)
-    if not header:
-        raise InputError(f"{path}: the file is empty; expected a header line.")
-    return _clean_header(header)
+    rows = iter_table(path)
+    try:
+        return _clean_header(next(rows)[1])
+    finally:
+        rows.close()
 
 
 def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row dict keyed by lower-cased column) for every non-blank data line."""
-    fh, reader = _open_table(path)
-    with fh:
-        header = _clean_header(next(reader, None) or [])
-        width = len(header)
-        for line, row in enumerate(reader, start=2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) < width:
-                row = row + [""] * (width - len(row))
-            yield line, dict(zip(header, row, strict=False))
+    rows = iter_table(path)
+    header = _clean_header(next(rows)[1])
+    for line, row in rows:
+        yield line, dict(zip(header, row, strict=False))
 
 
 def _first_column(header: Sequence[str], candidates: Iterable[str]) -> str | None:
