@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("h5py")
 pytest.importorskip("torchvision")
 
+from conftest import SHARED, write_table  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
@@ -37,20 +37,11 @@ from training.data import (  # noqa: E402
 )
 from training.synthetic import HDF5_GROUPS, KEY_SPLITS, SPLITS, write_simulation  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BIOSCAN1M = SHARED / "bioscan1m_metadata"
 SHARED_REASON = (f"real BIOSCAN-1M metadata not found at {BIOSCAN1M}; it exists only in the clibd "
                  "development setup and is never copied into the repository")
 SMALL = ImagePreprocessing(size=32, resize=36)
 RAW_SMALL = ImagePreprocessing(size=32, resize=36, mean=None, std=None)
-
-
-def write_rows(path: Path, header: list[str], rows: list[list[str]], delimiter: str) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +104,7 @@ def test_bioscan1m_with_dna_and_chunks(tmp_path):
         ["P2-21", "S2", "not_classified", "Arthropoda", "Insecta", "Hymenoptera", "not_classified",
          "not_classified", "not_classified", "not_classified", "not_classified", "", "2.jpg", "12.0"],
     ]
-    path = write_rows(tmp_path / "BIOSCAN_Insect_Dataset_metadata.tsv", header, rows, "\t")
+    path = write_table(tmp_path / "BIOSCAN_Insect_Dataset_metadata.tsv", header, rows, "\t")
     assert detect_kind(path) == "bioscan1m"
     one, two = read_bioscan1m(path, image_root=tmp_path / "images")
     assert one.sequence == "ACGTACGT" and two.sequence is None
@@ -139,7 +130,7 @@ def test_bioscan5m_csv(tmp_path):
         ["A3", "S3", "Apis mellifera", "Arthropoda", "Insecta", "Hymenoptera", "Apidae", "Apinae", "Apis",
          "Apis mellifera", "", "ACGTACGT", "", "", "", "other_heldout", "3.0"],
     ]
-    path = write_rows(tmp_path / "BIOSCAN_5M_Insect_Dataset_metadata.csv", header, rows, ",")
+    path = write_table(tmp_path / "BIOSCAN_5M_Insect_Dataset_metadata.csv", header, rows, ",")
     assert detect_kind(path) == "bioscan5m"
     specimens = load_specimens(path, image_root=tmp_path / "BIOSCAN_5M")
     assert [s.split for s in specimens] == ["pretrain", "key_unseen", "other_heldout"]
@@ -162,7 +153,7 @@ def test_generic_manifest(tmp_path):
     rows = [["x1", "photos/x1.png", "acgt-acgt", "Diptera", "", "", "", "train", "BOLD:AAA0001"],
             ["x2", "", "", "Diptera", "Sciaridae", "Bradysia", "Bradysia sp1", "val", ""],
             ["x3", str(tmp_path / "abs.jpg"), "ACGT", "NA", "", "", "", "", ""]]
-    path = write_rows(tmp_path / "manifest.csv",
+    path = write_table(tmp_path / "manifest.csv",
                       ["ID", "image", "sequence", "order", "family", "genus", "species", "split", "bin"], rows, ",")
     assert detect_kind(path) == "manifest"
     x1, x2, x3 = read_manifest(path)
@@ -176,9 +167,9 @@ def test_generic_manifest(tmp_path):
 
 def test_manifest_errors(tmp_path):
     with pytest.raises(InputError, match="duplicate id 'a'"):
-        read_manifest(write_rows(tmp_path / "dup.tsv", ["processid", "species"], [["a", "x"], ["a", "y"]], "\t"))
+        read_manifest(write_table(tmp_path / "dup.tsv", ["processid", "species"], [["a", "x"], ["a", "y"]], "\t"))
     with pytest.raises(InputError, match="no id column"):
-        read_manifest(write_rows(tmp_path / "noid.tsv", ["name", "species"], [["a", "x"]], "\t"))
+        read_manifest(write_table(tmp_path / "noid.tsv", ["name", "species"], [["a", "x"]], "\t"))
     with pytest.raises(InputError, match="no such file"):
         load_specimens(tmp_path / "absent.tsv")
     with pytest.raises(InputError, match="unknown data kind"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from clibd_cli.errors import InputError
@@ -27,7 +28,6 @@ from clibd_cli.preprocess import (
     to_rgb,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = SHARED / "images"
 SHARED_REASON = (f"real BIOSCAN photos not found at {IMAGES}; they exist only in the clibd development "
                  "setup and are never copied into the repository")

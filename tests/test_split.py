@@ -7,12 +7,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
 from clibd_cli.split import SEEN_SPLITS, UNSEEN_SPLITS, clibd_split, split_table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 METADATA = ("bioscan1m_metadata/bioscan1m_small_dataset_validation_metadata_bba882e.tsv",
             "bioscan1m_metadata/bioscan1m_small_dataset_validation_metadata_dba8b59.tsv")
 
