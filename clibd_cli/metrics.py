@@ -17,17 +17,11 @@ from clibd_cli.sequences import RANKS
 DEFAULT_KS = (1, 3, 5)
 
 
-def nearest_keys(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+def nearest_keys(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     """Indices [n_queries, k] of the k nearest keys by inner product (cosine on normalised vectors)."""
-    k = min(k, len(keys))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        sims = queries[start : start + chunk] @ keys.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
-            np.tile(np.arange(sims.shape[1]), (len(sims), 1))
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        out[start : start + chunk] = np.take_along_axis(top, order, axis=1)
-    return out
+    from clibd_cli.index import exact_knn
+
+    return exact_knn(queries, keys, min(k, len(keys)))[0]
 
 
 def micro_macro(correct: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:

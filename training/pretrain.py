@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,16 @@ def read_barcodes(path: str) -> list[str]:
 def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool) -> None:
     """Masked-k-mer training loop on one rank; rank 0 writes `output/dna_encoder` at the end."""
     from training.models import DNAMaskedLM, ModelConfig
-    from training.train import CHECKPOINTS, MetricLog, SkipFirst, rng_state, save_atomic, set_rng_state
+    from training.train import (
+        CHECKPOINTS,
+        MetricLog,
+        SkipFirst,
+        build_optimizer,
+        rng_state,
+        save_atomic,
+        set_rng_state,
+        use_bf16,
+    )
 
     dna_cfg = ModelConfig.from_dict(cfg.model).dna
     model = DNAMaskedLM(dna_cfg).to(env.device)
@@ -64,15 +74,8 @@ def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool) -> No
     if per_epoch == 0:
         raise ClibdError(f"{cfg.data.path}: too few barcodes for batch size {cfg.batch_size} × {env.world} processes.")
     total = per_epoch * cfg.epochs
-    global_batch = cfg.batch_size * env.world * cfg.grad_accum
-    max_lr = cfg.optim.lr * (global_batch / 500 if cfg.optim.scale_lr_with_batch else 1.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=cfg.optim.weight_decay,
-                                  betas=tuple(cfg.optim.betas))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=total, pct_start=cfg.optim.pct_start, anneal_strategy="cos",
-        div_factor=max_lr / cfg.optim.initial_lr, final_div_factor=cfg.optim.initial_lr / cfg.optim.final_lr,
-        cycle_momentum=False)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
+    optimizer, scheduler = build_optimizer(cfg, model, total, env.world)
+    bf16 = use_bf16(cfg, env)
     log = MetricLog(output, enabled=env.main)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf}
     last = output / CHECKPOINTS / "last.pt"
@@ -112,7 +115,7 @@ def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool) -> No
             input_ids, attention_mask = input_ids.to(env.device), attention_mask.to(env.device)
             masked, labels = model.mask_tokens(input_ids, attention_mask, cfg.mlm_probability)
             sync = (micro + 1) % cfg.grad_accum == 0
-            context = ddp.no_sync() if not sync else torch.enable_grad()
+            context = ddp.no_sync() if not sync else nullcontext()
             with context, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = ddp(masked, attention_mask, labels).loss
                 (loss / cfg.grad_accum).backward()

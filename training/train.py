@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -219,16 +220,8 @@ class Trainer:
                              f"{cfg.batch_size} × {env.world} processes × {cfg.grad_accum} accumulation steps.")
         self.steps_per_epoch = per_epoch
         self.total_steps = per_epoch * cfg.epochs
-        global_batch = cfg.batch_size * env.world * cfg.grad_accum
-        max_lr = cfg.optim.lr * (global_batch / 500 if cfg.optim.scale_lr_with_batch else 1.0)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=cfg.optim.weight_decay,
-                                           betas=tuple(cfg.optim.betas))
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=max_lr, total_steps=self.total_steps, pct_start=cfg.optim.pct_start,
-            anneal_strategy="cos", div_factor=max_lr / cfg.optim.initial_lr,
-            final_div_factor=cfg.optim.initial_lr / cfg.optim.final_lr, cycle_momentum=False)
-        use_cuda = env.device.type == "cuda"
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_cuda)
+        self.optimizer, self.scheduler = build_optimizer(cfg, model, self.total_steps, env.world)
+        self.bf16 = use_bf16(cfg, env)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -260,7 +253,7 @@ class Trainer:
 
     def _dataset(self, specimens, train: bool):
         from clibd_cli.preprocess import ImagePreprocessing
-        from clibd_cli.tokenizer import TokenizerConfig
+        from clibd_cli.tokenizer import KmerTokenizer
         from training.data import ImageTransforms, SpecimenDataset
 
         transforms = None
@@ -268,10 +261,7 @@ class Trainer:
             spec = ImagePreprocessing.from_dict(self.cfg.data.image)
             transforms = ImageTransforms(spec)
             transforms = transforms.train if train else transforms.eval
-        dna = self.model_cfg.dna
-        from clibd_cli.tokenizer import KmerTokenizer
-
-        tokenizer = KmerTokenizer(TokenizerConfig(k=dna.k, layout=dna.layout, max_len=dna.max_len))
+        tokenizer = KmerTokenizer(self.model_cfg.dna.tokenizer_config())
         return SpecimenDataset(specimens, tokenizer, text_tokenizer=self.text_tokenizer, image_transform=transforms,
                                text_max_len=self.model_cfg.text.max_len, label_maps=self.label_maps)
 
@@ -311,7 +301,7 @@ class Trainer:
             for batch in batches:
                 batch = self._to_device(batch)
                 sync = (micro + 1) % accum == 0
-                context = self.ddp.no_sync() if not sync else _nullcontext()
+                context = self.ddp.no_sync() if not sync else nullcontext()
                 with context, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     features = self.ddp(batch)
                     masks = {m: batch[f"has_{m}"] for m in ("image", "dna") if f"has_{m}" in batch and m in features}
@@ -451,6 +441,27 @@ class Trainer:
         self._pending_rng = state["rng"][self.env.rank]  # restored once the epoch's loader exists
 
 
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, total_steps: int, world: int):
+    """AdamW and the paper's one-cycle schedule (initial_lr → max → final_lr, cosine).
+
+    Like the official code, the peak rate scales with the global batch / 500 unless switched off.
+    """
+    global_batch = cfg.batch_size * world * cfg.grad_accum
+    max_lr = cfg.optim.lr * (global_batch / 500 if cfg.optim.scale_lr_with_batch else 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=cfg.optim.weight_decay,
+                                  betas=tuple(cfg.optim.betas))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=cfg.optim.pct_start, anneal_strategy="cos",
+        div_factor=max_lr / cfg.optim.initial_lr, final_div_factor=cfg.optim.initial_lr / cfg.optim.final_lr,
+        cycle_momentum=False)
+    return optimizer, scheduler
+
+
+def use_bf16(cfg: TrainConfig, env: Dist) -> bool:
+    """bf16 autocast when asked, or by default on CUDA (fp32 on CPU)."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
+
+
 def save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a truncated checkpoint.
 
@@ -475,14 +486,6 @@ def _has(specimens, modality: str) -> np.ndarray:
     if modality == "dna":
         return np.array([bool(s.sequence) for s in specimens])
     return np.ones(len(specimens), dtype=bool)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class MetricLog:
