@@ -1,13 +1,19 @@
 """The reference index: a directory a lab builds once and queries offline.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    DIR/index.json       manifest: format version, encoder description and fingerprint, metric,
-                         HNSW parameters, calibrated thresholds, counts, index fingerprint
-    DIR/records.sqlite   one row per reference specimen (taxonomy, BIN, sequence, source): the single
-                         source of truth for metadata; `vector` is the graph label of its embedding
-    DIR/dna.hnsw         hnswlib graph (inner product on L2-normalised vectors = cosine), one per
+    DIR/index.json       manifest: format version, metric, HNSW parameters, and one *part* per modality
+                         (dna, image, text): its encoder description and fingerprint, calibrated
+                         thresholds (per query modality), counts, part fingerprint
+    DIR/records.sqlite   one row per reference record and modality (taxonomy, BIN, the embedded input:
+                         barcode, image path or taxonomy text; source): the single source of truth for
+                         metadata; `vector` is the graph label of its embedding in its modality's graph
+    DIR/<modality>.hnsw  hnswlib graph (inner product on L2-normalised vectors = cosine), one per
                          modality; it also holds the vectors, so nothing is stored twice
+
+A :class:`ReferenceIndex` object is one part (one modality).  A DNA-only index built with the k-mer
+profile has just the ``dna`` part; an index built with a model bundle may hold barcodes, photos and
+taxonomy strings as references in one embedding space, so a photo can be matched against barcodes.
 
 Identical inputs share one vector: BOLD libraries hold the same haplotype many times (80,767 barcodes
 are 38,291 distinct sequences in bold_insect_coi_dev), and HNSW graphs lose recall on exact duplicates.
@@ -41,7 +47,8 @@ from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw")
 MANIFEST = "index.json"
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
@@ -52,7 +59,7 @@ HNSW_EF_SEARCH = 128
 _SCHEMA = """
 CREATE TABLE records (
     rowid INTEGER PRIMARY KEY,
-    record_id TEXT NOT NULL UNIQUE,
+    record_id TEXT NOT NULL,
     vector INTEGER NOT NULL,
     "order" TEXT NOT NULL DEFAULT '',
     family TEXT NOT NULL DEFAULT '',
@@ -63,7 +70,8 @@ CREATE TABLE records (
     length INTEGER,
     flags TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT '',
-    sequence TEXT
+    sequence TEXT,
+    UNIQUE (record_id, modality)
 );
 """
 
@@ -130,12 +138,37 @@ class ReferenceIndex:
         return self.manifest["fingerprint"]
 
     @property
+    def modality(self) -> str:
+        return str(self.manifest["encoder"].get("modality", "dna"))
+
+    @property
     def thresholds(self) -> dict[str, float]:
         return dict(self.manifest.get("thresholds", {}))
 
+    def thresholds_for(self, query_modality: str) -> dict[str, float] | None:
+        """Calibrated thresholds for queries of ``query_modality`` (None if that pair was never calibrated).
+
+        Cosines between modalities live on another scale than within one (a photo is never as close
+        to a barcode as a barcode to its twin), so each query modality needs its own thresholds.
+        """
+        if query_modality == self.modality:
+            return self.thresholds
+        cross = self.manifest.get("cross_thresholds", {}).get(query_modality)
+        return dict(cross["thresholds"]) if cross else None
+
+    def set_cross_thresholds(self, query_modality: str, thresholds: dict[str, float], calibration: dict) -> None:
+        """Store thresholds calibrated for queries of another modality (written on the next save)."""
+        self.manifest.setdefault("cross_thresholds", {})[query_modality] = {
+            "thresholds": {rank: float(thresholds[rank]) for rank in RANKS}, "calibration": calibration}
+
     def encoder(self) -> Encoder:
         """The encoder this index was built with (weight-free encoders are rebuilt from the manifest)."""
-        return encoder_from_description(self.encoder_description)
+        try:
+            return encoder_from_description(self.encoder_description)
+        except ValueError:
+            where = self.path or "this index"
+            raise ClibdError(f"{where}: built with model {self.encoder_description.get('model')!r}; pass that "
+                             "model bundle with --model.") from None
 
     def encoder_defaults(self) -> dict[str, float]:
         """Default thresholds of the index's encoder (floors for calibration)."""
@@ -252,37 +285,19 @@ class ReferenceIndex:
         """Every reference record (read from SQLite for a saved index)."""
         if self._records is not None:
             return self._records
-        return _read_records(self.path / RECORDS_DB)
+        return _read_records(self.path / RECORDS_DB, self.modality)
 
     def save(self, directory: Path, *, force: bool = False, threads: int | None = None) -> Path:
-        """Write the index atomically to `directory` (an existing one needs `force`)."""
+        """Write the index atomically to `directory` (an existing one needs `force`).
+
+        Other modalities already stored in `directory` (when this part replaces or extends one
+        modality of it) are kept.
+        """
         directory = Path(directory)
-        occupied = directory.exists() and any(directory.iterdir())
-        if occupied and not force and directory != self.path:
-            raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
-        if occupied and not (directory / MANIFEST).exists():
-            raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an index is shared like any folder
-        try:
-            records = self.records()
-            _write_records(tmp / RECORDS_DB, records, self.labels.vector)
-            vectors = self.vectors()
-            modality = self.encoder_description.get("modality", "dna")
-            filename = f"{modality}.hnsw"
-            _build_graph(vectors, threads).save_index(str(tmp / filename))
-            self.manifest.pop("modalities", None)
-            self.manifest["modalities"] = {modality: {"file": filename, "count": len(vectors)}}
-            _write_json(tmp / MANIFEST, self.manifest)
-            _replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.path = directory
-        return directory
+        others = []
+        if (directory / MANIFEST).exists() and (force or directory == self.path):
+            others = [ReferenceIndex.load(directory, m) for m in index_modalities(directory) if m != self.modality]
+        return save_parts([self, *others], directory, force=force, threads=threads)
 
     def appended(self, records: Sequence[SequenceRecord], encoder: Encoder, *, batch_size: int = 2048,
                  progress=None) -> ReferenceIndex:
@@ -300,29 +315,24 @@ class ReferenceIndex:
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, directory: Path) -> ReferenceIndex:
-        """Open a saved index, checking its format version and files."""
+    def load(cls, directory: Path, modality: str | None = None) -> ReferenceIndex:
+        """Open one modality of a saved index (default: dna, or the only one), checking format and files."""
         directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.exists():
-            raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with "
-                             "'clibd build-index'.")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{manifest_path}: is not valid JSON ({exc}). Rebuild the index.") from exc
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InputError(f"{directory}: index format version {version}, this clibd reads "
-                             f"{FORMAT_VERSION}. Rebuild the index with this version.")
-        labels = _labels_from_db(directory / RECORDS_DB)
+        stored = _read_manifest(directory)
+        parts = stored["parts"]
+        if modality is None:
+            modality = "dna" if "dna" in parts or len(parts) != 1 else next(iter(parts))
+        if modality not in parts:
+            raise InputError(f"{directory}: holds no {modality} references (it has: {', '.join(parts) or 'none'}). "
+                             f"Add them with 'clibd build-index --append'.")
+        manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **parts[modality]}
+        labels = _labels_from_db(directory / RECORDS_DB, modality)
         if len(labels.record_id) != manifest["counts"]["records"]:
-            raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} rows but the "
+            raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
                              f"manifest says {manifest['counts']['records']}. Rebuild the index.")
-        info = manifest["modalities"][manifest["encoder"].get("modality", "dna")]
-        file = directory / info["file"]
+        file = directory / manifest["file"]
         if not file.exists():
-            raise InputError(f"{directory}: {info['file']} is missing. Rebuild the index.")
+            raise InputError(f"{directory}: {manifest['file']} is missing. Rebuild the index.")
         graph = _hnsw().Index(space="ip", dim=int(manifest["encoder"]["dim"]))
         try:
             graph.load_index(str(file))
@@ -336,8 +346,82 @@ class ReferenceIndex:
         self.manifest["calibration"] = calibration
 
     def save_manifest(self) -> None:
-        """Rewrite only index.json (atomically), e.g. after calibration."""
-        _write_json_atomic(self.path / MANIFEST, self.manifest)
+        """Rewrite only this part's entry in index.json (atomically), e.g. after calibration."""
+        stored = _read_manifest(self.path)
+        stored["parts"][self.modality] = _part_entry(self.manifest)
+        _write_json_atomic(self.path / MANIFEST, stored)
+
+
+# ------------------------------------------------------------------------------- whole index
+
+def index_modalities(directory: Path) -> list[str]:
+    """The modalities (parts) a saved index holds."""
+    return list(_read_manifest(Path(directory))["parts"])
+
+
+def _read_manifest(directory: Path) -> dict:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{manifest_path}: is not valid JSON ({exc}). Rebuild the index.") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION or not isinstance(manifest.get("parts"), dict):
+        raise InputError(f"{directory}: index format version {version}, this clibd reads "
+                         f"{FORMAT_VERSION}. Rebuild the index with this version.")
+    return manifest
+
+
+def _part_entry(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in GLOBAL_KEYS}
+
+
+def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool = False,
+               threads: int | None = None) -> Path:
+    """Write one index holding several modalities (one part each) atomically to `directory`."""
+    directory = Path(directory)
+    modalities = [part.modality for part in parts]
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"two parts of one modality: {modalities}")
+    spaces = {part.encoder_fingerprint for part in parts}
+    if len(spaces) > 1:
+        raise IndexMismatchError("the parts of one index must share one embedding space (one model bundle).")
+    occupied = directory.exists() and any(directory.iterdir())
+    if occupied and not force and all(directory != part.path for part in parts):
+        raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
+    if occupied and not (directory / MANIFEST).exists():
+        raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an index is shared like any folder
+    try:
+        stored: dict = {k: parts[0].manifest[k] for k in GLOBAL_KEYS if k in parts[0].manifest}
+        stored["parts"] = {}
+        db = _create_db(tmp / RECORDS_DB)
+        try:
+            for part in parts:
+                _write_records(db, part.records(), part.labels.vector, part.modality)
+            db.execute("CREATE INDEX records_species ON records (species)")
+            db.commit()
+        finally:
+            db.close()
+        for part in parts:
+            filename = f"{part.modality}.hnsw"
+            _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
+            part.manifest["file"] = filename
+            stored["parts"][part.modality] = _part_entry(part.manifest)
+        _write_json(tmp / MANIFEST, stored)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for part in parts:
+        part.path = directory
+    return directory
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -430,11 +514,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise InputError(f"{path}: cannot be opened ({exc}). Rebuild the index.") from exc
 
 
-def _labels_from_db(path: Path) -> Labels:
+def _labels_from_db(path: Path, modality: str) -> Labels:
     with _connect(path) as db:
         try:
             rows = db.execute('SELECT record_id, "order", family, genus, species, bin, vector FROM records '
-                              "ORDER BY rowid").fetchall()
+                              "WHERE modality = ? ORDER BY rowid", (modality,)).fetchall()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path}: not a readable records database ({exc}). Rebuild the index.") from exc
     columns = list(zip(*rows, strict=True)) if rows else [()] * 7
@@ -443,27 +527,29 @@ def _labels_from_db(path: Path) -> Labels:
                   np.array(columns[6], dtype=np.int64))
 
 
-def _read_records(path: Path) -> list[SequenceRecord]:
+def _read_records(path: Path, modality: str) -> list[SequenceRecord]:
     with _connect(path) as db:
         rows = db.execute('SELECT record_id, "order", family, genus, species, bin, flags, source, sequence '
-                          "FROM records ORDER BY rowid").fetchall()
+                          "FROM records WHERE modality = ? ORDER BY rowid", (modality,)).fetchall()
     return [SequenceRecord(row[0], row[8] or "", dict(zip(RANKS, row[1:5], strict=True)), row[5], row[7],
                            tuple(f for f in row[6].split(",") if f)) for row in rows]
 
 
-def _write_records(path: Path, records: Sequence[SequenceRecord], vector: np.ndarray) -> None:
+def _create_db(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path)
-    try:
-        db.executescript(_SCHEMA)
-        db.executemany(
-            'INSERT INTO records (rowid, record_id, vector, "order", family, genus, species, bin, length, '
-            "flags, source, sequence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            ((i, r.id, int(v), *(r.label(rank) for rank in RANKS), r.bin, len(r.sequence), ",".join(r.flags),
-              r.source, r.sequence) for i, (r, v) in enumerate(zip(records, vector, strict=True), start=1)))
-        db.execute("CREATE INDEX records_species ON records (species)")
-        db.commit()
-    finally:
-        db.close()
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _write_records(db: sqlite3.Connection, records: Sequence[SequenceRecord], vector: np.ndarray,
+                   modality: str) -> None:
+    """Insert one part's records; `length` is the barcode length (NULL for photos and texts)."""
+    db.executemany(
+        'INSERT INTO records (record_id, vector, "order", family, genus, species, bin, modality, length, '
+        "flags, source, sequence) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        ((r.id, int(v), *(r.label(rank) for rank in RANKS), r.bin, modality,
+          len(r.sequence) if modality == "dna" else None, ",".join(r.flags), r.source, r.sequence)
+         for r, v in zip(records, vector, strict=True)))
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic barcode references with a realistic divergence structure, and the real data.
+"""Shared fixtures: synthetic barcode references with realistic divergences, encoded test images, the real data.
 
 Synthetic references are built top-down like a gene tree: each order gets a random ancestral COI-like
 sequence, and every family, genus, species and specimen is a substituted copy of its parent.  With the
@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from clibd_cli.sequences import RANKS, SequenceRecord
 
@@ -35,6 +39,31 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: {SHARED_REASON}")
     return path
+
+
+# Image fixtures: encoded blobs, shared by the decoding and photo-collection tests.
+
+
+def jpeg(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, **kwargs)
+    return buffer.getvalue()
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width×height RGB pixels, with a tiny IDAT: a decompression-bomb probe."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 @dataclass(frozen=True)

@@ -411,13 +411,13 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     target = tmp_path / "index"
     # k=4 has no measured default thresholds, so the uncalibrated index has none at all.
     assert_ok(invoke("build-index", "-b", files["reference"], "-o", target, "--no-calibrate", "--kmer", 4))
-    before = json.loads((target / MANIFEST).read_text())
+    before = json.loads((target / MANIFEST).read_text())["parts"]["dna"]
     assert before["encoder"]["k"] == 4
     assert before["thresholds"] == {} and before["calibration"] == {"method": "encoder default"}
     result = invoke("calibrate", "-i", target, "--precision", 0.9, "--sample", 60, "--seed", 3,
                     "--novel-share", 0.5)
     assert_ok(result)
-    after = json.loads((target / MANIFEST).read_text())
+    after = json.loads((target / MANIFEST).read_text())["parts"]["dna"]
     thresholds = after["thresholds"]
     assert list(thresholds) == ["order", "family", "genus", "species"]
     assert list(thresholds.values()) == sorted(thresholds.values())
@@ -442,7 +442,7 @@ def test_calibrate_with_labelled_queries(files, tmp_path):
     shutil.copytree(files["index"], target)
     labelled = write_fasta(tmp_path / "labelled.fasta", files["known"] + files["novel"])
     assert_ok(invoke("calibrate", "-i", target, "--queries", labelled))
-    calibration = json.loads((target / MANIFEST).read_text())["calibration"]
+    calibration = json.loads((target / MANIFEST).read_text())["parts"]["dna"]["calibration"]
     assert calibration["method"] == "labelled queries"
     assert calibration["queries"] == 64 and calibration["absent_species_queries"] == 40
 

@@ -41,12 +41,14 @@ def test_round_trip(tmp_path, records, encoder):
     assert loaded.fingerprint == built.fingerprint
     assert loaded.encoder_fingerprint == encoder.fingerprint
     assert loaded.encoder().fingerprint == encoder.fingerprint
-    manifest = json.loads((target / MANIFEST).read_text())
+    stored = json.loads((target / MANIFEST).read_text())
+    assert stored["format_version"] == 2 and list(stored["parts"]) == ["dna"]
+    manifest = stored["parts"]["dna"]
     counts = manifest["counts"]
     assert {rank: counts[rank] for rank in ("records", *RANKS)} == \
         {"records": 108, "order": 2, "family": 4, "genus": 12, "species": 36}
-    assert manifest["modalities"]["dna"]["file"] == "dna.hnsw"
-    assert manifest["modalities"]["dna"]["count"] == len(loaded.vectors()) <= 108
+    assert manifest["file"] == "dna.hnsw"
+    assert counts["vectors"] == len(loaded.vectors()) <= 108
     assert manifest["thresholds"] == encoder.default_thresholds
     assert list(loaded.labels.record_id) == [r.id for r in records]
     for rank in RANKS:
@@ -272,9 +274,9 @@ def test_load_errors(tmp_path, records, encoder):
 
     count = broken_copy("count")
     manifest = json.loads((count / MANIFEST).read_text())
-    manifest["counts"]["records"] = 11
+    manifest["parts"]["dna"]["counts"]["records"] = 11
     (count / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="10 rows but the manifest says 11"):
+    with pytest.raises(InputError, match="10 dna rows but the manifest says 11"):
         ReferenceIndex.load(count)
 
     graph = broken_copy("graph")

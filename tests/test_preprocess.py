@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, encoded, jpeg, png_header_only
 from PIL import Image
 
 from clibd_cli.errors import InputError
@@ -39,28 +37,6 @@ def shared_image(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: {SHARED_REASON}")
     return path
-
-
-def jpeg(image: Image.Image, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95, **kwargs)
-    return buffer.getvalue()
-
-
-def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width×height RGB pixels, with a tiny IDAT: a decompression-bomb probe."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------------------------------------

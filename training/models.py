@@ -5,9 +5,12 @@ product is a cosine similarity and the contrastive logits are ``scale() * a @ b.
 
 * image: a timm backbone (ViT-B/16 in the paper) pooled on its CLS token, then Linear → embed_dim.
 * DNA: a BarcodeBERT-style BERT over non-overlapping k-mers made by :class:`clibd_cli.tokenizer.KmerTokenizer`
-  (the same code the inference runtime uses), masked mean over attended tokens, then Linear.
+  (the same code the inference runtime uses), masked mean over attended tokens, then Linear
+  (``pooling="mean"``).  ``pooling="softmax_mean"`` reproduces the official CLIBD checkpoints: the MLM head's
+  transform (dense + activation + LayerNorm), Linear → embed_dim, softmax over those outputs, masked mean.
 * text: a BERT (BERT-small in the paper) over WordPiece tokens of ``"{order} {family} {genus} {species}"``,
-  masked mean, then Linear.
+  masked mean, then Linear.  ``TextEncoderConfig.vocab_size`` fixes the embedding table's size (an imported
+  BERT's) instead of taking it from the tokenizer.
 
 Weights are never fetched behind the user's back: pretrained sources are local paths or hub ids read from
 the cache first, and a missing download is a :class:`MissingPretrainedError` that says what to do.
@@ -15,8 +18,9 @@ the cache first, and a missing download is a :class:`MissingPretrainedError` tha
 :class:`DNAEncoder` can start from.
 
 State-dict names (for checkpoint importers): ``logit_scale``, ``image_encoder.backbone.*`` (timm, no
-classifier), ``image_encoder.head.*``, ``dna_encoder.bert.*`` (BertModel, no pooler), ``dna_encoder.head.*``,
-``text_encoder.bert.*``, ``text_encoder.head.*``.
+classifier), ``image_encoder.head.*``, ``dna_encoder.bert.*`` (BertModel, no pooler), ``dna_encoder.transform.*``
+(``softmax_mean`` only: BertPredictionHeadTransform), ``dna_encoder.head.*``, ``text_encoder.bert.*``,
+``text_encoder.head.*``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
+from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
 from clibd_cli.errors import ClibdError
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
@@ -51,7 +56,7 @@ from training.text_tokenizer import (
 )
 
 __all__ = [
-    "MODALITIES", "CLIBDModel", "DNAEncoder", "DNAEncoderConfig", "DNAMaskedLM", "ImageEncoder",
+    "DNA_POOLINGS", "MODALITIES", "CLIBDModel", "DNAEncoder", "DNAEncoderConfig", "DNAMaskedLM", "ImageEncoder",
     "ImageEncoderConfig", "MissingPretrainedError", "ModelConfig", "TextEncoder", "TextEncoderConfig",
     "build_model", "count_parameters", "mask_tokens", "masked_mean", "paper_config", "tiny_config",
     "without_pretrained",
@@ -60,6 +65,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("image", "dna", "text")
+DNA_POOLINGS: tuple[str, ...] = ("mean", "softmax_mean")  # see DNAEncoder
 DNA_TOKENIZER_FILE = "clibd_dna_tokenizer.json"  # written next to a DNAMaskedLM's weights
 TEXT_MAX_POSITIONS = 512  # BERT-small's table, so hub weights load into a from-scratch architecture unchanged
 
@@ -81,7 +87,11 @@ class ImageEncoderConfig:
 
 @dataclass
 class DNAEncoderConfig:
-    """BarcodeBERT sizes plus the k-mer tokenizer; ``pretrained`` is a local DNAMaskedLM/BertForMaskedLM dir."""
+    """BarcodeBERT sizes plus the k-mer tokenizer; ``pretrained`` is a local DNAMaskedLM/BertForMaskedLM dir.
+
+    ``pooling``: ``"mean"`` (masked mean of the last hidden state, then Linear) or ``"softmax_mean"`` (the
+    official CLIBD checkpoints: MLM-head transform, Linear, softmax over its outputs, then masked mean).
+    """
 
     hidden_size: int = 768
     num_layers: int = 12
@@ -91,6 +101,7 @@ class DNAEncoderConfig:
     layout: str = "current"
     max_len: int = 660
     pretrained: str | None = None
+    pooling: str = "mean"
 
     def tokenizer_config(self) -> TokenizerConfig:
         return TokenizerConfig(k=self.k, layout=self.layout, max_len=self.max_len)
@@ -98,7 +109,11 @@ class DNAEncoderConfig:
 
 @dataclass
 class TextEncoderConfig:
-    """BERT sizes (BERT-small by default); ``pretrained`` is a hub id or a local directory."""
+    """BERT sizes (BERT-small by default); ``pretrained`` is a hub id or a local directory.
+
+    ``vocab_size``: the word-embedding table's rows; ``None`` takes ``len(tokenizer)``.  Set it for imported
+    weights whose table is larger than the tokenizer (the official BERT-small has 30522 rows).
+    """
 
     hidden_size: int = 512
     num_layers: int = 4
@@ -106,6 +121,7 @@ class TextEncoderConfig:
     intermediate_size: int = 2048
     max_len: int = 20  # WordPiece tokens, [CLS] and [SEP] included
     pretrained: str | None = None
+    vocab_size: int | None = None
 
 
 @dataclass
@@ -133,6 +149,10 @@ class ModelConfig:
             self.dna.tokenizer_config()
         except ValueError as exc:
             raise ClibdError(f"model.dna: {exc}.") from exc
+        if self.dna.pooling not in DNA_POOLINGS:
+            raise ClibdError(f"model.dna.pooling {self.dna.pooling!r}: use one of {', '.join(DNA_POOLINGS)}.")
+        if self.text.vocab_size is not None and self.text.vocab_size < 1:
+            raise ClibdError(f"model.text.vocab_size must be positive or null, got {self.text.vocab_size}.")
         if self.embed_dim < 1:
             raise ClibdError(f"model.embed_dim must be positive, got {self.embed_dim}.")
 
@@ -227,6 +247,16 @@ def _bert_config(vocab_size: int, hidden: int, layers: int, heads: int, intermed
                       intermediate_size=intermediate, max_position_embeddings=positions, pad_token_id=pad_id)
 
 
+def _fit_position_table(key: str, value: Tensor, positions: int) -> Tensor:
+    """A BERT position table longer than ours (BarcodeBERT's 512) cut to ``positions`` rows; others unchanged.
+
+    Positions beyond our sequence length are never used, so the cut loses nothing.
+    """
+    if key.endswith("position_embeddings.weight") and value.shape[0] > positions:
+        return value[:positions]
+    return value
+
+
 def _copy_bert_weights(target: nn.Module, source: Mapping[str, Tensor], what: str) -> list[str]:
     """Copy a pretrained state dict into ``target`` (built from *our* config) and return missing keys.
 
@@ -239,8 +269,7 @@ def _copy_bert_weights(target: nn.Module, source: Mapping[str, Tensor], what: st
     for key, value in source.items():
         if key not in own or key.endswith("position_ids"):
             continue
-        if key.endswith("position_embeddings.weight") and value.shape[0] > own[key].shape[0]:
-            value = value[: own[key].shape[0]]
+        value = _fit_position_table(key, value, own[key].shape[0])
         if value.shape != own[key].shape:
             raise ClibdError(f"{what}: weight {key} has shape {tuple(value.shape)} but the configured model needs "
                              f"{tuple(own[key].shape)}; set the model sizes to those of the pretrained model.")
@@ -386,15 +415,23 @@ def _tokenize_dna(tokenizer: KmerTokenizer, sequences: Sequence[str], prefix: st
 
 
 class DNAEncoder(nn.Module):
-    """BarcodeBERT over k-mer ids → masked mean of the last hidden state → Linear → unit vector."""
+    """BarcodeBERT over k-mer ids → pooling → unit vector.
+
+    ``pooling="mean"``: masked mean of the last hidden state → Linear.  ``pooling="softmax_mean"`` (the official
+    CLIBD checkpoints): MLM-head transform (dense, activation, LayerNorm) → Linear (the official checkpoints'
+    replaced MLM decoder) → softmax over the embed_dim outputs → masked mean.  With the legacy layout's all-ones
+    mask that is the official mean over every position.
+    """
 
     def __init__(self, config: DNAEncoderConfig, embed_dim: int, load_pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
         self.tokenizer = KmerTokenizer(config.tokenizer_config())
-        self.bert = BertModel(_dna_bert_config(config, self.tokenizer), add_pooling_layer=False)
+        bert_config = _dna_bert_config(config, self.tokenizer)
+        self.bert = BertModel(bert_config, add_pooling_layer=False)
         if config.pretrained and load_pretrained:
             self._load_pretrained()
+        self.transform = BertPredictionHeadTransform(bert_config) if config.pooling == "softmax_mean" else None
         self.head = nn.Linear(config.hidden_size, embed_dim)
 
     def _load_pretrained(self) -> None:
@@ -412,6 +449,10 @@ class DNAEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.transform is not None:
+            # softmax and mean in float32: each of the embed_dim probabilities is ~1/embed_dim
+            probabilities = torch.softmax(self.head(self.transform(hidden)).float(), dim=-1)
+            return F.normalize(masked_mean(probabilities, attention_mask), dim=-1).to(hidden.dtype)
         return F.normalize(self.head(masked_mean(hidden, attention_mask)), dim=-1)
 
 
@@ -510,6 +551,21 @@ class DNAMaskedLM(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _text_positions(config: TextEncoderConfig) -> int:
+    """Rows of the text BERT's position table (BERT-small's 512, or more for a longer max_len)."""
+    return max(TEXT_MAX_POSITIONS, config.max_len)
+
+
+def _text_bert_config(config: TextEncoderConfig, tokenizer: BertTokenizerFast) -> BertConfig:
+    vocab_size = len(tokenizer) if config.vocab_size is None else config.vocab_size
+    if vocab_size < len(tokenizer):
+        raise ClibdError(f"model.text.vocab_size {vocab_size} is smaller than the text tokenizer's {len(tokenizer)} "
+                         "tokens; use the tokenizer these weights were trained with, or raise vocab_size.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return _bert_config(vocab_size, config.hidden_size, config.num_layers, config.num_heads,
+                        config.intermediate_size, _text_positions(config), pad_id)
+
+
 class TextEncoder(nn.Module):
     """BERT over WordPiece tokens of the taxonomy string → masked mean → Linear → unit vector."""
 
@@ -518,10 +574,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.bert = BertModel(_bert_config(len(tokenizer), config.hidden_size, config.num_layers, config.num_heads,
-                                           config.intermediate_size, max(TEXT_MAX_POSITIONS, config.max_len), pad_id),
-                              add_pooling_layer=False)
+        self.bert = BertModel(_text_bert_config(config, tokenizer), add_pooling_layer=False)
         if config.pretrained and load_pretrained:
             self._load_pretrained(config.pretrained)
         self.head = nn.Linear(config.hidden_size, embed_dim)

@@ -1,0 +1,316 @@
+"""Model bundles: a trained CLIBD model as ONNX files plus a manifest, run with onnxruntime (no torch).
+
+Layout (format version 1)::
+
+    BUNDLE/clibd-model.json      manifest: format version, embedding dim, fingerprint of the embedding
+                                 space, per modality its ONNX file (+ optional int8 variant) with sha256,
+                                 the inputs it expects (image preprocessing, DNA tokenizer, text template
+                                 and tokenizer files), the parity report written by `clibd export`
+    BUNDLE/image.onnx            pixel_values float32 [batch, 3, S, S] → embeddings [batch, dim]
+    BUNDLE/dna.onnx              input_ids, attention_mask int64 [batch, length] → embeddings
+    BUNDLE/text.onnx             input_ids, attention_mask int64 [batch, length] → embeddings
+    BUNDLE/text_tokenizer/       the WordPiece tokenizer the text encoder was trained with
+
+Every file is checked against its sha256 when a bundle is loaded: a truncated copy or an edited file
+would otherwise give quietly wrong embeddings.  All modalities of a bundle share one embedding space and
+so one *fingerprint*; an index built with a bundle refuses queries embedded by another one.  int8
+variants are approximations of the same space (their measured agreement is in the manifest), so they
+carry the same fingerprint.
+
+The preprocessing code (:mod:`clibd_cli.preprocess`, :mod:`clibd_cli.tokenizer`) is the one the trainer
+used, so inference sees inputs made exactly as in training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clibd_cli.errors import ClibdError, InputError
+from clibd_cli.preprocess import ImagePreprocessing
+from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
+
+MANIFEST = "clibd-model.json"
+FORMAT = "clibd-model"
+FORMAT_VERSION = 1
+MODALITIES: tuple[str, ...] = ("image", "dna", "text")
+TEXT_TEMPLATE = "{order} {family} {genus} {species}"
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEFAULT_BATCH = {"image": 32, "dna": 256, "text": 512}
+
+
+class BundleError(InputError):
+    """A model bundle is missing, of another format version, or fails its checksums."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (bundles hold files of hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The bundle's manifest, with its format and version checked."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.exists():
+        raise BundleError(f"{directory}: no such model bundle. Give the folder written by 'clibd export'.")
+    if not path.exists():
+        raise BundleError(f"{directory}: not a clibd model bundle (no {MANIFEST}). Make one with 'clibd export'.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}). Re-export or re-copy the bundle.") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format {manifest.get('format')} version {manifest.get('format_version')}; "
+                          f"this clibd reads {FORMAT} version {FORMAT_VERSION}. Re-export the model with it.")
+    return manifest
+
+
+def bundle_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """Every file the manifest lists (relative path → sha256)."""
+    files: dict[str, str] = {}
+    for spec in manifest["modalities"].values():
+        files[spec["file"]] = spec["sha256"]
+        if spec.get("int8"):
+            files[spec["int8"]["file"]] = spec["int8"]["sha256"]
+        files.update(spec.get("tokenizer", {}).get("files", {}))
+    return files
+
+
+def verify_bundle(directory: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a bundle whose files are missing or differ from the manifest's sha256."""
+    for name, expected in bundle_files(manifest).items():
+        path = Path(directory) / name
+        if not path.exists():
+            raise BundleError(f"{directory}: {name} is missing. Re-copy the whole bundle folder.")
+        if sha256_file(path) != expected:
+            raise BundleError(f"{path}: checksum does not match {MANIFEST} (file changed or truncated). "
+                              "Re-copy or re-export the bundle.")
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime sessions
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _preload_cuda(ort) -> None:
+    """Load CUDA/cuDNN from the NVIDIA pip wheels (nvidia-*-cu12) when onnxruntime can, quietly."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception), open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            preload()
+
+
+def make_session(model_path: Path, device: str = "auto", threads: int | None = None):
+    """An onnxruntime session on the requested device; returns (session, device actually used).
+
+    ``auto`` takes CUDA only when its provider really initialises (onnxruntime otherwise falls back to
+    the CPU behind the caller's back, printing errors), and stays quiet when it does not.
+    ``cuda`` insists and fails with a message saying why.
+    """
+    if device not in DEVICES:
+        raise ClibdError(f"--device {device!r}: use one of {', '.join(DEVICES)}.")
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        _preload_cuda(ort)
+        options.log_severity_level = 4 if device == "auto" else 3
+        ort.set_default_logger_severity(4 if device == "auto" else 3)
+        try:
+            session = ort.InferenceSession(str(model_path), options,
+                                           providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if session.get_providers()[0] == "CUDAExecutionProvider":
+                return session, "cuda"
+        except Exception as exc:
+            if device == "cuda":
+                raise ClibdError(f"--device cuda: onnxruntime could not start CUDA ({exc}). "
+                                 "Use --device cpu, or install onnxruntime-gpu with matching CUDA.") from exc
+        finally:
+            ort.set_default_logger_severity(2)
+            options.log_severity_level = 2
+    if device == "cuda":
+        raise ClibdError("--device cuda: no usable CUDA GPU for onnxruntime (install onnxruntime-gpu and the "
+                         "NVIDIA CUDA 12 wheels, check nvidia-smi), or use --device cpu.")
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"]), "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundle
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified model bundle; embeds photos (as preprocessed pixels), barcodes and taxonomy text."""
+
+    path: Path
+    manifest: dict[str, Any]
+    device: str = "auto"
+    int8: bool = False
+    threads: int | None = None
+    _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
+    _text_tokenizer: Any = field(default=None, repr=False)
+    used_device: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", int8: bool = False, threads: int | None = None,
+             verify: bool = True) -> ModelBundle:
+        """Read and (by default) checksum-verify a bundle; sessions start on first use."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if verify:
+            verify_bundle(path, manifest)
+        if device not in DEVICES:
+            raise ClibdError(f"--device {device!r}: use one of {', '.join(DEVICES)}.")
+        bundle = cls(path, manifest, device, int8, threads)
+        if int8:
+            lacking = [m for m, spec in manifest["modalities"].items() if not spec.get("int8")]
+            if len(lacking) == len(manifest["modalities"]):
+                raise BundleError(f"{path}: has no int8 models. Export with 'clibd export --int8', or drop --int8.")
+        return bundle
+
+    # ---------------------------------------------------------------------------------- facts
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.manifest["modalities"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        """The embedding space's fingerprint, shared by every modality and precision of this model."""
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        return ImagePreprocessing.from_dict(self._spec("image")["preprocessing"])
+
+    def _spec(self, modality: str) -> dict[str, Any]:
+        try:
+            return self.manifest["modalities"][modality]
+        except KeyError:
+            raise ClibdError(f"model {self.name} has no {modality} encoder (it has: "
+                             f"{', '.join(self.modalities)}).") from None
+
+    def precision(self, modality: str) -> str:
+        return "int8" if self.int8 and self._spec(modality).get("int8") else "fp32"
+
+    def session(self, modality: str):
+        if modality not in self._sessions:
+            spec = self._spec(modality)
+            file = spec["int8"]["file"] if self.precision(modality) == "int8" else spec["file"]
+            session, used = make_session(self.path / file, self.device, self.threads)
+            self._sessions[modality] = session
+            self.used_device = used
+        return self._sessions[modality]
+
+    # -------------------------------------------------------------------------------- embedding
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed images float32 [n, 3, S, S] → unit embeddings [n, dim]."""
+        if len(pixels) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        out = self.session("image").run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def dna_tokenizer(self) -> KmerTokenizer:
+        return KmerTokenizer(TokenizerConfig(**self._spec("dna")["tokenizer"]))
+
+    def embed_dna(self, sequences: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Normalised barcodes → unit embeddings, tokenised by the trainer's k-mer tokenizer."""
+        tokenizer = self.dna_tokenizer()
+        return self._embed_tokens("dna", sequences, lambda batch: tokenizer(list(batch)), batch_size)
+
+    def text_tokenizer(self):
+        """The text encoder's WordPiece tokenizer, via the `tokenizers` library (no transformers needed)."""
+        if self._text_tokenizer is None:
+            from tokenizers import Tokenizer
+
+            spec = self._spec("text")["tokenizer"]
+            tokenizer = Tokenizer.from_file(str(self.path / spec["tokenizer_json"]))
+            tokenizer.enable_truncation(max_length=int(spec["max_len"]))
+            tokenizer.enable_padding(length=int(spec["max_len"]), pad_id=int(spec["pad_id"]),
+                                     pad_token=str(spec["pad_token"]))
+            self._text_tokenizer = tokenizer
+        return self._text_tokenizer
+
+    def tokenize_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self.text_tokenizer().encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask
+
+    def embed_text(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Taxonomy strings (``TEXT_TEMPLATE``) → unit embeddings."""
+        return self._embed_tokens("text", texts, self.tokenize_text, batch_size)
+
+    def _embed_tokens(self, modality: str, items: Sequence[str], tokenize, batch_size: int | None) -> np.ndarray:
+        size = batch_size or DEFAULT_BATCH[modality]
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        session = self.session(modality) if len(items) else None
+        for start in range(0, len(items), size):
+            ids, mask = tokenize(items[start : start + size])
+            result = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            out[start : start + len(ids)] = result
+        return out
+
+    def encoder(self, modality: str) -> BundleEncoder:
+        self._spec(modality)
+        return BundleEncoder(self, modality)
+
+
+class BundleEncoder:
+    """One modality of a bundle behind the :class:`clibd_cli.encoders.Encoder` protocol.
+
+    Items are barcodes (dna), taxonomy strings (text) or image file paths (image; decoded one by one here,
+    `clibd classify` decodes in a worker pool instead).
+    """
+
+    name = "clibd-model"
+
+    def __init__(self, bundle: ModelBundle, modality: str) -> None:
+        self.bundle, self.modality, self.dim = bundle, modality, bundle.dim
+        self.default_thresholds: dict[str, float] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.bundle.fingerprint
+
+    def describe(self) -> dict:
+        return {"name": self.name, "modality": self.modality, "dim": self.dim, "model": self.bundle.name,
+                "space": self.bundle.fingerprint}
+
+    def encode(self, items: Sequence[str]) -> np.ndarray:
+        if self.modality == "dna":
+            return self.bundle.embed_dna(items)
+        if self.modality == "text":
+            return self.bundle.embed_text(items)
+        from clibd_cli.preprocess import preprocess_image
+
+        spec = self.bundle.preprocessing
+        pixels = np.stack([preprocess_image(path, spec) for path in items]) if items else np.empty((0,))
+        return self.bundle.embed_pixels(pixels)
