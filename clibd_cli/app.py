@@ -137,12 +137,33 @@ Kmer = Annotated[int | None, typer.Option("--kmer", help="k of the weight-free k
                                                          "(default 5; must match the index).")]
 
 
+ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle from 'clibd export' "
+                                                  "(default for barcodes: the weight-free k-mer profile).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if it really works, else CPU), cpu or cuda.")]
+Int8 = Annotated[bool, typer.Option("--int8", help="Use the bundle's int8 encoders (faster on CPU; agreement "
+                                    "with fp32 is in the bundle's manifest).")]
+Workers = Annotated[int | None, typer.Option(min=1, help="Threads decoding photos (default: up to 8).")]
+
+
+def _bundle(model: Path | None, device: str = "auto", int8: bool = False, threads: int | None = None):
+    if model is None:
+        return None
+    from clibd_cli.bundle import ModelBundle
+
+    return ModelBundle.load(model, device=device, int8=int8, threads=threads)
+
+
 @app.command("build-index")
 @user_errors
 def build_index(
-    barcodes: Annotated[list[Path], typer.Option("--barcodes", "-b", help="Reference barcodes with taxonomy: "
-                                                 "FASTA, BOLD TSV, BIOSCAN TSV/CSV (repeatable).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Index directory to write.")],
+    barcodes: Annotated[list[Path] | None, typer.Option("--barcodes", "-b", help="Reference barcodes with "
+                        "taxonomy: FASTA, BOLD TSV, BIOSCAN TSV/CSV (repeatable).")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Reference photos: a manifest CSV/TSV with an "
+                      "image_file column and taxonomy (needs --model).")] = None,
+    text_keys: Annotated[bool, typer.Option("--text-keys", help="Also index each distinct taxonomy string "
+                         "as a text reference (image→text; needs --model).")] = False,
+    model: ModelOption = None,
     append: Annotated[bool, typer.Option(help="Add the records to an existing index.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
     kmer: Kmer = None,
@@ -151,55 +172,109 @@ def build_index(
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
     min_length: MinLength = 200,
+    device: Device = "auto",
+    workers: Workers = None,
     threads: Annotated[int | None, typer.Option(help="Threads for the HNSW build (default: all cores).")] = None,
 ) -> None:
-    """Build (or extend) a reference index from barcodes with taxonomy."""
+    """Build (or extend) a reference index from barcodes, photos and taxonomy strings with taxonomy."""
     import time
 
     from clibd_cli.encoders import KmerProfileEncoder
-    from clibd_cli.index import MANIFEST, ReferenceIndex
+    from clibd_cli.index import MANIFEST, ReferenceIndex, index_modalities, save_parts
 
     console = _stderr()
     if append and force:
         raise ClibdError("--append and --force contradict each other; choose one.")
+    if not barcodes and images is None:
+        raise ClibdError("nothing to index: give --barcodes and/or --images.")
+    if (images is not None or text_keys) and model is None:
+        raise ClibdError("--images and --text-keys need a model bundle: add --model BUNDLE (from 'clibd export').")
+    if model is not None and kmer:
+        raise ClibdError("--kmer chooses the weight-free encoder; it cannot be combined with --model.")
     if append and not (output / MANIFEST).exists():
         raise ClibdError(f"{output}: no index to append to. Build it first without --append.")
     if not append and not force and output.exists() and any(output.iterdir()):
         raise ClibdError(f"{output}: already exists. Use --force to replace it or --append to add to it.")
     started = time.perf_counter()
-    existing = ReferenceIndex.load(output) if append else None
-    encoder = KmerProfileEncoder(k=kmer) if kmer else (existing.encoder() if existing else KmerProfileEncoder())
-    records = _reference_records(barcodes, id_column, sequence_column, min_length, console)
-    progress, advance = _progress(len(records), "embedding")
-    with progress:
-        if existing is not None:
-            index = existing.appended(records, encoder, progress=advance)
+    bundle = _bundle(model, device)
+    existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if append else {}
+    inputs = _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console)
+    parts = dict(existing)
+    for modality, records in inputs.items():
+        if bundle is not None:
+            encoder = bundle.encoder(modality)
+        elif kmer:
+            encoder = KmerProfileEncoder(k=kmer)
         else:
-            index = ReferenceIndex.from_records(records, encoder, progress=advance,
-                                                what=", ".join(map(str, barcodes)))
+            encoder = existing["dna"].encoder() if "dna" in existing else KmerProfileEncoder()
+        if modality == "image" and workers:
+            encoder.workers = workers
+        progress, advance = _progress(len(records), f"embedding {modality}")
+        with progress:
+            if modality in existing:
+                parts[modality] = existing[modality].appended(records, encoder, progress=advance)
+            else:
+                parts[modality] = ReferenceIndex.from_records(records, encoder, progress=advance,
+                                                              what=f"the {modality} references")
     if calibrate:
-        _calibrate_index(index, precision, console)
-    index.save(output, force=force or append, threads=threads)
-    counts = index.manifest["counts"]
-    console.print(f"[green]wrote[/green] {output}: {counts['records']:,} records, {counts['species']:,} species, "
-                  f"{counts['genus']:,} genera ({encoder.name} k={encoder.describe().get('k')}, "
-                  f"{time.perf_counter() - started:.1f} s)")
-    thresholds = index.thresholds
-    console.print("thresholds: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANK_NAMES if r in thresholds)
-                  + f" ({index.manifest['calibration'].get('method')})")
+        for modality in inputs:
+            if modality != "text":
+                _calibrate_index(parts[modality], precision, console)
+        if len(parts) > 1:
+            from clibd_cli.references import calibrate_across
+
+            calibrate_across(parts, precision)
+    save_parts(list(parts.values()), output, force=force or append, threads=threads)
+    for modality, part in parts.items():
+        counts = part.manifest["counts"]
+        what = part.encoder_description.get("name")
+        if what == "kmer-profile":
+            what += f" k={part.encoder_description.get('k')}"
+        console.print(f"[green]wrote[/green] {output} \\[{modality}]: {counts['records']:,} records, "
+                      f"{counts['species']:,} species, {counts['genus']:,} genera ({what})")
+        thresholds = part.thresholds
+        if modality != "text":  # taxonomy strings are references, never queries
+            console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANK_NAMES
+                                                                 if r in thresholds)
+                          + f" ({part.manifest['calibration'].get('method')})")
+        for query, entry in part.manifest.get("cross_thresholds", {}).items():
+            console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANK_NAMES)
+                          + " (leave-species-out)")
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 
-def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_length, console):
+def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console) -> dict:
+    """Reference records per modality, read and checked before anything is embedded."""
+    from clibd_cli.photos import collect_photos
+    from clibd_cli.references import photo_records, text_records
+
+    inputs: dict[str, list] = {}
+    if barcodes:
+        inputs["dna"] = _reference_records(barcodes, id_column, sequence_column, min_length, console)
+    if images is not None:
+        photos, problems = collect_photos([], manifest=images)
+        if problems:
+            raise ClibdError(f"{images}: {problems[0].reason}. Fix the manifest.")
+        inputs["image"] = photo_records(photos, str(images))
+    if text_keys:
+        inputs["text"] = text_records([r for records in inputs.values() for r in records])
+    return inputs
+
+
+def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_length, console, bundle=None):
     """An index directory, or a reference file embedded into a temporary in-memory index."""
     from clibd_cli.encoders import KmerProfileEncoder
     from clibd_cli.index import ReferenceIndex
 
     if path.is_dir():
-        index = ReferenceIndex.load(path)
-        encoder = KmerProfileEncoder(k=kmer) if kmer else index.encoder()
+        index = ReferenceIndex.load(path, "dna")
+        if bundle is not None:
+            encoder = bundle.encoder("dna")
+        else:
+            encoder = KmerProfileEncoder(k=kmer) if kmer else index.encoder()
         index.check_encoder(encoder)
         return index, encoder
-    encoder = KmerProfileEncoder(k=kmer) if kmer else KmerProfileEncoder()
+    encoder = bundle.encoder("dna") if bundle is not None else KmerProfileEncoder(k=kmer or 5)
     records = _reference_records([path], id_column, sequence_column, min_length, console)
     index = ReferenceIndex.from_records(records, encoder, what=str(path))
     _calibrate_index(index, 0.95, console)
@@ -230,6 +305,9 @@ def match(
     min_length: MinLength = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per batch.")] = 1024,
     threads: Annotated[int | None, typer.Option(help="Search threads (default: all cores).")] = None,
+    model: ModelOption = None,
+    device: Device = "auto",
+    int8: Int8 = False,
 ) -> None:
     """Identify query barcodes: one row per query with per-rank calls and scores."""
     from rich.console import Console
@@ -245,7 +323,8 @@ def match(
     if hits is not None:
         report.check_output(hits, resume=resume, force=force)
     query_result = _read(queries, id_column, sequence_column, min_length)
-    index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console)
+    bundle = _bundle(model, device, int8)
+    index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console, bundle)
     thresholds = {**index.thresholds, **overrides}
 
     previous = report.completed_ids(output, fmt) if (output and resume) else []
@@ -278,6 +357,108 @@ def match(
     console.print(f"{len(todo):,} queries{skipped}: {summary}")
 
 
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
+                                             "extension).")]
+Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
+                                            "(default: table on a terminal, CSV when piped).")]
+
+
+@app.command()
+@user_errors
+def classify(
+    photos: Annotated[list[str] | None, typer.Argument(help="Photos: files, folders (recursive) or glob "
+                                                       "patterns.")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle from 'clibd export'.")] = ...,
+    index_path: Annotated[Path, typer.Option("--index", "-i", help="Index directory built with the same "
+                                             "model.")] = ...,
+    against: Annotated[str, typer.Option(help="Reference modality: dna (barcodes), image, text, or all "
+                                         "(the most specific confident call wins).")] = "dna",
+    manifest: Annotated[Path | None, typer.Option(help="CSV/TSV listing photos (image_file column; "
+                                                  "optional id and grouping columns).")] = None,
+    group_by: Annotated[str | None, typer.Option(help="Fuse photos of one specimen into one call: a manifest "
+                                                 "column, or 'folder'.")] = None,
+    output: Output = None,
+    fmt: Format = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip photos already in the output file.")] = False,
+    neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per photo.")] = 10,
+    top_k: Annotated[int, typer.Option(min=0, max=1000, help="Hits per photo written to --hits.")] = 5,
+    hits: Annotated[Path | None, typer.Option(help="Write the long top-hits table here (CSV/TSV).")] = None,
+    exact: Annotated[bool, typer.Option(help="Exact search even on a large index.")] = False,
+    threshold: Annotated[list[str] | None, typer.Option(help="Override a rank's threshold, e.g. "
+                                                        "species=0.5 (repeatable).")] = None,
+    device: Device = "auto",
+    int8: Int8 = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Photos per model call.")] = 32,
+    workers: Workers = None,
+    threads: Annotated[int | None, typer.Option(help="Model/search threads (default: all cores).")] = None,
+) -> None:
+    """Identify insects from photos against barcodes, photos or taxonomy strings; one row per photo/specimen."""
+    from rich.console import Console
+
+    from clibd_cli import report
+    from clibd_cli.classify import AGAINST, CLASSIFY_COLUMNS, ClassifyOptions, classify_photos, references
+    from clibd_cli.index import ReferenceIndex, index_modalities
+    from clibd_cli.photos import collect_photos
+
+    console = _stderr()
+    if against not in AGAINST:
+        raise ClibdError(f"--against {against!r}: use one of {', '.join(AGAINST)}.")
+    if not photos and manifest is None:
+        raise ClibdError("no photos given: pass files, folders or patterns, or --manifest.")
+    overrides = _parse_thresholds(threshold)
+    fmt = report.choose_format(fmt, output, sys.stdout.isatty())
+    report.check_output(output, resume=resume, force=force)
+    if hits is not None:
+        report.check_output(hits, resume=resume, force=force)
+    found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by)
+    bundle = _bundle(model, device, int8, threads)
+    modalities = index_modalities(index_path)
+    if against != "all" and against not in modalities:
+        raise ClibdError(f"{index_path}: has no {against} references (it has: {', '.join(modalities)}). "
+                         "Choose --against accordingly or add them with 'clibd build-index --append'.")
+    parts = {m: ReferenceIndex.load(index_path, m) for m in modalities}
+    refs = references(parts, bundle, against, overrides)
+    for modality, ref in refs.items():
+        if not ref.calibrated:
+            console.print(f"[yellow]warning:[/yellow] photo→{modality} thresholds are not calibrated for this index; "
+                          "every photo gets its nearest references' lineage (flag 'uncalibrated'). Calibrate with "
+                          "'clibd calibrate --index … --model … --images LABELLED.csv'.")
+    previous = report.completed_ids(output, fmt) if (output and resume) else []
+    done = {row["query_id"] for row in previous}
+    found = [p for p in found if (p.group or p.id) not in done]
+    problems = [p for p in problems if p.id not in done]
+    info = {"clibd_version": __version__, "model": bundle.name, "model_fingerprint": bundle.fingerprint,
+            "index": str(index_path), "against": against, "neighbours": neighbours,
+            "thresholds": {m: ref.thresholds for m, ref in refs.items()},
+            "calibrated": {m: ref.calibrated for m, ref in refs.items()}}
+    writer = report.RowWriter(output, fmt, CLASSIFY_COLUMNS, info, previous=previous)
+    hit_writer = report.RowWriter(hits, report.choose_format(None, hits, False), [*report.HIT_COLUMNS, "against"],
+                                  append=resume) if hits else None
+    options = ClassifyOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
+                              batch_size=batch_size, threads=threads, against=against, workers=workers,
+                              group=group_by is not None)
+    counts: dict[str, int] = {}
+    progress, advance = _progress(len(found) + len(problems), "classifying")
+    try:
+        with progress:
+            for result in classify_photos(found, problems, bundle, refs, options, progress=advance):
+                writer.write(result.row)
+                if hit_writer is not None:
+                    for hit in result.hits:
+                        hit_writer.write(hit, flush=False)
+                counts[result.row["status"]] = counts.get(result.row["status"], 0) + 1
+    finally:
+        writer.close(Console(highlight=False))
+        if hit_writer is not None:
+            hit_writer.close()
+    summary = ", ".join(f"{counts.get(s, 0):,} {s}" for s in ("assigned", "novel_candidate", "rolled_up",
+                                                              "no_match", "error"))
+    skipped = f" ({len(done):,} already done)" if done else ""
+    unit = "specimens" if group_by else "photos"
+    console.print(f"{sum(counts.values()):,} {unit}{skipped} on {bundle.used_device or 'cpu'}: {summary}")
+
+
 @app.command()
 @user_errors
 def calibrate(
@@ -293,11 +474,64 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Seed of the leave-species-out sample.")] = 0,
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
+    images: Annotated[Path | None, typer.Option(help="Labelled photos (manifest with taxonomy): calibrate photo "
+                                                "queries against --against references (needs --model).")] = None,
+    against: Annotated[str, typer.Option(help="With --images: the reference modality to calibrate.")] = "dna",
+    model: ModelOption = None,
+    device: Device = "auto",
 ) -> None:
     """Fit per-rank thresholds for a target precision and store them in the index."""
     from rich.console import Console
     from rich.table import Table
 
+
+    if images is not None:
+        calibration = _calibrate_photos(index_path, images, against, model, device, precision, seed, novel_share)
+    else:
+        calibration = _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed,
+                                          id_column, sequence_column)
+    table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
+                        f"{calibration.report['queries']} queries)")
+    for column in ("rank", "threshold", "precision", "coverage"):
+        table.add_column(column)
+    for rank in RANK_NAMES:
+        info = calibration.report["ranks"][rank]
+        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}", f"{info['precision']:.3f}",
+                      f"{info['coverage']:.3f}")
+    Console().print(table)
+
+
+def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path | None, device: str,
+                      precision: float, seed: int, novel_share: float):
+    """Photo → `against` thresholds from labelled photos, held out by specimen and species."""
+    from clibd_cli.calibrate import calibrate_held_out
+    from clibd_cli.index import ReferenceIndex
+    from clibd_cli.photos import collect_photos
+    from clibd_cli.references import photo_records
+
+    if model is None:
+        raise ClibdError("--images needs the model bundle the index was built with: add --model BUNDLE.")
+    bundle = _bundle(model, device)
+    part = ReferenceIndex.load(index_path, against)
+    encoder = bundle.encoder("image")
+    part.check_encoder(encoder)
+    photos, _ = collect_photos([], manifest=images)
+    records = photo_records(photos, str(images))
+    vectors = encoder.encode_photos([Path(r.sequence) for r in records])
+    truth = {rank: [r.label(rank) for r in records] for rank in RANK_NAMES}
+    try:
+        calibration = calibrate_held_out(part, vectors, [r.id for r in records], truth, target=precision,
+                                         seed=seed, novel_share=novel_share)
+    except ValueError as exc:
+        raise ClibdError(f"{images}: {exc}; give at least 40 labelled photos.") from exc
+    calibration.report["method"] = "leave-species-out (labelled photos)"
+    part.set_cross_thresholds("image", calibration.thresholds, calibration.report)
+    part.save_manifest()
+    return calibration
+
+
+def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed, id_column,
+                        sequence_column):
     from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_with_queries
     from clibd_cli.index import ReferenceIndex
 
@@ -316,15 +550,7 @@ def calibrate(
             raise ClibdError(f"{index_path}: {exc}; give labelled --queries instead.") from exc
     index.set_thresholds(calibration.thresholds, calibration.report)
     index.save_manifest()
-    table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
-                        f"{calibration.report['queries']} queries)")
-    for column in ("rank", "threshold", "precision", "coverage"):
-        table.add_column(column)
-    for rank in RANK_NAMES:
-        info = calibration.report["ranks"][rank]
-        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}", f"{info['precision']:.3f}",
-                      f"{info['coverage']:.3f}")
-    Console().print(table)
+    return calibration
 
 
 @app.command()
@@ -373,6 +599,171 @@ def train(
     run = launch(config, output=output, data=data, nproc_per_node=nproc_per_node, nnodes=nnodes,
                  node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, overrides=set_, stage=stage)
     _stderr().print(f"[green]done[/green]: {run}/checkpoints/best.pt, metrics in {run}/metrics.jsonl")
+
+
+@app.command()
+@user_errors
+def check(
+    manifest: Annotated[Path, typer.Option(help="Specimen table with a photo column (image_file) and a barcode "
+                                           "column, one row per specimen.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle from 'clibd export'.")],
+    index_path: Annotated[Path, typer.Option("--index", "-i", help="Index with dna references built with the "
+                                             "same model.")],
+    against: Annotated[str, typer.Option(help="What photos are identified against: dna, image, text, all.")
+                       ] = "dna",
+    output: Output = None,
+    fmt: Format = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+    neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
+    device: Device = "auto",
+    int8: Int8 = False,
+    workers: Workers = None,
+) -> None:
+    """Quality control: per rank, does each specimen's photo agree with its own barcode?"""
+    from rich.console import Console
+
+    from clibd_cli import report
+    from clibd_cli.check import CHECK_COLUMNS, check_specimens
+    from clibd_cli.classify import ClassifyOptions, references
+    from clibd_cli.index import ReferenceIndex, index_modalities
+    from clibd_cli.photos import collect_photos
+
+    console = _stderr()
+    fmt = report.choose_format(fmt, output, sys.stdout.isatty())
+    report.check_output(output, resume=False, force=force)
+    photos, problems = collect_photos([], manifest=manifest)
+    barcodes = {r.id: r for r in _read([manifest], None, None, 0).records}
+    bundle = _bundle(model, device, int8)
+    parts = {m: ReferenceIndex.load(index_path, m) for m in index_modalities(index_path)}
+    if "dna" not in parts:
+        raise ClibdError(f"{index_path}: has no barcodes; 'clibd check' identifies each barcode against them.")
+    refs = references(parts, bundle, against)
+    dna = parts["dna"]
+    dna.check_encoder(bundle.encoder("dna"))
+    options = ClassifyOptions(neighbours=neighbours, workers=workers, against=against)
+    writer = report.RowWriter(output, fmt, CHECK_COLUMNS, {"clibd_version": __version__, "model": bundle.name,
+                                                          "index": str(index_path), "against": against})
+    counts: dict[str, int] = {}
+    progress, advance = _progress(len(photos), "checking")
+    try:
+        with progress:
+            for problem in problems:
+                writer.write({"specimen_id": problem.id, "verdict": "error", "error": problem.reason})
+                counts["error"] = counts.get("error", 0) + 1
+            for row in check_specimens(photos, barcodes, bundle, refs, dna, dna.thresholds, options, advance):
+                writer.write(row)
+                counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    finally:
+        writer.close(Console(highlight=False))
+    console.print(f"{sum(counts.values()):,} specimens: " + ", ".join(
+        f"{counts.get(v, 0):,} {v}" for v in ("consistent", "conflict", "inconclusive", "no_barcode", "error")))
+
+
+@app.command()
+@user_errors
+def embed(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Photos (files, folders, patterns) for image; barcode "
+                                                       "files for dna; tables with taxonomy for text.")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle from 'clibd export'.")] = ...,
+    modality: Annotated[str, typer.Option(help="image, dna or text.")] = "image",
+    output: Annotated[Path, typer.Option("--output", "-o", help="OUT.parquet (id + embedding columns, needs "
+                                         "pyarrow) or OUT.npy (+ OUT.ids.tsv).")] = ...,
+    manifest: Annotated[Path | None, typer.Option(help="CSV/TSV listing photos (image modality).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    device: Device = "auto",
+    int8: Int8 = False,
+    workers: Workers = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 32,
+) -> None:
+    """Write embeddings with their ids (for your own analyses, plots or indexes)."""
+    from clibd_cli.embeddings import embed_inputs, write_embeddings
+
+    console = _stderr()
+    if modality not in ("image", "dna", "text"):
+        raise ClibdError(f"--modality {modality!r}: use image, dna or text.")
+    if not inputs and manifest is None:
+        raise ClibdError("nothing to embed: give inputs (or --manifest for photos).")
+    bundle = _bundle(model, device, int8)
+    ids, vectors, errors = embed_inputs(bundle, modality, inputs or [], manifest=manifest, workers=workers,
+                                        batch_size=batch_size, read=lambda paths: _read(paths, None, None, 0))
+    written = write_embeddings(output, ids, vectors, errors, modality=modality, model=bundle, force=force)
+    console.print(f"[green]wrote[/green] {', '.join(map(str, written))}: {len(ids):,} {modality} embeddings "
+                  f"of dimension {bundle.dim}" + (f", {len(errors):,} inputs failed (listed)" if errors else ""))
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: RUN/checkpoints/best.pt from 'clibd train', or "
+                                               "an official CLIBD best.pth with --from-official.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model bundle folder to write.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write int8 (dynamically quantised) encoders, kept "
+                                       "only if they agree with fp32.")] = False,
+    from_official: Annotated[bool, typer.Option("--from-official", help="Import a published CLIBD checkpoint "
+                                                "(LoRA merged, legacy 5-mer tokenizer, no image normalisation).")
+                             ] = False,
+    text_tokenizer: Annotated[str | None, typer.Option(help="With --from-official: BERT-small tokenizer folder "
+                                                       "or hub id (default prajjwal1/bert-small).")] = None,
+    sample_images: Annotated[list[str] | None, typer.Option(help="Real photos (files, folders, patterns) for the "
+                                                            "parity and int8 checks.")] = None,
+    sample_barcodes: Annotated[Path | None, typer.Option(help="Real barcodes (with taxonomy, for text too) for the "
+                                                         "parity and int8 checks.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: folder name).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Turn a checkpoint into a model bundle: ONNX per modality, manifest with checksums, parity report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from export.onnx import ExportSource, export_bundle, load_checkpoint
+
+    console = _stderr()
+    samples = _export_samples(sample_images, sample_barcodes)
+    if from_official:
+        from export.official import load_official
+
+        imported = load_official(checkpoint, text_tokenizer)
+        source = ExportSource(imported.model, imported.preprocessing, imported.text_tokenizer, checkpoint,
+                              imported.source_sha256, "official")
+    else:
+        source = load_checkpoint(checkpoint)
+    manifest = export_bundle(source, output, int8=int8, samples=samples, force=force, name=name,
+                             progress=lambda message: console.print(f"{message}…"))
+    table = Table(title=f"{output}: ONNX vs PyTorch (cosine), int8 vs fp32")
+    for column in ("modality", "inputs", "n", "fp32 min cosine", "int8 mean cosine", "int8 top-1 agreement"):
+        table.add_column(column)
+    for modality, parity in manifest["parity"].items():
+        spec = manifest["modalities"][modality]
+        agreement = (spec.get("int8") or manifest.get("int8_rejected", {}).get(modality) or {}).get("agreement", {})
+        for kind, numbers in parity.items():
+            int8_part = agreement.get(kind, {})
+            top1 = int8_part.get("top1_neighbour_agreement")
+            table.add_row(modality, kind, str(numbers["n"]), f"{numbers['cosine_min']:.6f}",
+                          f"{int8_part['cosine_mean']:.4f}" if int8_part else "–",
+                          f"{top1:.3f}" if top1 is not None else "–")
+    Console().print(table)
+    for modality, rejected in manifest.get("int8_rejected", {}).items():
+        console.print(f"[yellow]int8 {modality} encoder not kept:[/yellow] {rejected['reason']}")
+    console.print(f"[green]wrote[/green] {output} ({', '.join(manifest['modalities'])}; "
+                  f"fingerprint {manifest['fingerprint']})")
+
+
+def _export_samples(images: list[str] | None, barcodes: Path | None):
+    from export.onnx import Samples
+
+    samples = Samples()
+    if images:
+        from clibd_cli.photos import collect_photos
+
+        found, _ = collect_photos(images)
+        samples.images = [photo.path for photo in found[:64]]
+    if barcodes is not None:
+        from clibd_cli.sequences import taxonomy_text
+
+        records = _read([barcodes], None, None, 0).records[:64]
+        samples.barcodes = [r.sequence for r in records if r.sequence]
+        samples.texts = [taxonomy_text(r.taxonomy) for r in records if r.has_taxonomy]
+    return samples
 
 
 @app.command("split")

@@ -295,6 +295,7 @@ class BundleEncoder:
     def __init__(self, bundle: ModelBundle, modality: str) -> None:
         self.bundle, self.modality, self.dim = bundle, modality, bundle.dim
         self.default_thresholds: dict[str, float] = {}
+        self.workers: int | None = None  # photo-decoding threads (None: the pool's default)
 
     @property
     def fingerprint(self) -> str:
@@ -309,8 +310,19 @@ class BundleEncoder:
             return self.bundle.embed_dna(items)
         if self.modality == "text":
             return self.bundle.embed_text(items)
-        from clibd_cli.preprocess import preprocess_image
+        return self.encode_photos([Path(item) for item in items])
 
-        spec = self.bundle.preprocessing
-        pixels = np.stack([preprocess_image(path, spec) for path in items]) if items else np.empty((0,))
-        return self.bundle.embed_pixels(pixels)
+    def encode_photos(self, paths: Sequence[Path]) -> np.ndarray:
+        """Reference photos → embeddings, decoded in a worker pool; an unreadable one is an error here
+        (a reference library must not silently lose specimens)."""
+        from clibd_cli.photos import Photo, iter_preprocessed
+
+        out = np.empty((len(paths), self.dim), dtype=np.float32)
+        start = 0
+        photos = [Photo(id=str(path), path=Path(path)) for path in paths]
+        for batch in iter_preprocessed(photos, self.bundle.preprocessing, workers=self.workers):
+            if batch.errors:
+                raise InputError(f"reference photo {batch.errors[0][1]} Fix or remove it from the references.")
+            out[start : start + len(batch.photos)] = self.bundle.embed_pixels(batch.pixels)
+            start += len(batch.photos)
+        return out

@@ -95,23 +95,43 @@ def calibrate_leave_species_out(index: ReferenceIndex, *, target: float = DEFAUL
                                 sample: int = 1000, seed: int = 0, tau: float = DEFAULT_TAU,
                                 novel_share: float = DEFAULT_NOVEL_SHARE) -> Calibration:
     """Self-calibration from the reference alone (see the module docstring)."""
-    species = index.labels.ranks["species"]
+    return calibrate_held_out(index, index.vectors(), index.labels.record_id, index.labels.ranks, target=target,
+                              k=k, sample=sample, seed=seed, tau=tau, novel_share=novel_share,
+                              query_rows=index.labels.vector)
+
+
+def calibrate_held_out(index: ReferenceIndex, query_vectors: np.ndarray, query_ids: Sequence[str],
+                       truth: dict[str, Sequence[str]], *, target: float = DEFAULT_PRECISION, k: int = 10,
+                       sample: int = 1000, seed: int = 0, tau: float = DEFAULT_TAU,
+                       novel_share: float = DEFAULT_NOVEL_SHARE, query_rows: np.ndarray | None = None,
+                       ) -> Calibration:
+    """Leave-species-out with labelled query vectors, which may be of another modality than the index.
+
+    A query never sees the reference records of its own specimen (same record id: itself in the same
+    modality, its own barcode for a photo): in the field a specimen is not in the library yet.  Of a
+    seeded sample, ``novel_share`` also lose every record of their species.  Photos of reference
+    specimens calibrate photo → barcode thresholds this way, on the scale of cross-modal cosines.
+    ``query_rows`` maps query i to its row of ``query_vectors`` (records sharing one vector).
+    """
+    species = np.asarray(truth["species"], dtype=object)
     labelled = np.flatnonzero(species != "")
-    if len(labelled) < 2 * MIN_CALLS:
+    if len(labelled) < 2 * MIN_CALLS or index.size < 2:
         raise ValueError("too few labelled references to calibrate")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(labelled, size=min(sample, len(labelled)), replace=False)
     absent = np.zeros(len(chosen), dtype=bool)
     absent[: round(len(chosen) * novel_share)] = True
-    vectors, vector_of = index.vectors(), index.labels.vector
-    exclude = np.zeros((len(chosen), index.size), dtype=bool)
-    exclude[np.arange(len(chosen)), chosen] = True
-    exclude[absent] |= species[chosen[absent]][:, None] == species[None, :]
-    neighbours, sims = exact_knn(vectors[vector_of[chosen]], vectors, min(k, index.size - 1),
-                                 exclude=exclude, columns=vector_of)
-    hit_taxonomy = index.taxonomy_of(neighbours + 1)
-    truth = {rank: index.labels.ranks[rank][chosen] for rank in RANKS}
-    scores, correct = score_queries(sims, hit_taxonomy, truth, tau)
+    ids = np.asarray(query_ids, dtype=object)[chosen]
+    reference_species = index.labels.ranks["species"]
+    exclude = ids[:, None] == index.labels.record_id[None, :]
+    exclude[absent] |= species[chosen[absent]][:, None] == reference_species[None, :]
+    rows = chosen if query_rows is None else np.asarray(query_rows)[chosen]
+    neighbours, sims = exact_knn(np.asarray(query_vectors)[rows], index.vectors(), min(k, index.size - 1),
+                                 exclude=exclude, columns=index.labels.vector)
+    sims[~np.isfinite(sims)] = -np.inf
+    hit_taxonomy = index.taxonomy_of(np.where(np.isfinite(sims), neighbours + 1, -1))
+    chosen_truth = {rank: np.asarray(truth[rank], dtype=object)[chosen] for rank in RANKS}
+    scores, correct = score_queries(sims, hit_taxonomy, chosen_truth, tau)
     calibration = fit_thresholds(scores, correct, target, index.encoder_defaults())
     calibration.report.update({"method": "leave-species-out", "queries": len(chosen),
                                "absent_species_queries": int(absent.sum()), "novel_share": novel_share, "k": k,

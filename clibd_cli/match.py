@@ -62,24 +62,42 @@ def identify(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
     for start in range(0, len(queries), options.batch_size):
         batch = queries[start : start + options.batch_size]
         vectors = encoder.encode([q.sequence for q in batch])
-        found = index.search(vectors, max(options.neighbours, options.top_k), exact=options.exact,
-                             threads=options.threads)
-        taxonomy = index.taxonomy_of(found.labels)
-        safe = np.where(found.labels > 0, found.labels - 1, 0)
-        ids = np.where(found.labels > 0, index.labels.record_id[safe], "")
-        bins = np.where(found.labels > 0, index.labels.bin[safe], "")
-        k = options.neighbours
-        sims_k = found.similarities[:, :k].copy()
-        sims_k[[not q.sequence for q in batch]] = -np.inf  # nothing to compare: no hits
-        codes = {rank: c[:, :k] for rank, c in index.lineage_codes_of(found.labels).items()}
-        assignments = assign_batch(sims_k, {rank: taxonomy[rank][:, :k] for rank in RANKS}, thresholds,
-                                   options.tau, codes=codes)
-        for i, (query, assignment) in enumerate(zip(batch, assignments, strict=True)):
-            sims = found.similarities[i]
-            hits = [{"query_id": query.id, "hit_rank": j + 1, "hit_id": ids[i][j],
-                     "similarity": float(sims[j]), **{rank: taxonomy[rank][i][j] for rank in RANKS},
-                     "bin": bins[i][j]}
-                    for j in range(min(options.top_k, len(sims))) if np.isfinite(sims[j])]
-            yield MatchResult(result_row(query.id, assignment, ids[i][:k], bins[i][:k], query.flags), hits)
+        empty = np.array([not q.sequence for q in batch], dtype=bool)
+        for query, (result, _) in zip(batch, assign_vectors([q.id for q in batch], vectors, index, thresholds,
+                                                            options, empty=empty), strict=True):
+            if query.flags:
+                result.row["flags"] = ",".join(query.flags)
+            yield result
         if progress is not None:
             progress(len(batch))
+
+
+def assign_vectors(query_ids: Sequence[str], vectors: np.ndarray, index: ReferenceIndex,
+                   thresholds: dict[str, float], options: MatchOptions = MatchOptions(),
+                   empty: np.ndarray | None = None) -> list[tuple[MatchResult, Assignment]]:
+    """Search and assign a batch of query embeddings (any modality the index's space accepts).
+
+    ``empty`` marks queries with nothing to compare (no sequence): they get no hits.
+    """
+    found = index.search(vectors, max(options.neighbours, options.top_k), exact=options.exact,
+                         threads=options.threads)
+    taxonomy = index.taxonomy_of(found.labels)
+    safe = np.where(found.labels > 0, found.labels - 1, 0)
+    ids = np.where(found.labels > 0, index.labels.record_id[safe], "")
+    bins = np.where(found.labels > 0, index.labels.bin[safe], "")
+    k = options.neighbours
+    sims_k = found.similarities[:, :k].copy()
+    if empty is not None:
+        sims_k[empty] = -np.inf
+    codes = {rank: c[:, :k] for rank, c in index.lineage_codes_of(found.labels).items()}
+    assignments = assign_batch(sims_k, {rank: taxonomy[rank][:, :k] for rank in RANKS}, thresholds,
+                               options.tau, codes=codes)
+    out = []
+    for i, (query_id, assignment) in enumerate(zip(query_ids, assignments, strict=True)):
+        sims = found.similarities[i]
+        hits = [{"query_id": query_id, "hit_rank": j + 1, "hit_id": ids[i][j],
+                 "similarity": float(sims[j]), **{rank: taxonomy[rank][i][j] for rank in RANKS},
+                 "bin": bins[i][j]}
+                for j in range(min(options.top_k, len(sims))) if np.isfinite(sims[j])]
+        out.append((MatchResult(result_row(query_id, assignment, ids[i][:k], bins[i][:k]), hits), assignment))
+    return out

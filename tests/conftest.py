@@ -218,3 +218,54 @@ def split_reference() -> tuple[list[Specimen], list[Specimen], list[Specimen]]:
 @pytest.fixture(scope="session")
 def reference_fasta(tmp_path_factory, reference_specimens) -> Path:
     return write_fasta(tmp_path_factory.mktemp("ref") / "reference.fasta", reference_specimens)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny (untrained) CLIBD model as a `clibd train` checkpoint, its synthetic specimens and its bundle.
+
+@dataclass
+class TinyModel:
+    sim: Path  # simulate folder: specimens.tsv, images/
+    checkpoint: Path  # RUN/checkpoints/best.pt, RUN/text_tokenizer
+    bundle: Path  # exported with --int8 and real samples
+    model: object  # the torch CLIBDModel (eval mode)
+
+
+def make_checkpoint(run: Path, texts: list[str], image_size: int = 32, seed: int = 0):
+    """A checkpoint in `clibd train`'s format (model, model_config, config, text tokenizer beside it)."""
+    import torch
+
+    from training.models import build_model, tiny_config
+    from training.text_tokenizer import train_text_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = train_text_tokenizer(texts, out_dir=run / "text_tokenizer")
+    config = tiny_config()
+    config.image.image_size = image_size
+    model = build_model(config, tokenizer, load_pretrained=False).eval()
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    path = run / "checkpoints" / "best.pt"
+    torch.save({"model": model.state_dict(), "model_config": config.to_dict(), "step": 1,
+                "config": {"name": "test", "data": {"image": {"size": image_size, "resize": image_size + 4,
+                                                              "crop": "center"}}}}, path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    from clibd_cli.sequences import taxonomy_text
+    from export.onnx import Samples, export_bundle, load_checkpoint
+    from training.synthetic import write_simulation
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    sim = root / "sim"
+    write_simulation(sim, n_species=8, image_size=32, hdf5=False)
+    with open(sim / "specimens.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    texts = [taxonomy_text(row) for row in rows]
+    checkpoint, model = make_checkpoint(root / "run", texts)
+    samples = Samples(images=[sim / row["image_file"] for row in rows[:24]],
+                      barcodes=[row["nucleotides"] for row in rows[:24]], texts=texts[:24])
+    bundle = root / "bundle"
+    export_bundle(load_checkpoint(checkpoint), bundle, int8=True, samples=samples)
+    return TinyModel(sim, checkpoint, bundle, model)

@@ -296,7 +296,9 @@ class ImageEncoder(nn.Module):
         self.load_report: dict[str, list[str]] = {}
         if isinstance(pretrained, str):
             self.load_report = _load_image_weights(self.backbone, pretrained)
-        self.head = nn.Linear(self.backbone.num_features, embed_dim)
+        # Some CNNs (MobileNetV3) end in a conv head wider than num_features; timm exposes its width.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.head = nn.Linear(width, embed_dim)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return F.normalize(self.head(self.backbone(pixel_values)), dim=-1)

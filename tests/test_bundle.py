@@ -1,0 +1,170 @@
+"""Model bundles: `clibd export` output, checksums, parity with PyTorch, int8, device choice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from clibd_cli.app import app
+from clibd_cli.bundle import MANIFEST, BundleError, ModelBundle, make_session, sha256_file
+from clibd_cli.errors import ClibdError, InputError
+from clibd_cli.preprocess import preprocess_image
+from clibd_cli.sequences import taxonomy_text
+from export.onnx import load_checkpoint, neighbour_agreement
+
+runner = CliRunner()
+
+
+def rows_of(sim):
+    with open(sim / "specimens.tsv") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def cosines(a, b):
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_manifest_lists_checked_files_and_parity(tiny_model):
+    manifest = json.loads((tiny_model.bundle / MANIFEST).read_text())
+    assert manifest["format"] == "clibd-model" and manifest["format_version"] == 1
+    assert list(manifest["modalities"]) == ["image", "dna", "text"]
+    assert manifest["embed_dim"] == 64
+    assert manifest["source"]["sha256"] == sha256_file(tiny_model.checkpoint)
+    image = manifest["modalities"]["image"]
+    assert image["preprocessing"]["size"] == 32 and image["preprocessing"]["resize"] == 36
+    assert manifest["modalities"]["dna"]["tokenizer"] == {"k": 4, "layout": "current", "max_len": 660}
+    for spec in manifest["modalities"].values():
+        assert sha256_file(tiny_model.bundle / spec["file"]) == spec["sha256"]
+    for modality, parity in manifest["parity"].items():
+        assert set(parity) == {"random", "real"}, modality
+        assert parity["real"]["n"] == 24
+        assert min(p["cosine_min"] for p in parity.values()) >= 0.9999
+    # int8: kept with its measured agreement, or rejected with the reason and no file left behind.
+    rejected = manifest.get("int8_rejected", {})
+    kept = {m: spec["int8"] for m, spec in manifest["modalities"].items() if "int8" in spec}
+    assert set(kept) | set(rejected) == {"image", "dna", "text"} and not set(kept) & set(rejected)
+    assert kept, "an untrained tiny model still quantises well for some modality"
+    for modality, info in kept.items():
+        assert sha256_file(tiny_model.bundle / info["file"]) == info["sha256"]
+        assert info["agreement"]["real"]["cosine_mean"] >= 0.99, modality
+        assert info["agreement"]["real"]["top1_neighbour_agreement"] >= 0.9
+        assert info["kept"] is True
+    for modality, info in rejected.items():
+        assert "<" in info["reason"] and not (tiny_model.bundle / f"{modality}.int8.onnx").exists()
+
+
+def test_runtime_embeddings_match_pytorch(tiny_model):
+    """The bundle, run by the torch-free runtime (own tokenizers, own preprocessing), equals the torch model."""
+    model, rows = tiny_model.model, rows_of(tiny_model.sim)[30:40]
+    bundle = ModelBundle.load(tiny_model.bundle, device="cpu")
+    sequences = [row["nucleotides"] for row in rows]
+    with torch.no_grad():
+        batch = model.dna_encoder.tokenize(sequences)
+        expected = model.encode_dna(batch["input_ids"], batch["attention_mask"]).numpy()
+    assert cosines(bundle.embed_dna(sequences, batch_size=3), expected).min() >= 0.9999
+    texts = [taxonomy_text(row) for row in rows] + ["Unknownia neverseenus"]
+    with torch.no_grad():
+        batch = model.text_encoder.tokenize(texts)
+        expected = model.encode_text(batch["input_ids"], batch["attention_mask"]).numpy()
+    assert cosines(bundle.embed_text(texts), expected).min() >= 0.9999
+    pixels = np.stack([preprocess_image(tiny_model.sim / row["image_file"], bundle.preprocessing) for row in rows])
+    with torch.no_grad():
+        expected = model.encode_image(torch.from_numpy(pixels)).numpy()
+    assert cosines(bundle.embed_pixels(pixels), expected).min() >= 0.9999
+    # Different inputs give different embeddings (the comparison above is not trivially satisfied).
+    assert cosines(bundle.embed_dna(sequences[:5]), bundle.embed_dna(sequences[5:])).min() < 0.999
+
+
+def test_int8_bundle_embeds_close_to_fp32(tiny_model):
+    texts = [taxonomy_text(row) for row in rows_of(tiny_model.sim)[:20]]
+    manifest = json.loads((tiny_model.bundle / MANIFEST).read_text())
+    assert "int8" in manifest["modalities"]["text"]
+    fp32 = ModelBundle.load(tiny_model.bundle, device="cpu").embed_text(texts)
+    int8 = ModelBundle.load(tiny_model.bundle, device="cpu", int8=True)
+    assert int8.precision("text") == "int8"
+    approx = int8.embed_text(texts)
+    assert cosines(fp32, approx).mean() >= 0.99
+    assert not np.array_equal(fp32, approx)  # it really ran another model
+    if "int8" not in manifest["modalities"]["dna"]:  # a rejected variant falls back to fp32
+        assert int8.precision("dna") == "fp32"
+
+
+def test_neighbour_agreement():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(30, 8))
+    assert neighbour_agreement(reference, reference) == 1.0
+    assert neighbour_agreement(reference, rng.normal(size=(30, 8))) < 0.5
+
+
+def test_tampered_or_incomplete_bundle_is_refused(tiny_model, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_model.bundle, copy)
+    data = bytearray((copy / "dna.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "dna.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"dna\.onnx: checksum does not match"):
+        ModelBundle.load(copy)
+    result = runner.invoke(app, ["embed", str(tiny_model.sim / "specimens.tsv"), "--modality", "dna", "--model",
+                                 str(copy), "-o", str(tmp_path / "e.npy")])
+    assert result.exit_code == 2 and "checksum does not match" in result.stderr
+    assert not (tmp_path / "e.npy").exists()
+    (copy / "dna.onnx").unlink()
+    with pytest.raises(BundleError, match=r"dna\.onnx is missing"):
+        ModelBundle.load(copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["format_version"] = 7
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="version 7"):
+        ModelBundle.load(copy)
+    with pytest.raises(BundleError, match="not a clibd model bundle"):
+        ModelBundle.load(tmp_path)
+
+
+def test_device_choice(tiny_model):
+    path = tiny_model.bundle / "dna.onnx"
+    session, used = make_session(path, "auto")
+    assert used in ("cpu", "cuda")
+    assert session.get_providers()[0] == ("CUDAExecutionProvider" if used == "cuda" else "CPUExecutionProvider")
+    assert make_session(path, "cpu")[1] == "cpu"
+    if used == "cpu":  # no usable GPU here: asking for one must fail clearly instead of running on the CPU
+        with pytest.raises(ClibdError, match="--device cuda"):
+            make_session(path, "cuda")
+    with pytest.raises(ClibdError, match="--device 'tpu'"):
+        make_session(path, "tpu")
+
+
+def test_export_cli_refuses_bad_input(tiny_model, tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["export", str(tiny_model.checkpoint), "-o", str(existing)])
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    result = runner.invoke(app, ["export", str(tiny_model.checkpoint), "-o", str(existing), "--force"])
+    assert result.exit_code == 2 and "not a clibd model bundle" in result.stderr
+    assert (existing / "keep.txt").read_text() == "mine"
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    result = runner.invoke(app, ["export", str(junk), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "cannot be read as a PyTorch checkpoint" in result.stderr
+    with pytest.raises(InputError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a 'clibd train' checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bundle_without_int8_refuses_int8(tiny_model, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_model.bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    for spec in manifest["modalities"].values():
+        spec.pop("int8", None)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="no int8 models"):
+        ModelBundle.load(copy, int8=True)
