@@ -766,6 +766,112 @@ def _export_samples(images: list[str] | None, barcodes: Path | None):
     return samples
 
 
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model bundle folder, a 'clibd train' checkpoint "
+                                       "(.pt), or kmer / kmer:K for the weight-free DNA profile.")],
+    data: Annotated[Path, typer.Option(help="Table with a split column ('clibd split' or 'clibd simulate' output): "
+                                       "taxonomy plus barcodes and/or image files.")],
+    split: Annotated[str, typer.Option(help="Queries to evaluate: test or val (the other calibrates the "
+                                       "open-set thresholds).")] = "test",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the full report as JSON.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for accuracy.png and reliability.png.")] = None,
+    precision: Annotated[float, typer.Option(min=0.5, max=1.0, help="Target precision of the open-set "
+                                             "thresholds.")] = 0.95,
+    device: Device = "auto",
+    workers: Workers = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --output.")] = False,
+) -> None:
+    """The paper's evaluation (micro/macro top-1/3/5 per rank, seen/unseen/harmonic) plus open-set metrics."""
+    import json
+
+    from rich.console import Console
+
+    from clibd_cli.evaluate import evaluate as run_evaluation
+    from clibd_cli.evaluate import read_split_table
+
+    if output is not None and output.exists() and not force:
+        raise ClibdError(f"{output}: already exists. Use --force to overwrite it.")
+    specimens = read_split_table(data)
+    embedder = _embedder(model, device, workers)
+    report = run_evaluation(specimens, embedder, split=split, precision=precision)
+    report["model"] = embedder.name
+    report["data"] = str(data)
+    console = Console()
+    console.print(_paper_table(report))
+    console.print(_open_set_table(report))
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        _stderr().print(f"[green]wrote[/green] {output}")
+    if plots is not None:
+        from clibd_cli.plots import plot_report
+
+        written = plot_report(report, plots)
+        _stderr().print(f"[green]wrote[/green] {', '.join(map(str, written))}")
+
+
+def _embedder(model: str, device: str, workers: int | None):
+    """kmer[:K], a model bundle folder, or a training checkpoint (exported to a temporary bundle first)."""
+    from clibd_cli.evaluate import BundleEmbedder, KmerEmbedder
+
+    if model == "kmer" or model.startswith("kmer:"):
+        k = model.partition(":")[2]
+        if k and not k.isdigit():
+            raise ClibdError(f"--model {model!r}: write kmer or kmer:K with an integer K, e.g. kmer:5.")
+        return KmerEmbedder(int(k) if k else 5)
+    path = Path(model)
+    if path.is_file():
+        import tempfile
+
+        from clibd_cli.bundle import ModelBundle
+        from export.onnx import export_bundle, load_checkpoint
+
+        folder = Path(tempfile.mkdtemp(prefix="clibd-eval-")) / "bundle"
+        export_bundle(load_checkpoint(path), folder)
+        return BundleEmbedder(ModelBundle.load(folder, device=device), workers)
+    return BundleEmbedder(_bundle(path, device), workers)
+
+
+def _percent(value) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def _paper_table(report: dict):
+    from rich.table import Table
+
+    table = Table(title=f"{report['model']}: {report['split']} split, micro top-1 % (seen / unseen / harmonic); "
+                        f"{report['counts']['queries_seen']} + {report['counts']['queries_unseen']} queries, "
+                        f"{report['counts']['keys']} keys")
+    table.add_column("rank")
+    pairs = [p for p in report["pairs"] if report["closed_set"].get(p)]
+    for pair in pairs:
+        table.add_column(pair.replace("_to_", "→"), justify="right")
+    for rank in RANK_NAMES:
+        cells = []
+        for pair in pairs:
+            entry = report["closed_set"][pair]
+            cells.append(" / ".join(_percent(entry.get(g, {}).get(rank, {}).get("micro_top1"))
+                                    for g in ("seen", "unseen", "harmonic")))
+        table.add_row(rank, *cells)
+    return table
+
+
+def _open_set_table(report: dict):
+    from rich.table import Table
+
+    table = Table(title=f"open set: unseen species' keys removed; thresholds for precision calibrated on "
+                        f"{report['open_set_calibrated_on']}")
+    for column in ("pair", "absent: named (wrong)", "absent: rolled up right", "present: named",
+                   "present: named right", "AUROC absent"):
+        table.add_column(column, justify="right")
+    for pair, entry in report["open_set"].items():
+        table.add_row(pair.replace("_to_", "→"), _percent(entry["absent"]["named_species_share"]),
+                      _percent(entry["absent"]["rolled_up_correct_share"]), _percent(entry["present"]["named_share"]),
+                      _percent(entry["present"]["named_correct_share"]), f"{entry['auroc_species_absent']:.3f}")
+    return table
+
+
 @app.command("split")
 @user_errors
 def split_command(

@@ -264,6 +264,45 @@ def test_imported_small_model_matches_the_official_forward(small, tokenizer_dir)
 def test_imported_full_size_model_matches_the_official_forward(tmp_path_factory, tokenizer_dir):
     path, state = _official(tmp_path_factory, FULL)
     compare_with_reference(path, state, FULL, tokenizer_dir)
+    del state
+    check_official_bundle(path, tokenizer_dir, tmp_path_factory.mktemp("bundle") / "official", FULL)
+
+
+def check_official_bundle(path, tokenizer_dir, bundle_dir, sizes: Sizes) -> None:
+    """`clibd export --from-official` writes a bundle that embeds real BIOSCAN photos like the torch model."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+    from clibd_cli.bundle import ModelBundle
+    from clibd_cli.photos import collect_photos
+    from clibd_cli.preprocess import preprocess_image
+    from conftest import shared_path
+
+    images = shared_path("images/bioscan1m_cropped_examples")
+    result = CliRunner().invoke(app, ["export", str(path), "--from-official", "--text-tokenizer", str(tokenizer_dir),
+                                      "-o", str(bundle_dir), "--sample-images", str(images)])
+    assert result.exit_code == 0, result.output
+    bundle = ModelBundle.load(bundle_dir, device="cpu")
+    assert bundle.manifest["source"]["kind"] == "official"
+    assert bundle.manifest["modalities"]["dna"]["tokenizer"] == {"k": 5, "layout": "legacy", "max_len": 660}
+    assert bundle.preprocessing == OFFICIAL_PREPROCESSING
+    assert bundle.manifest["parity"]["image"]["real"]["n"] >= 5
+    photos, _ = collect_photos([images])
+    pixels = np.stack([preprocess_image(photo.path, bundle.preprocessing) for photo in photos])
+    assert 0.0 <= pixels.min() and pixels.max() <= 1.0  # no normalisation, as the official model expects
+    embeddings = bundle.embed_pixels(pixels)
+    assert embeddings.shape == (len(photos), sizes.embed) and np.isfinite(embeddings).all()
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
+    model = load_official(path, text_tokenizer=tokenizer_dir).model
+    with torch.no_grad():
+        expected = model.encode_image(torch.from_numpy(pixels)).numpy()
+    assert (embeddings * expected).sum(axis=1).min() >= 0.9999
+    assert bundle.embed_dna(SEQUENCES).shape == (len(SEQUENCES), sizes.embed)
+
+
+def test_official_bundle_embeds_real_photos(small, tokenizer_dir, tmp_path):
+    check_official_bundle(small[0], tokenizer_dir, tmp_path / "official", SMALL)
 
 
 def test_official_config_reads_the_paper_architecture_from_shapes():
