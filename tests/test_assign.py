@@ -64,6 +64,13 @@ def test_novel_candidate_at_genus():
     assert result.scores["species"] == pytest.approx(0.80, abs=1e-6)  # passes nothing but species' own bar
 
 
+def test_no_novelty_claim_when_the_species_threshold_is_unreachable():
+    """A species threshold calibration could not set (above any cosine) is no evidence of a new species."""
+    thresholds = {"order": 0.5, "family": 0.6, "genus": 0.75, "species": 1.01}
+    result = run([0.99, 0.98], A1, A1, thresholds=thresholds)
+    assert result.status == "rolled_up" and result.rank == "genus"
+
+
 def test_novel_candidate_at_family():
     result = run([0.65, 0.64], A1, C1)
     assert result.status == "novel_candidate" and result.rank == "family"
