@@ -271,13 +271,13 @@ def test_imported_full_size_model_matches_the_official_forward(tmp_path_factory,
 def check_official_bundle(path, tokenizer_dir, bundle_dir, sizes: Sizes) -> None:
     """`clibd export --from-official` writes a bundle that embeds real BIOSCAN photos like the torch model."""
     import numpy as np
+    from conftest import shared_path
     from typer.testing import CliRunner
 
     from clibd_cli.app import app
     from clibd_cli.bundle import ModelBundle
     from clibd_cli.photos import collect_photos
     from clibd_cli.preprocess import preprocess_image
-    from conftest import shared_path
 
     images = shared_path("images/bioscan1m_cropped_examples")
     result = CliRunner().invoke(app, ["export", str(path), "--from-official", "--text-tokenizer", str(tokenizer_dir),
@@ -290,7 +290,7 @@ def check_official_bundle(path, tokenizer_dir, bundle_dir, sizes: Sizes) -> None
     assert bundle.manifest["parity"]["image"]["real"]["n"] >= 5
     photos, _ = collect_photos([images])
     pixels = np.stack([preprocess_image(photo.path, bundle.preprocessing) for photo in photos])
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0  # no normalisation, as the official model expects
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0  # no normalisation, as the official model expects
     embeddings = bundle.embed_pixels(pixels)
     assert embeddings.shape == (len(photos), sizes.embed) and np.isfinite(embeddings).all()
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
