@@ -310,7 +310,6 @@ def match(
     int8: Int8 = False,
 ) -> None:
     """Identify query barcodes: one row per query with per-rank calls and scores."""
-    from rich.console import Console
 
     from clibd_cli import report
     from clibd_cli.match import MatchOptions, identify
@@ -337,24 +336,34 @@ def match(
     hit_writer = report.RowWriter(hits, hits_fmt, report.HIT_COLUMNS, append=resume) if hits else None
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                            batch_size=batch_size, threads=threads)
-    counts: dict[str, int] = {}
     progress, advance = _progress(len(todo), "matching")
-    try:
-        with progress:
-            for result in identify(todo, index, encoder, thresholds, options, progress=advance):
-                writer.write(result.row)
-                if hit_writer is not None:
-                    for hit in result.hits:
-                        hit_writer.write(hit, flush=False)
-                counts[result.row["status"]] = counts.get(result.row["status"], 0) + 1
-    finally:
-        writer.close(Console(highlight=False))
-        if hit_writer is not None:
-            hit_writer.close()
+    with progress:
+        counts = _write_results(identify(todo, index, encoder, thresholds, options, progress=advance), writer,
+                                hit_writer)
     summary = ", ".join(f"{counts.get(s, 0):,} {s}" for s in ("assigned", "novel_candidate", "rolled_up",
                                                               "no_match"))
     skipped = f" ({len(done):,} already done)" if done else ""
     console.print(f"{len(todo):,} queries{skipped}: {summary}")
+
+
+def _write_results(results, writer, hit_writer) -> dict[str, int]:
+    """Stream result rows (and their hits) to the writers; counts per status.  Writers are closed even on
+    an interruption, so every finished row stays on disk for --resume."""
+    from rich.console import Console
+
+    counts: dict[str, int] = {}
+    try:
+        for result in results:
+            writer.write(result.row)
+            if hit_writer is not None:
+                for hit in result.hits:
+                    hit_writer.write(hit, flush=False)
+            counts[result.row["status"]] = counts.get(result.row["status"], 0) + 1
+    finally:
+        writer.close(Console(highlight=False))
+        if hit_writer is not None:
+            hit_writer.close()
+    return counts
 
 
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
@@ -394,7 +403,6 @@ def classify(
     threads: Annotated[int | None, typer.Option(help="Model/search threads (default: all cores).")] = None,
 ) -> None:
     """Identify insects from photos against barcodes, photos or taxonomy strings; one row per photo/specimen."""
-    from rich.console import Console
 
     from clibd_cli import report
     from clibd_cli.classify import AGAINST, CLASSIFY_COLUMNS, ClassifyOptions, classify_photos, references
@@ -438,20 +446,10 @@ def classify(
     options = ClassifyOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                               batch_size=batch_size, threads=threads, against=against, workers=workers,
                               group=group_by is not None)
-    counts: dict[str, int] = {}
     progress, advance = _progress(len(found) + len(problems), "classifying")
-    try:
-        with progress:
-            for result in classify_photos(found, problems, bundle, refs, options, progress=advance):
-                writer.write(result.row)
-                if hit_writer is not None:
-                    for hit in result.hits:
-                        hit_writer.write(hit, flush=False)
-                counts[result.row["status"]] = counts.get(result.row["status"], 0) + 1
-    finally:
-        writer.close(Console(highlight=False))
-        if hit_writer is not None:
-            hit_writer.close()
+    with progress:
+        counts = _write_results(classify_photos(found, problems, bundle, refs, options, progress=advance), writer,
+                                hit_writer)
     summary = ", ".join(f"{counts.get(s, 0):,} {s}" for s in ("assigned", "novel_candidate", "rolled_up",
                                                               "no_match", "error"))
     skipped = f" ({len(done):,} already done)" if done else ""

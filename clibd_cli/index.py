@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli import __version__
+from clibd_cli.atomic import atomic_dir, write_json, write_json_atomic
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
@@ -349,7 +347,7 @@ class ReferenceIndex:
         """Rewrite only this part's entry in index.json (atomically), e.g. after calibration."""
         stored = _read_manifest(self.path)
         stored["parts"][self.modality] = _part_entry(self.manifest)
-        _write_json_atomic(self.path / MANIFEST, stored)
+        write_json_atomic(self.path / MANIFEST, stored)
 
 
 # ------------------------------------------------------------------------------- whole index
@@ -393,12 +391,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
         raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
     if occupied and not (directory / MANIFEST).exists():
         raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an index is shared like any folder
-    try:
+    with atomic_dir(directory) as tmp:
         stored: dict = {k: parts[0].manifest[k] for k in GLOBAL_KEYS if k in parts[0].manifest}
         stored["parts"] = {}
         db = _create_db(tmp / RECORDS_DB)
@@ -414,11 +407,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
             _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
             part.manifest["file"] = filename
             stored["parts"][part.modality] = _part_entry(part.manifest)
-        _write_json(tmp / MANIFEST, stored)
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST, stored)
     for part in parts:
         part.path = directory
     return directory
@@ -550,24 +539,3 @@ def _write_records(db: sqlite3.Connection, records: Sequence[SequenceRecord], ve
         ((r.id, int(v), *(r.label(rank) for rank in RANKS), r.bin, modality,
           len(r.sequence) if modality == "dna" else None, ",".join(r.flags), r.source, r.sequence)
          for r, v in zip(records, vector, strict=True)))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_json(tmp, data)
-    os.replace(tmp, path)
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    """Move the finished temporary directory into place, replacing an old index if any."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)

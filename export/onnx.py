@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from clibd_cli import __version__
+from clibd_cli.atomic import atomic_dir, write_json
 from clibd_cli.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TEXT_TEMPLATE, ModelBundle, sha256_file
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImageError, ImagePreprocessing, preprocess_image
@@ -272,14 +270,8 @@ def export_bundle(source: ExportSource, output: str | Path, *, int8: bool = Fals
     samples = samples or Samples()
     say = progress or (lambda _message: None)
     model = source.model.eval()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_dir(output) as tmp:
         manifest = _write_bundle(model, source, tmp, int8, samples, name or output.name, say)
-        _replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -311,13 +303,13 @@ def _write_bundle(model: CLIBDModel, source: ExportSource, tmp: Path, int8: bool
                    **{k: v for k, v in source.info.items() if v is not None}},
         "model_config": model.config.to_dict(),
     }
-    _write_json(tmp / MANIFEST, manifest)
+    write_json(tmp / MANIFEST, manifest)
     say("checking ONNX against PyTorch")
     manifest["parity"] = check_parity(model, source, tmp, manifest, samples)
     if int8:
         say("quantising to int8")
         _add_int8(model, source, tmp, manifest, samples)
-    _write_json(tmp / MANIFEST, manifest)
+    write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
@@ -404,20 +396,3 @@ def _int8_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
     if neighbours is None or not np.isfinite(neighbours):
         return True, "cosine only (no real inputs to measure neighbour agreement)"
     return True, "agrees with fp32"
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
