@@ -55,9 +55,9 @@ def _accuracy(plt, report: dict[str, Any], path: Path) -> Path:
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("micro top-1 accuracy (%)")
-    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper right", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{report.get('model', '')} — {report['split']} split, nearest keys", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -84,9 +84,9 @@ def _reliability(plt, report: dict[str, Any], path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy of the call")
-    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper right", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(f"{report.get('model', '')} — reliability per rank ({report['split']}, seen keys only)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
