@@ -121,12 +121,13 @@ def _preload_cuda(ort) -> None:
             preload()
 
 
-def make_session(model_path: Path, device: str = "auto", threads: int | None = None):
+def make_session(model_path: Path, device: str = "auto", threads: int | None = None, *, spin: bool = True):
     """An onnxruntime session on the requested device; returns (session, device actually used).
 
     ``auto`` takes CUDA only when its provider really initialises (onnxruntime otherwise falls back to
     the CPU behind the caller's back, printing errors), and stays quiet when it does not.
-    ``cuda`` insists and fails with a message saying why.
+    ``cuda`` insists and fails with a message saying why.  ``spin=False`` stops idle CPU threads from
+    busy-waiting between operators: right when photo-decoding threads share the cores.
     """
     if device not in DEVICES:
         raise ClibdError(f"--device {device!r}: use one of {', '.join(DEVICES)}.")
@@ -135,6 +136,8 @@ def make_session(model_path: Path, device: str = "auto", threads: int | None = N
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         _preload_cuda(ort)
         options.log_severity_level = 4 if device == "auto" else 3
@@ -241,7 +244,8 @@ class ModelBundle:
         if modality not in self._sessions:
             spec = self._checked(modality)
             file = spec["int8"]["file"] if self.precision(modality) == "int8" else spec["file"]
-            session, used = make_session(self.path / file, self.device, self.threads)
+            # Photos are decoded by worker threads on the same cores while the image encoder runs.
+            session, used = make_session(self.path / file, self.device, self.threads, spin=modality != "image")
             self._sessions[modality] = session
             self.used_device = used
         return self._sessions[modality]
