@@ -482,12 +482,11 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-
     if images is not None:
         calibration = _calibrate_photos(index_path, images, against, model, device, precision, seed, novel_share)
     else:
         calibration = _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed,
-                                          id_column, sequence_column)
+                                          id_column, sequence_column, _bundle(model, device))
     table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
                         f"{calibration.report['queries']} queries)")
     for column in ("rank", "threshold", "precision", "coverage"):
@@ -529,14 +528,15 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
 
 
 def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed, id_column,
-                        sequence_column):
+                        sequence_column, bundle=None):
     from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_with_queries
     from clibd_cli.index import ReferenceIndex
 
     index = ReferenceIndex.load(index_path)
     if queries is not None:
         records = _reference_records([queries], id_column, sequence_column, 0, _stderr())
-        encoder = index.encoder()
+        encoder = bundle.encoder("dna") if bundle is not None else index.encoder()
+        index.check_encoder(encoder)
         truth = {rank: [r.label(rank) for r in records] for rank in RANK_NAMES}
         calibration = calibrate_with_queries(index, encoder.encode([r.sequence for r in records]), truth,
                                              target=precision, k=neighbours)
