@@ -796,7 +796,7 @@ def evaluate(
     report = run_evaluation(specimens, embedder, split=split, precision=precision)
     report["model"] = embedder.name
     report["data"] = str(data)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # a file or pipe gets unwrapped tables
     console.print(_paper_table(report))
     console.print(_open_set_table(report))
     if output is not None:
