@@ -421,6 +421,7 @@ def classify(
         report.check_output(hits, resume=resume, force=force)
     found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by)
     bundle = _bundle(model, device, int8, threads)
+    bundle.check("image")
     modalities = index_modalities(index_path)
     if against != "all" and against not in modalities:
         raise ClibdError(f"{index_path}: has no {against} references (it has: {', '.join(modalities)}). "
@@ -632,6 +633,7 @@ def check(
     photos, problems = collect_photos([], manifest=manifest)
     barcodes = {r.id: r for r in _read([manifest], None, None, 0).records}
     bundle = _bundle(model, device, int8)
+    bundle.check("image", "dna")
     parts = {m: ReferenceIndex.load(index_path, m) for m in index_modalities(index_path)}
     if "dna" not in parts:
         raise ClibdError(f"{index_path}: has no barcodes; 'clibd check' identifies each barcode against them.")

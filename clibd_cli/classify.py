@@ -19,6 +19,9 @@ the specimen.  Undecodable photos become ``status=error`` rows with the reason; 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -110,8 +113,15 @@ def classify_photos(photos: Sequence[Photo], problems: Sequence[PhotoProblem], b
     """Yield one result per photo (or per group with ``options.group``), errors included, input order."""
     for problem in problems:
         yield MatchResult(error_row(problem.id, problem.reason), [])
-    spec = bundle.preprocessing
-    batches = iter_preprocessed(photos, spec, batch_size=options.batch_size, workers=options.workers)
+    # Start the image encoder (checksum, graph optimisation: ~1 s at paper size) while the first photos decode.
+    warm = threading.Thread(target=_start_session, args=(bundle,), daemon=True)
+    warm.start()
+    batches = iter_preprocessed(photos, bundle.preprocessing, batch_size=options.batch_size,
+                                workers=options.workers)
+    first = next(batches, None)
+    warm.join()
+    if first is not None:
+        batches = itertools.chain([first], batches)
     if not options.group:
         start = 0
         for batch in batches:
@@ -127,6 +137,12 @@ def classify_photos(photos: Sequence[Photo], problems: Sequence[PhotoProblem], b
                 progress(size)
         return
     yield from _classify_groups(photos, batches, bundle, refs, options, progress)
+
+
+def _start_session(bundle: ModelBundle) -> None:
+    """Create the image session; a failure (say, a checksum) is raised again, cleanly, on first real use."""
+    with contextlib.suppress(Exception):
+        bundle.session("image")
 
 
 def _classify_groups(photos, batches, bundle: ModelBundle, refs: dict[str, Reference], options: ClassifyOptions,

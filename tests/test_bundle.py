@@ -116,6 +116,20 @@ def test_tampered_or_incomplete_bundle_is_refused(tiny_model, tmp_path):
                                  str(copy), "-o", str(tmp_path / "e.npy")])
     assert result.exit_code == 2 and "checksum does not match" in result.stderr
     assert not (tmp_path / "e.npy").exists()
+    image = bytearray((copy / "image.onnx").read_bytes())
+    image[-10] ^= 0xFF
+    (copy / "image.onnx").write_bytes(bytes(image))
+    photo = tiny_model.sim / rows_of(tiny_model.sim)[0]["image_file"]
+    result = runner.invoke(app, ["classify", str(photo), "--model", str(copy), "--index", str(tmp_path / "none")])
+    assert (result.exit_code == 2 and "no clibd index" in result.stderr) or "not a clibd index" in result.stderr
+    index = tmp_path / "index"
+    assert runner.invoke(app, ["build-index", "-b", str(tiny_model.sim / "specimens.tsv"), "--model",
+                               str(tiny_model.bundle), "-o", str(index)]).exit_code == 0
+    result = runner.invoke(app, ["classify", str(photo), "--model", str(copy), "--index", str(index), "-o",
+                                 str(tmp_path / "c.csv")])
+    assert result.exit_code == 2 and "image.onnx: checksum does not match" in result.stderr
+    assert "Traceback" not in result.output and "Exception in thread" not in result.output
+    assert result.stderr.startswith("error:") and not (tmp_path / "c.csv").exists()
     (copy / "dna.onnx").unlink()
     with pytest.raises(BundleError, match=r"dna\.onnx is missing"):
         ModelBundle.load(copy)
