@@ -120,8 +120,6 @@ def test_tampered_or_incomplete_bundle_is_refused(tiny_model, tmp_path):
     image[-10] ^= 0xFF
     (copy / "image.onnx").write_bytes(bytes(image))
     photo = tiny_model.sim / rows_of(tiny_model.sim)[0]["image_file"]
-    result = runner.invoke(app, ["classify", str(photo), "--model", str(copy), "--index", str(tmp_path / "none")])
-    assert (result.exit_code == 2 and "no clibd index" in result.stderr) or "not a clibd index" in result.stderr
     index = tmp_path / "index"
     assert runner.invoke(app, ["build-index", "-b", str(tiny_model.sim / "specimens.tsv"), "--model",
                                str(tiny_model.bundle), "-o", str(index)]).exit_code == 0
