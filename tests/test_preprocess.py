@@ -90,13 +90,21 @@ def test_full_resolution_photo_shape_dtype_and_range():
 
 def test_draft_decoding_is_used_and_close_to_full_decode():
     path = shared_image("bioscan1m_order_examples/Hymenoptera.jpg")
-    drafted = load_image(path, draft_min_side=DRAFT_MARGIN * 256)
-    assert drafted.size == (720, 540)  # 1/4 scale: the short side stays ≥ 2 × 256
+    drafted = load_image(path, draft_min_side=round(DRAFT_MARGIN * 256))
+    assert drafted.size == (720, 540)  # 1/4 scale: the short side stays ≥ 1.5 × 256
     fast = preprocess_image(path, RAW)  # a path: decoded with draft
     full = preprocess_image(load_image(path), RAW)  # a decoded image: full resolution
     assert fast.shape == full.shape
     assert np.abs(fast - full).mean() < 1.0 / 255  # measured ≈ 0.25 grey levels on these photos
     assert np.abs(fast - full).max() < 12.0 / 255
+
+
+def test_draft_halves_1024px_photos_closely():
+    path = shared_image("bioscan1m_imgfilter_subset/ABINP1749-21.1024px.jpg")
+    assert load_image(path, draft_min_side=round(DRAFT_MARGIN * 256)).size == (512, 384)
+    fast = preprocess_image(path, RAW)
+    full = preprocess_image(load_image(path), RAW)
+    assert np.abs(fast - full).mean() < 1.0 / 255  # measured ≈ 0.26 grey levels
 
 
 def test_draft_is_not_used_when_the_image_is_small():

@@ -504,7 +504,7 @@ class ImageTransform:
     @property
     def draft_min_side(self) -> int:
         """Smallest short side a JPEG may be draft-decoded to before this transform (see preprocess)."""
-        return DRAFT_MARGIN * self.spec.resize
+        return round(DRAFT_MARGIN * self.spec.resize)
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
