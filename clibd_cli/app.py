@@ -137,6 +137,11 @@ Kmer = Annotated[int | None, typer.Option("--kmer", help="k of the weight-free k
                                                          "(default 5; must match the index).")]
 
 
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
+                                             "extension).")]
+Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
+                                            "(default: table on a terminal, CSV when piped).")]
+
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle from 'clibd export' "
                                                   "(default for barcodes: the weight-free k-mer profile).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if it really works, else CPU), cpu or cuda.")]
@@ -287,10 +292,8 @@ def match(
     queries: Annotated[list[Path], typer.Argument(help="Query barcodes: FASTA, BOLD/BIOSCAN TSV or CSV.")],
     index_path: Annotated[Path, typer.Option("--index", "-i", help="Index directory, or a reference file "
                                              "(then an exact index is built in memory).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results here "
-                                                "(format from the extension).")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
-                                            "(default: table on a terminal, CSV when piped).")] = None,
+    output: Output = None,
+    fmt: Format = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     resume: Annotated[bool, typer.Option(help="Skip queries already in the output file.")] = False,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
@@ -365,11 +368,6 @@ def _write_results(results, writer, hit_writer) -> dict[str, int]:
             hit_writer.close()
     return counts
 
-
-Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
-                                             "extension).")]
-Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
-                                            "(default: table on a terminal, CSV when piped).")]
 
 
 @app.command()
@@ -827,9 +825,10 @@ def _embedder(model: str, device: str, workers: int | None):
         from clibd_cli.bundle import ModelBundle
         from export.onnx import export_bundle, load_checkpoint
 
-        folder = Path(tempfile.mkdtemp(prefix="clibd-eval-")) / "bundle"
+        scratch = tempfile.TemporaryDirectory(prefix="clibd-eval-")
+        folder = Path(scratch.name) / "bundle"
         export_bundle(load_checkpoint(path), folder)
-        return BundleEmbedder(ModelBundle.load(folder, device=device), workers)
+        return BundleEmbedder(ModelBundle.load(folder, device=device), workers, scratch)
     return BundleEmbedder(_bundle(path, device), workers)
 
 

@@ -1,4 +1,4 @@
-"""Atomic writes of folders and JSON files: an interrupted build never leaves half an index or bundle.
+"""Manifest files and atomic writes: an interrupted build never leaves half an index or bundle.
 
 A folder is written into a temporary sibling that replaces the target in one rename (the old one, if
 any, is moved aside first and removed after); a JSON file is written beside its target and renamed.
@@ -37,6 +37,17 @@ def atomic_dir(directory: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: Path, error: type[Exception], remedy: str) -> Any:
+    """A JSON manifest, or ``error`` naming the file and ``remedy`` when it is missing or not JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path.parent}: no {path.name}. {remedy}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}). {remedy}") from exc
 
 
 def write_json(path: Path, data: Any) -> None:

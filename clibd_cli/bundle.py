@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from clibd_cli.atomic import read_json
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
@@ -68,10 +68,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise BundleError(f"{directory}: no such model bundle. Give the folder written by 'clibd export'.")
     if not path.exists():
         raise BundleError(f"{directory}: not a clibd model bundle (no {MANIFEST}). Make one with 'clibd export'.")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}). Re-export or re-copy the bundle.") from exc
+    manifest = read_json(path, BundleError, "Re-export or re-copy the bundle.")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format {manifest.get('format')} version {manifest.get('format_version')}; "
                           f"this clibd reads {FORMAT} version {FORMAT_VERSION}. Re-export the model with it.")
@@ -187,6 +184,7 @@ class ModelBundle:
     verify: bool = True
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
     _text_tokenizer: Any = field(default=None, repr=False)
+    _dna_tokenizer: KmerTokenizer | None = field(default=None, repr=False)
     _verified: set[str] = field(default_factory=set, repr=False)
     used_device: str | None = None
 
@@ -274,7 +272,10 @@ class ModelBundle:
         return np.asarray(out[0], dtype=np.float32)
 
     def dna_tokenizer(self) -> KmerTokenizer:
-        return KmerTokenizer(TokenizerConfig(**self._spec("dna")["tokenizer"]))
+        """The trainer's k-mer tokenizer with this model's layout (built once: index builds call per batch)."""
+        if self._dna_tokenizer is None:
+            self._dna_tokenizer = KmerTokenizer(TokenizerConfig(**self._spec("dna")["tokenizer"]))
+        return self._dna_tokenizer
 
     def embed_dna(self, sequences: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Normalised barcodes → unit embeddings, tokenised by the trainer's k-mer tokenizer."""

@@ -86,9 +86,13 @@ def score_queries(similarities: np.ndarray, hit_taxonomy: dict[str, np.ndarray],
     """Per-rank score and correctness of the winning label for each query."""
     assignments = assign_batch(similarities, hit_taxonomy, {}, tau)
     scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
-    correct = {rank: np.array([bool(a.calls[rank].label) and a.calls[rank].label == truth[rank][i]
-                               for i, a in enumerate(assignments)], dtype=bool) for rank in RANKS}
-    return scores, correct
+    return scores, correct_calls(assignments, truth)
+
+
+def correct_calls(assignments, truth: dict[str, Sequence[str]]) -> dict[str, np.ndarray]:
+    """Per rank, whether each query's winning label (called or not) is its true label."""
+    return {rank: np.array([bool(a.calls[rank].label) and a.calls[rank].label == truth[rank][i]
+                            for i, a in enumerate(assignments)], dtype=bool) for rank in RANKS}
 
 
 def calibrate_leave_species_out(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, k: int = 10,

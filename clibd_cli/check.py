@@ -52,10 +52,8 @@ def check_specimens(photos: Sequence[Photo], barcodes: Mapping[str, SequenceReco
                     refs: dict[str, Reference], dna: ReferenceIndex, dna_thresholds: dict[str, float],
                     options: ClassifyOptions, progress: Callable[[int], None] | None = None) -> Iterator[dict]:
     """One row per photo (specimen), in input order."""
-    start = 0
     for batch in iter_preprocessed(photos, bundle.preprocessing, batch_size=options.batch_size,
                                    workers=options.workers):
-        failed = {id(photo): reason for photo, reason in batch.errors}
         paired = [p for p in batch.photos if p.id in barcodes and barcodes[p.id].sequence]
         image_vectors = bundle.embed_pixels(batch.pixels)
         by_photo = dict(zip((id(p) for p in batch.photos), image_vectors, strict=True))
@@ -70,10 +68,9 @@ def check_specimens(photos: Sequence[Photo], barcodes: Mapping[str, SequenceReco
                                           strict=True):
                 barcode_rows[id(photo)] = result.row
             sims = dict(zip((id(p) for p in paired), (vectors * dna_vectors).sum(axis=1), strict=True))
-        size = len(batch.photos) + len(batch.errors)
-        for photo in photos[start : start + size]:
-            if id(photo) in failed:
-                yield _row(photo.id, "error", failed[id(photo)])
+        for photo, reason in batch.in_order():
+            if reason is not None:
+                yield _row(photo.id, "error", reason)
             elif id(photo) not in photo_rows:
                 yield _row(photo.id, "no_barcode", "no barcode with this specimen id")
             else:
@@ -86,6 +83,5 @@ def check_specimens(photos: Sequence[Photo], barcodes: Mapping[str, SequenceReco
                     row.update({f"photo_{rank}": p_row.get(rank, ""), f"barcode_{rank}": b_row.get(rank, ""),
                                 f"agree_{rank}": agree[rank]})
                 yield row
-        start += size
         if progress is not None:
-            progress(size)
+            progress(len(batch.inputs))

@@ -62,7 +62,7 @@ class Reference:
 def references(parts: dict[str, ReferenceIndex], bundle: ModelBundle, against: str,
                overrides: dict[str, float] | None = None) -> dict[str, Reference]:
     """The index parts a photo is compared with, checked against the bundle's embedding space."""
-    wanted = [m for m in parts] if against == "all" else [against]
+    wanted = list(parts) if against == "all" else [against]
     out = {}
     for modality in wanted:
         part = parts[modality]
@@ -123,18 +123,13 @@ def classify_photos(photos: Sequence[Photo], problems: Sequence[PhotoProblem], b
     if first is not None:
         batches = itertools.chain([first], batches)
     if not options.group:
-        start = 0
         for batch in batches:
             vectors = bundle.embed_pixels(batch.pixels)
             results = iter(classify_vectors([p.id for p in batch.photos], vectors, refs, options))
-            failed = {id(photo): reason for photo, reason in batch.errors}
-            size = len(batch.photos) + len(batch.errors)
-            for photo in photos[start : start + size]:  # a batch covers consecutive input photos
-                reason = failed.get(id(photo))
+            for photo, reason in batch.in_order():
                 yield MatchResult(error_row(photo.id, reason), []) if reason is not None else next(results)
-            start += size
             if progress is not None:
-                progress(size)
+                progress(len(batch.inputs))
         return
     yield from _classify_groups(photos, batches, bundle, refs, options, progress)
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from clibd_cli.assign import DEFAULT_TAU, assign_batch
+from clibd_cli.calibrate import correct_calls, fit_thresholds, score_queries
 from clibd_cli.errors import InputError
 from clibd_cli.metrics import DEFAULT_KS, harmonic_mean, topk_accuracy
 from clibd_cli.sequences import (
@@ -169,26 +170,22 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (len(positive) * len(negative)))
 
 
-def _assign(queries: np.ndarray, keys: np.ndarray, key_labels: dict[str, list[str]], thresholds: dict[str, float],
-            k: int = NEIGHBOURS):
+def _neighbours(queries: np.ndarray, keys: np.ndarray, key_labels: dict[str, list[str]],
+                k: int = NEIGHBOURS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cosines of the k nearest keys and their labels per rank."""
     from clibd_cli.index import exact_knn
 
     neighbours, sims = exact_knn(queries, keys, min(k, len(keys)))
-    taxonomy = {rank: np.asarray(key_labels[rank], dtype=object)[neighbours] for rank in RANKS}
-    return assign_batch(sims, taxonomy, thresholds, DEFAULT_TAU)
+    return sims, {rank: np.asarray(key_labels[rank], dtype=object)[neighbours] for rank in RANKS}
 
 
-def _correct(assignments, truth: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    return {rank: np.array([bool(a.calls[rank].label) and a.calls[rank].label == truth[rank][i]
-                            for i, a in enumerate(assignments)]) for rank in RANKS}
+def _assign(queries: np.ndarray, keys: np.ndarray, key_labels: dict[str, list[str]], thresholds: dict[str, float]):
+    return assign_batch(*_neighbours(queries, keys, key_labels), thresholds, DEFAULT_TAU)
 
 
 def open_set(calibration: dict[str, Embedded], evaluation: dict[str, Embedded], keys: Embedded,
              pairs: Sequence[tuple[str, str]], precision: float = 0.95, bins: int = 10) -> dict[str, Any]:
     """Open-set metrics per pair against the seen keys only (see the module docstring)."""
-    from clibd_cli.calibrate import fit_thresholds, score_queries
-    from clibd_cli.index import exact_knn
-
     results: dict[str, Any] = {}
     for q_mod, k_mod in pairs:
         rows = keys.rows[k_mod]
@@ -203,15 +200,13 @@ def open_set(calibration: dict[str, Embedded], evaluation: dict[str, Embedded], 
                      for rank in RANKS}
         if len(cal_vectors) < 10:
             continue
-        neighbours, sims = exact_knn(cal_vectors, key_vectors, min(NEIGHBOURS, len(key_vectors)))
-        hit_taxonomy = {rank: np.asarray(key_labels[rank], dtype=object)[neighbours] for rank in RANKS}
-        scores, correct = score_queries(sims, hit_taxonomy, cal_truth)
+        scores, correct = score_queries(*_neighbours(cal_vectors, key_vectors, key_labels), cal_truth)
         thresholds = fit_thresholds(scores, correct, precision).thresholds
         present, absent = evaluation["seen"], evaluation["unseen"]
         a_present = _assign(present.vectors[q_mod], key_vectors, key_labels, thresholds)
         a_absent = _assign(absent.vectors[q_mod], key_vectors, key_labels, thresholds)
         t_present, t_absent = present.labels(q_mod), absent.labels(q_mod)
-        ok_present, ok_absent = _correct(a_present, t_present), _correct(a_absent, t_absent)
+        ok_present, ok_absent = correct_calls(a_present, t_present), correct_calls(a_absent, t_absent)
         named_present = np.array([a.status == "assigned" for a in a_present])
         named_absent = np.array([a.status == "assigned" for a in a_absent])
         rolled_right = np.array([a.rank in ("genus", "family") and a.status != "assigned" and bool(ok_absent[a.rank][i])
@@ -241,7 +236,7 @@ def _share(mask: np.ndarray) -> float:
 def reliability(assignments, truth: dict[str, list[str]], bins: int = 10) -> dict[str, list[dict[str, float]]]:
     """Per rank: score bins (equal width over the observed range) with mean score, accuracy and count."""
     out: dict[str, list[dict[str, float]]] = {}
-    correct = _correct(assignments, truth)
+    correct = correct_calls(assignments, truth)
     for rank in RANKS:
         known = np.array([bool(truth[rank][i]) for i in range(len(assignments))], dtype=bool)
         scores = np.array([a.calls[rank].score for a in assignments], dtype=float)
@@ -314,8 +309,9 @@ class KmerEmbedder:
 class BundleEmbedder:
     """A model bundle: photos decoded in the worker pool, barcodes and taxonomy strings tokenised."""
 
-    def __init__(self, bundle, workers: int | None = None) -> None:
+    def __init__(self, bundle, workers: int | None = None, scratch: Any = None) -> None:
         self.bundle, self.workers = bundle, workers
+        self.scratch = scratch  # a TemporaryDirectory holding the bundle, kept as long as the embedder
         self.modalities = bundle.modalities
         self.name = bundle.name
 

@@ -31,7 +31,6 @@ interrupted build never leaves a half-written index behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli import __version__
-from clibd_cli.atomic import atomic_dir, write_json, write_json_atomic
+from clibd_cli.atomic import atomic_dir, read_json, write_json, write_json_atomic
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
@@ -361,10 +360,7 @@ def _read_manifest(directory: Path) -> dict:
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest_path}: is not valid JSON ({exc}). Rebuild the index.") from exc
+    manifest = read_json(manifest_path, InputError, "Rebuild the index.")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION or not isinstance(manifest.get("parts"), dict):
         raise InputError(f"{directory}: index format version {version}, this clibd reads "

@@ -90,6 +90,13 @@ class DecodedBatch:
     photos: list[Photo]  # the decoded ones, in input order
     pixels: np.ndarray  # float32 [len(photos), 3, S, S]
     errors: list[tuple[Photo, str]]  # undecodable ones, in input order, with the one-line reason
+    inputs: list[Photo] = field(default_factory=list)  # every photo of the batch, in input order
+
+    def in_order(self) -> Iterator[tuple[Photo, str | None]]:
+        """Each input photo with its error reason (None when decoded), so callers keep input order."""
+        failed = {id(photo): reason for photo, reason in self.errors}
+        for photo in self.inputs:
+            yield photo, failed.get(id(photo))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +357,7 @@ def _iter_batches(photos: list[Photo], spec: ImagePreprocessing, batch_size: int
                     arrays.append(result)
             pixels = (np.stack(arrays) if arrays
                       else np.empty((0, 3, spec.size, spec.size), dtype=np.float32))
-            yield DecodedBatch(decoded, pixels, errors)
+            yield DecodedBatch(decoded, pixels, errors, batch)
     finally:
         # Early close or an exception: queued decodes are cancelled, running ones (≤ workers) finish.
         pool.shutdown(wait=True, cancel_futures=True)

@@ -269,3 +269,29 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     bundle = root / "bundle"
     export_bundle(load_checkpoint(checkpoint), bundle, int8=True, samples=samples)
     return TinyModel(sim, checkpoint, bundle, model)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A CSV/TSV output or input table as dicts (tab-separated for .tsv, comma otherwise)."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t" if Path(path).suffix == ".tsv" else ","))
+
+
+def write_dicts(path: Path, rows: list[dict]) -> Path:
+    """Dict rows as a TSV with the first row's keys as header."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def clibd_ok(*args):
+    """Run `clibd ARGS…` in-process and require success; returns typer's result."""
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result

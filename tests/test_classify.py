@@ -6,13 +6,12 @@ behaviour: rows, statuses, errors as rows, grouping, modalities, calibration boo
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 import numpy as np
 import pytest
-from conftest import encoded, jpeg, png_header_only
+from conftest import encoded, jpeg, png_header_only, read_rows, write_dicts
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,21 +26,8 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def read_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-
-
 def specimens(sim):
     return read_rows(sim / "specimens.tsv")
-
-
-def write_table(path, rows):
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +38,8 @@ def library(tiny_model, tmp_path_factory):
     keys = [dict(r, image_file=str(tiny_model.sim / r["image_file"])) for r in rows if r["split"].endswith("keys")]
     queries = [dict(r, image_file=str(tiny_model.sim / r["image_file"])) for r in rows
                if r["split"] in ("test_seen", "test_unseen", "val_seen", "val_unseen")]
-    keys_tsv = write_table(root / "keys.tsv", keys)
-    queries_tsv = write_table(root / "queries.tsv", queries)
+    keys_tsv = write_dicts(root / "keys.tsv", keys)
+    queries_tsv = write_dicts(root / "queries.tsv", queries)
     index = root / "index"
     result = invoke("build-index", "-b", keys_tsv, "--images", keys_tsv, "--text-keys", "--model",
                     tiny_model.bundle, "-o", index)
@@ -188,7 +174,7 @@ def test_group_by_fuses_photos_of_one_specimen(tiny_model, library, tmp_path):
         rows += [{"photo": f"{q['processid']}_a", "image_file": q["image_file"], "specimen": q["processid"]},
                  {"photo": f"{q['processid']}_b", "image_file": str(mirrored), "specimen": q["processid"]}]
     rows.append({"photo": "lost", "image_file": str(tmp_path / "missing.jpg"), "specimen": queries[0]["processid"]})
-    manifest = write_table(tmp_path / "photos.tsv", rows)
+    manifest = write_dicts(tmp_path / "photos.tsv", rows)
     out = tmp_path / "out.csv"
     result = invoke("classify", "--manifest", manifest, "--group-by", "specimen", "--model", tiny_model.bundle,
                     "--index", library["index"], "-o", out, "--top-k", 3, "--hits", tmp_path / "hits.csv")
@@ -240,7 +226,7 @@ def test_calibrate_photo_queries(tiny_model, library, tmp_path):
     assert invoke("build-index", "-b", library["keys_tsv"], "--model", tiny_model.bundle, "-o", index
                   ).exit_code == 0
     assert ReferenceIndex.load(index, "dna").thresholds_for("image") is None
-    labelled = write_table(tmp_path / "labelled.tsv", [dict(r, image_file=str(tiny_model.sim / r["image_file"]))
+    labelled = write_dicts(tmp_path / "labelled.tsv", [dict(r, image_file=str(tiny_model.sim / r["image_file"]))
                                                        for r in specimens(tiny_model.sim)])
     result = invoke("calibrate", "-i", index, "--images", labelled, "--model", tiny_model.bundle)
     assert result.exit_code == 0, result.output
@@ -258,7 +244,7 @@ def test_check_compares_photo_and_barcode(tiny_model, library, tmp_path):
     queries = [dict(q) for q in library["queries"][:6]]
     queries[1]["nucleotides"] = ""  # a specimen without barcode
     queries[2]["image_file"] = str(tmp_path / "missing.jpg")
-    manifest = write_table(tmp_path / "specimens.tsv", queries)
+    manifest = write_dicts(tmp_path / "specimens.tsv", queries)
     out = tmp_path / "check.csv"
     result = invoke("check", "--manifest", manifest, "--model", tiny_model.bundle, "--index", library["index"],
                     "-o", out)

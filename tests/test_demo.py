@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from clibd_cli.app import app
+from conftest import clibd_ok, read_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def rows_of(path, delimiter=","):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle, delimiter=delimiter))
 
 
 def test_quickstart_classifies_photos_against_barcodes(tmp_path, monkeypatch):
@@ -30,19 +15,19 @@ def test_quickstart_classifies_photos_against_barcodes(tmp_path, monkeypatch):
     model, index = EXAMPLES / "demo-model", tmp_path / "demo_index"
     manifest = json.loads((model / "clibd-model.json").read_text())
     assert all(p["cosine_min"] >= 0.9999 for parity in manifest["parity"].values() for p in parity.values())
-    invoke("build-index", "--barcodes", EXAMPLES / "demo-barcodes.tsv", "--model", model, "-o", index)
-    invoke("calibrate", "--index", index, "--model", model, "--images", EXAMPLES / "demo-labelled-photos.tsv")
+    clibd_ok("build-index", "--barcodes", EXAMPLES / "demo-barcodes.tsv", "--model", model, "-o", index)
+    clibd_ok("calibrate", "--index", index, "--model", model, "--images", EXAMPLES / "demo-labelled-photos.tsv")
     out, hits = tmp_path / "calls.csv", tmp_path / "hits.csv"
-    result = invoke("classify", EXAMPLES / "photos", "--model", model, "--index", index, "-o", out, "--hits", hits,
-                    "--top-k", 1)
+    result = clibd_ok("classify", EXAMPLES / "photos", "--model", model, "--index", index, "-o", out, "--hits", hits,
+                      "--top-k", 1)
     assert "not calibrated" not in result.stderr
-    truth = {r["processid"]: r for r in rows_of(EXAMPLES / "photos_truth.tsv", "\t")}
-    rows = rows_of(out)
+    truth = {r["processid"]: r for r in read_rows(EXAMPLES / "photos_truth.tsv")}
+    rows = read_rows(out)
     assert sorted(r["query_id"].removesuffix(".jpg") for r in rows) == sorted(truth)
     assert {r["status"] for r in rows} <= {"assigned", "rolled_up", "novel_candidate", "no_match"}
-    present = [h for h in rows_of(hits) if truth[h["query_id"].removesuffix(".jpg")]["in_reference"] == "true"]
+    present = [h for h in read_rows(hits) if truth[h["query_id"].removesuffix(".jpg")]["in_reference"] == "true"]
     right = sum(h["species"] == truth[h["query_id"].removesuffix(".jpg")]["species"] for h in present)
-    n_species = len({r["species"] for r in rows_of(EXAMPLES / "demo-barcodes.tsv", "\t")})
+    n_species = len({r["species"] for r in read_rows(EXAMPLES / "demo-barcodes.tsv")})
     # 13 of 29 when the bundle was made; chance is 1 in 40
     assert right / len(present) >= 10 / n_species
     # Calls that are made are mostly right at their rank (calibrated for precision 0.95 on labelled photos).
