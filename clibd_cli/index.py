@@ -31,6 +31,7 @@ interrupted build never leaves a half-written index behind.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -400,7 +401,10 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
             db.close()
         for part in parts:
             filename = f"{part.modality}.hnsw"
-            _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
+            if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
+                shutil.copyfile(part.path / part.manifest["file"], tmp / filename)
+            else:
+                _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
             part.manifest["file"] = filename
             stored["parts"][part.modality] = _part_entry(part.manifest)
         write_json(tmp / MANIFEST, stored)
