@@ -95,17 +95,18 @@ def _parse_thresholds(values: list[str] | None) -> dict[str, float]:
     return out
 
 
-def _read(paths: list[Path], id_column: str | None, sequence_column: str | None, min_length: int):
+def _read(paths: list[Path], id_column: str | None, sequence_column: str | None, min_length: int,
+          marker: str | None = "COI-5P"):
     from clibd_cli.sequences import QCConfig, read_sequences
 
     return read_sequences(paths, id_column=id_column, sequence_column=sequence_column,
-                          qc=QCConfig(min_length=min_length))
+                          qc=QCConfig(min_length=min_length), marker=marker)
 
 
-def _reference_records(paths, id_column, sequence_column, min_length, console):
+def _reference_records(paths, id_column, sequence_column, min_length, console, marker: str | None = "COI-5P"):
     from clibd_cli.sequences import require_taxonomy
 
-    result = _read(paths, id_column, sequence_column, min_length)
+    result = _read(paths, id_column, sequence_column, min_length, marker)
     what = ", ".join(str(p) for p in paths)
     require_taxonomy(result.records, what)
     records = [r for r in result.records if r.has_taxonomy]
@@ -115,6 +116,10 @@ def _reference_records(paths, id_column, sequence_column, min_length, console):
     if result.skipped_empty:
         console.print(f"[yellow]warning:[/yellow] {result.skipped_empty} records have no sequence and were "
                       "left out.")
+    if result.skipped_marker:
+        others = ", ".join(f"{name} {count:,}" for name, count in result.other_markers.items())
+        console.print(f"[yellow]note:[/yellow] {result.skipped_marker:,} rows of other markers ({others}) were "
+                      f"left out; kept {marker}. Choose with --marker.")
     return records
 
 
@@ -133,6 +138,8 @@ def _calibrate_index(index, precision: float, console, seed: int = 0) -> None:
 IdColumn = Annotated[str | None, typer.Option(help="Column holding record ids (tables only).")]
 SeqColumn = Annotated[str | None, typer.Option(help="Column holding the sequences (tables only).")]
 MinLength = Annotated[int, typer.Option(help="Flag sequences shorter than this (bp) as 'short'.")]
+Marker = Annotated[str, typer.Option(help="Which marker to keep from BOLD packages that mix markers "
+                                     "(e.g. COI-5P, ITS, rbcLa); 'all' keeps every row.")]
 Kmer = Annotated[int | None, typer.Option("--kmer", help="k of the weight-free k-mer profile encoder "
                                                          "(default 5; must match the index).")]
 
@@ -177,6 +184,7 @@ def build_index(
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
     min_length: MinLength = 200,
+    marker: Marker = "COI-5P",
     device: Device = "auto",
     workers: Workers = None,
     threads: Annotated[int | None, typer.Option(help="Threads for the HNSW build (default: all cores).")] = None,
@@ -203,7 +211,8 @@ def build_index(
     started = time.perf_counter()
     bundle = _bundle(model, device)
     existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if append else {}
-    inputs = _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console)
+    inputs = _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
+                               marker)
     parts = dict(existing)
     for modality, records in inputs.items():
         if bundle is not None:
@@ -248,14 +257,15 @@ def build_index(
     console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 
-def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console) -> dict:
+def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
+                      marker="COI-5P") -> dict:
     """Reference records per modality, read and checked before anything is embedded."""
     from clibd_cli.photos import collect_photos
     from clibd_cli.references import photo_records, text_records
 
     inputs: dict[str, list] = {}
     if barcodes:
-        inputs["dna"] = _reference_records(barcodes, id_column, sequence_column, min_length, console)
+        inputs["dna"] = _reference_records(barcodes, id_column, sequence_column, min_length, console, marker)
     if images is not None:
         photos, problems = collect_photos([], manifest=images)
         if problems:
@@ -266,7 +276,8 @@ def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, m
     return inputs
 
 
-def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_length, console, bundle=None):
+def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_length, console, bundle=None,
+                marker="COI-5P"):
     """An index directory, or a reference file embedded into a temporary in-memory index."""
     from clibd_cli.encoders import KmerProfileEncoder
     from clibd_cli.index import ReferenceIndex
@@ -280,7 +291,7 @@ def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_le
         index.check_encoder(encoder)
         return index, encoder
     encoder = bundle.encoder("dna") if bundle is not None else KmerProfileEncoder(k=kmer or 5)
-    records = _reference_records([path], id_column, sequence_column, min_length, console)
+    records = _reference_records([path], id_column, sequence_column, min_length, console, marker)
     index = ReferenceIndex.from_records(records, encoder, what=str(path))
     _calibrate_index(index, 0.95, console)
     return index, encoder
@@ -306,6 +317,7 @@ def match(
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
     min_length: MinLength = 200,
+    marker: Marker = "COI-5P",
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per batch.")] = 1024,
     threads: Annotated[int | None, typer.Option(help="Search threads (default: all cores).")] = None,
     model: ModelOption = None,
@@ -324,9 +336,10 @@ def match(
     hits_fmt = report.choose_format(None, hits, False) if hits else None
     if hits is not None:
         report.check_output(hits, resume=resume, force=force)
-    query_result = _read(queries, id_column, sequence_column, min_length)
+    query_result = _read(queries, id_column, sequence_column, min_length, marker)
     bundle = _bundle(model, device, int8)
-    index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console, bundle)
+    index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console, bundle,
+                                 marker)
     thresholds = {**index.thresholds, **overrides}
 
     previous = report.completed_ids(output, fmt) if (output and resume) else []

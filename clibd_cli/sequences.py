@@ -2,8 +2,13 @@
 
 Supported: FASTA (plain or gzip; taxonomy in `id|order|family|genus|species|BIN` headers, SINTAX
 `;tax=o:…,f:…,g:…,s:…` headers or BOLD download headers `id|Species name|COI-5P`), the BOLD public-API
-"combined" TSV, BOLD data-package TSVs (`processid … nucleotides`), BIOSCAN-1M TSV, BIOSCAN-5M CSV
-and any CSV/TSV whose id and sequence columns are named on the command line.
+"combined" TSV (`processid … markercode … nucleotides`), BOLD v5 public data packages (BCDM: `processid …
+marker_code … nuc`) as TSV or Parquet, BIOSCAN-1M TSV, BIOSCAN-5M CSV and any CSV/TSV/Parquet table whose
+id and sequence columns are named on the command line.
+
+BOLD packages mix markers (COI-5P, ITS, 28S, …): where a file says which marker a row is (a
+`marker_code`/`markercode`/`marker` column, or the marker field of a BOLD FASTA header), only rows of the
+requested marker (default COI-5P) are read.
 
 Every sequence is normalised the same way (upper-case, U→T, gaps dropped, IUPAC codes → N, end Ns
 trimmed) and quality-checked, because the tokenizer and the k-mer encoder treat every non-ACGT letter
@@ -17,9 +22,11 @@ import gzip
 import io
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from clibd_cli.errors import InputError
 
@@ -27,8 +34,11 @@ RANKS: tuple[str, ...] = ("order", "family", "genus", "species")
 
 # Column names for each field, tried in order (case-insensitive).
 ID_COLUMNS = ("processid", "id", "record_id", "seqid", "sampleid", "sample_id")
-SEQUENCE_COLUMNS = ("nucleotides", "nucraw", "dna_barcode", "barcode", "sequence", "seq", "dna")
+SEQUENCE_COLUMNS = ("nucleotides", "nuc", "nucraw", "dna_barcode", "barcode", "sequence", "seq", "dna")
 BIN_COLUMNS = ("bin_uri", "dna_bin", "uri", "bin")
+MARKER_COLUMNS = ("marker_code", "markercode", "marker")
+DEFAULT_MARKER = "COI-5P"
+PARQUET_SUFFIXES = (".parquet", ".pq")
 RANK_COLUMNS = {rank: (rank, f"{rank}_name", f"taxon_{rank}") for rank in RANKS}
 MISSING_LABELS = {"", "not_classified", "none", "na", "n/a", "nan", "null", "unknown", "unclassified"}
 
@@ -114,12 +124,27 @@ def complete_taxonomy(taxonomy: dict[str, str]) -> dict[str, str]:
 # Opening files
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """Open a (possibly gzip-compressed) text file, refusing binary and missing files clearly."""
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file. Check the path.")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a sequence file (FASTA, TSV or CSV).")
+        raise InputError(f"{path}: is a folder, expected a sequence file (FASTA, TSV, CSV or Parquet).")
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file: by its extension, or by the `PAR1` magic bytes at its start."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open a (possibly gzip-compressed) text file, refusing binary and missing files clearly."""
+    _check_file(path)
     with path.open("rb") as fh:
         head = fh.read(2)
     opener = gzip.open if head == b"\x1f\x8b" else open
@@ -142,7 +167,11 @@ def open_text(path: Path) -> io.TextIOBase:
 
 
 def sniff_format(path: Path) -> str:
-    """Return `fasta`, `tsv` or `csv` from the file's first non-empty line."""
+    """Return `parquet` (by extension or magic bytes), else `fasta`, `tsv` or `csv` from the file's first
+    non-empty line."""
+    _check_file(path)
+    if is_parquet(path):
+        return "parquet"
     with open_text(path) as fh:
         for line in fh:
             stripped = line.strip()
@@ -192,6 +221,15 @@ def parse_fasta_header(header: str) -> tuple[str, dict[str, str], str]:
     return seq_id, complete_taxonomy({}), ""
 
 
+def fasta_header_marker(header: str) -> str:
+    """The marker field of a BOLD download header `id|Species name|COI-5P|…`, else ``""``."""
+    title = header.strip()
+    if ";tax=" in title:
+        return ""
+    fields = [f.strip() for f in title.split("|")]
+    return fields[2] if len(fields) >= 3 and _MARKER.match(fields[2]) else ""
+
+
 _DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP_CHARS))
 
 
@@ -205,13 +243,25 @@ def _looks_like_protein(raw: str) -> bool:
     return sum(c.isalpha() for c in foreign) > 0.1 * max(letters, 1)
 
 
-def _read_fasta(path: Path) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
+class RawRecord(NamedTuple):
+    """One record as found in a file, before normalisation and QC."""
+
+    id: str
+    taxonomy: dict[str, str]
+    bin: str
+    sequence: str
+    where: str
+    marker: str = ""  # "" when the file does not say
+
+
+def _read_fasta(path: Path) -> Iterator[RawRecord]:
     from Bio.SeqIO.FastaIO import SimpleFastaParser
 
     with open_text(path) as fh:
         for number, (header, raw) in enumerate(SimpleFastaParser(fh), start=1):
             seq_id, taxonomy, bin_uri = parse_fasta_header(header)
-            yield seq_id, taxonomy, bin_uri, raw, f"{path}: record {number} (>{header[:60]})"
+            yield RawRecord(seq_id, taxonomy, bin_uri, raw, f"{path}: record {number} (>{header[:60]})",
+                            fasta_header_marker(header))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +279,12 @@ def table_delimiter(path: Path, first_line: str) -> str:
 
 
 def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """A CSV/TSV table (gzip or not) as (line number, cells): the header first, then every non-blank row
-    padded to the header's width.  The one table reader behind barcodes, training manifests and splits."""
+    """A CSV/TSV table (gzip or not) or a Parquet file as (line number, cells): the header first, then every
+    non-blank row padded to the header's width.  The one table reader behind barcodes, training manifests
+    and splits.  For Parquet the header is line 0 and data rows count from 1 (see :func:`iter_parquet`)."""
+    if is_parquet(path):
+        yield from iter_parquet(path)
+        return
     csv.field_size_limit(sys.maxsize)
     with open_text(path) as fh:
         first = fh.readline()
@@ -245,6 +299,58 @@ def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             yield line_number, row + [""] * (width - len(row))
+
+
+PARQUET_BATCH_ROWS = 8192
+
+
+def _import_pyarrow_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow (or pip install "
+                         "'clibd[parquet]'), or give the table as TSV.") from None
+    return pq
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def iter_parquet(path: Path, batch_rows: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A Parquet table as (row number, cells as text), like :func:`iter_table`: the column names first (as
+    row 0), then each row (from 1), read in record batches of `batch_rows` (default
+    :data:`PARQUET_BATCH_ROWS`) so memory stays bounded on a multi-gigabyte BOLD package.  Nulls become
+    ``""``; numbers and lists (e.g. BCDM's `coord`) their text."""
+    _check_file(path)
+    pq = _import_pyarrow_parquet(path)
+    import pyarrow as pa
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as Parquet ({exc}). Is it a complete .parquet file?") from exc
+    with parquet:
+        header = list(parquet.schema_arrow.names)
+        if not header:
+            raise InputError(f"{path}: the Parquet file has no columns; expected barcodes with column names.")
+        yield 0, header
+        number = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=batch_rows or PARQUET_BATCH_ROWS):
+                columns = [[_cell(v) for v in column.to_pylist()] for column in batch.columns]
+                for row in zip(*columns, strict=True):
+                    number += 1
+                    yield number, list(row)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: cannot be read as Parquet after row {number} ({exc}). "
+                             "Is it a complete file?") from exc
 
 
 def find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
@@ -264,8 +370,7 @@ def find_column(header: list[str], candidates: Iterable[str], explicit: str | No
     return None
 
 
-def _read_table(path: Path, id_column: str | None,
-                sequence_column: str | None) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
+def _read_table(path: Path, id_column: str | None, sequence_column: str | None) -> Iterator[RawRecord]:
     rows = iter_table(path)
     _, header = next(rows)
     seq_col = find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
@@ -277,15 +382,20 @@ def _read_table(path: Path, id_column: str | None,
         raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
                          "name it with --id-column.")
     bin_col = find_column(header, BIN_COLUMNS, None, "BIN", path)
+    marker_col = find_column(header, MARKER_COLUMNS, None, "marker", path)
     rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
     position = {name: i for i, name in enumerate(header)}
     seq_i, id_i = position[seq_col], position[id_col]
     bin_i = position[bin_col] if bin_col else None
+    marker_i = position[marker_col] if marker_col else None
     rank_i = {rank: position[col] for rank, col in rank_cols.items() if col}
+    unit = "row" if is_parquet(path) else "line"
     for line_number, row in rows:
         taxonomy = complete_taxonomy({rank: row[i] for rank, i in rank_i.items()})
         bin_uri = clean_label(row[bin_i]) if bin_i is not None else ""
-        yield row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: line {line_number}"
+        marker = clean_label(row[marker_i]) if marker_i is not None else ""
+        yield RawRecord(row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: {unit} {line_number}",
+                        marker)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,11 +409,13 @@ class ReadResult:
     records: list[SequenceRecord]
     skipped_empty: int = 0
     files: list[str] = field(default_factory=list)
+    skipped_marker: int = 0  # rows left out because they are of another marker than the one asked for
+    other_markers: dict[str, int] = field(default_factory=dict)  # those rows per marker, as the files spell it
 
 
 def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: str | None = None,
-                     ) -> Iterator[tuple[str, dict[str, str], str, str, str]]:
-    """Yield (id, taxonomy, BIN, raw sequence, location) from any supported file."""
+                     ) -> Iterator[RawRecord]:
+    """Yield a :class:`RawRecord` (id, taxonomy, BIN, raw sequence, location, marker) from any supported file."""
     kind = sniff_format(path)
     if kind == "fasta":
         yield from _read_fasta(path)
@@ -311,27 +423,49 @@ def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: 
         yield from _read_table(path, id_column, sequence_column)
 
 
+def wanted_marker(marker: str | None) -> str | None:
+    """The marker to filter on, case-folded; None (keep every row) for None, ``""`` or ``"all"``."""
+    if marker is None or marker.strip().lower() in ("", "all"):
+        return None
+    return marker.strip().casefold()
+
+
 def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,
                    sequence_column: str | None = None, qc: QCConfig = QCConfig(),
-                   skip_empty: bool = True) -> ReadResult:
+                   skip_empty: bool = True, marker: str | None = DEFAULT_MARKER) -> ReadResult:
     """Read, normalise and QC every record in `paths`.
 
-    Raises :class:`InputError` for a missing/empty/binary file, protein sequences, a record without
-    an id, and duplicate ids (with both locations).  Records whose sequence is empty after
-    normalisation (e.g. a BOLD row for another marker) are skipped and counted when `skip_empty`.
+    `marker` (case-insensitive; None or ``"all"`` keeps every row): where a file says which marker a row
+    is (a `marker_code`/`markercode`/`marker` column, a BOLD FASTA header's marker field), rows of other
+    markers are left out and counted in `skipped_marker`/`other_markers`; rows that do not say are kept.
+    Raises :class:`InputError` for a missing/empty/binary file, a file whose rows are all of other markers
+    (naming the markers it has), protein sequences, a record without an id, and duplicate ids (with both
+    locations).  Records whose sequence is empty after normalisation are skipped and counted when
+    `skip_empty`.
     """
+    wanted = wanted_marker(marker)
     result = ReadResult(records=[])
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     for path in map(Path, paths):
         result.files.append(str(path))
-        count_before = len(result.records) + result.skipped_empty
-        for seq_id, taxonomy, bin_uri, raw, where in iter_raw_records(path, id_column, sequence_column):
+        rows = kept = 0
+        others: Counter[str] = Counter()
+        for seq_id, taxonomy, bin_uri, raw, where, row_marker in iter_raw_records(path, id_column,
+                                                                                  sequence_column):
+            rows += 1
+            if wanted and row_marker and row_marker.casefold() != wanted:
+                others[row_marker] += 1
+                continue
             if not seq_id:
                 raise InputError(f"{where}: the record has no id. Give every record an id.")
             if seq_id in seen:
-                raise InputError(f"{where}: duplicate id {seq_id!r} (first at {seen[seq_id]}). "
-                                 "Ids must be unique; rename or remove one.")
-            seen[seq_id] = where
+                first, first_marker = seen[seq_id]
+                hint = (" The file has several markers per specimen: keep one with --marker."
+                        if first_marker and row_marker and first_marker.casefold() != row_marker.casefold()
+                        else "")
+                raise InputError(f"{where}: duplicate id {seq_id!r} (first at {first}). "
+                                 f"Ids must be unique; rename or remove one.{hint}")
+            seen[seq_id] = (where, row_marker)
             if _looks_like_protein(raw):
                 raise InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
                                  "clibd needs nucleotide barcodes (e.g. COI-5P).")
@@ -339,10 +473,19 @@ def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,
             if not sequence and skip_empty:
                 result.skipped_empty += 1
                 continue
+            kept += 1
             result.records.append(SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where,
                                                  qc_flags(sequence, qc)))
-        if len(result.records) + result.skipped_empty == count_before:
-            raise InputError(f"{path}: contains no records. Give a FASTA, TSV or CSV with barcodes.")
+        if not rows:
+            raise InputError(f"{path}: contains no records. Give a FASTA, TSV, CSV or Parquet file with barcodes.")
+        if others:
+            result.skipped_marker += others.total()
+            for name, count in others.items():
+                result.other_markers[name] = result.other_markers.get(name, 0) + count
+            if not kept:
+                present = ", ".join(name for name, _ in others.most_common())
+                what = f"no {marker.strip()} rows" if rows == others.total() else f"no {marker.strip()} sequences"
+                raise InputError(f"{path}: {what} (markers present: {present}). Choose one with --marker.")
     if not result.records:
         raise InputError(f"{', '.join(result.files)}: no record has a DNA sequence.")
     return result

@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import gzip
 import re
+import sys
 
 import pytest
-from conftest import make_reference, requires_shared, shared_path, write_fasta, write_table
+from conftest import clibd_ok, make_reference, requires_shared, shared_path, write_fasta, write_table
 
+from clibd_cli import sequences
 from clibd_cli.errors import InputError
+from clibd_cli.index import MANIFEST, ReferenceIndex
 from clibd_cli.sequences import (
     QCConfig,
+    iter_table,
     normalise_sequence,
     parse_fasta_header,
     qc_flags,
@@ -271,7 +275,10 @@ def test_table_rows_without_sequence_are_skipped_and_counted(tmp_path):
                        [["P1", "COI-5P", "ACGT"], ["P2", "28S", ""], ["P3", "COI-5P", "---"]], "\t")
     result = read_sequences([path])
     assert [r.id for r in result.records] == ["P1"]
-    assert result.skipped_empty == 2
+    assert (result.skipped_empty, result.skipped_marker) == (1, 1)  # P2 is another marker, P3 has no bases
+    result = read_sequences([path], marker=None)
+    assert [r.id for r in result.records] == ["P1"]
+    assert (result.skipped_empty, result.skipped_marker) == (2, 0)
 
 
 def test_short_rows_are_padded(tmp_path):
@@ -310,11 +317,14 @@ def test_real_bold_combined_tsv():
     csv.field_size_limit(1 << 30)
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    with_sequence = [r for r in rows if normalise_sequence(r["nucleotides"])]
+    coi = [r for r in rows if r["markercode"] in ("COI-5P", "")]  # rows without a marker have no sequence
+    with_sequence = [r for r in coi if normalise_sequence(r["nucleotides"])]
     result = read_sequences([path])
     assert len(result.records) == len(with_sequence)
-    assert result.skipped_empty == len(rows) - len(with_sequence)
-    assert len(rows) == 421 and len(result.records) == 397
+    assert result.skipped_empty == len(coi) - len(with_sequence)
+    assert result.skipped_marker == len(rows) - len(coi) and result.other_markers == {"28S": 7}
+    assert len(rows) == 421 and len(result.records) == 390
+    assert len(read_sequences([path], marker=None).records) == 397
     by_id = {r.id: r for r in result.records}
     assert len(by_id) == len(result.records)
     for row in with_sequence:
@@ -377,3 +387,228 @@ def test_real_bold_dev_file_has_only_clean_sequences():
     with gzip.open(path, "rt") as fh:
         raw = fh.read(2_000_000)
     assert "-" in raw
+
+
+# ------------------------------------------------------------------------------------------- BOLD v5 packages
+
+V5_HEADER = ["processid", "sampleid", "record_id", "bin_uri", "kingdom", "phylum", "class", "order", "family",
+             "subfamily", "tribe", "genus", "species", "subspecies", "identification", "identification_rank",
+             "nuc", "nuc_basecount", "marker_code", "insdc_acs", "country/ocean", "country_iso", "coord", "elev"]
+COI_A = "ACGT" * 60
+COI_B = "TTGACCAG" * 30
+ITS = "GGGCCCAT" * 40
+
+
+def _v5_row(processid, marker, nuc, order="Diptera", family="Culicidae", genus="Aedes", species="Aedes vexans",
+            bin_uri="BOLD:AAA1234", rank="species", coord="[45.5, -73.6]", elev="120"):
+    values = {"processid": processid, "sampleid": f"S-{processid}", "record_id": f"{processid}.{marker}",
+              "bin_uri": bin_uri, "kingdom": "Animalia", "phylum": "Arthropoda", "class": "Insecta",
+              "order": order, "family": family, "subfamily": "", "tribe": "", "genus": genus, "species": species,
+              "subspecies": "", "identification": species or genus or family, "identification_rank": rank,
+              "nuc": nuc, "nuc_basecount": str(sum(c in "ACGT" for c in nuc)), "marker_code": marker,
+              "insdc_acs": "", "country/ocean": "Canada", "country_iso": "CA", "coord": coord, "elev": elev}
+    return [values[name] for name in V5_HEADER]
+
+
+V5_ROWS = [
+    _v5_row("CNX001-24", "COI-5P", "---" + COI_A[:100] + "-ry-" + COI_A[100:] + "--"),
+    _v5_row("CNX001-24", "ITS", ITS),  # the same specimen's ITS sequence: another marker, same processid
+    _v5_row("CNX002-24", "COI-5P", COI_B.lower(), order="Lepidoptera", family="Sphingidae", genus="Manduca",
+            species="", bin_uri="BOLD:ACZ0007", rank="genus", coord="", elev=""),
+    _v5_row("CNX003-24", "28S", "ACGTTGCA" * 30, bin_uri=""),
+    _v5_row("CNX004-24", "coi-5p", "NN" + COI_B + "NN", bin_uri="", species="Aedes cinereus"),
+]
+
+
+def _write_parquet(path, header, rows, row_group_size=2):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = {name: [row[i] or None for row in rows] for i, name in enumerate(header)}  # "" → null
+    arrays = {}
+    for name, values in columns.items():
+        if name == "coord":  # BCDM: an array [lat, lon]
+            arrays[name] = pa.array([None if v is None else [float(x) for x in v.strip("[]").split(",")]
+                                     for v in values], pa.list_(pa.float64()))
+        elif name in ("elev", "nuc_basecount"):
+            arrays[name] = pa.array([None if v is None else int(v) for v in values], pa.int64())
+        else:
+            arrays[name] = pa.array(values, pa.string())
+    pq.write_table(pa.table(arrays), path, row_group_size=row_group_size)
+    return path
+
+
+def _summary(records):
+    return [(r.id, r.sequence, r.taxonomy, r.bin, r.flags) for r in records]
+
+
+def test_bold_v5_tsv_keeps_only_coi_rows(tmp_path):
+    path = write_table(tmp_path / "v5.tsv", V5_HEADER, V5_ROWS, "\t")
+    result = read_sequences([path])
+    assert [r.id for r in result.records] == ["CNX001-24", "CNX002-24", "CNX004-24"]
+    a, b, c = result.records
+    assert a.sequence == COI_A[:100] + "NN" + COI_A[100:]  # gaps dropped, IUPAC → N
+    assert a.taxonomy == {"order": "Diptera", "family": "Culicidae", "genus": "Aedes", "species": "Aedes vexans"}
+    assert a.bin == "BOLD:AAA1234" and a.flags == ()
+    assert a.source == f"{path}: line 2"
+    assert b.sequence == COI_B
+    assert b.taxonomy == {"order": "Lepidoptera", "family": "Sphingidae", "genus": "Manduca", "species": ""}
+    assert b.bin == "BOLD:ACZ0007"
+    assert c.sequence == COI_B and c.bin == "" and c.taxonomy["species"] == "Aedes cinereus"
+    assert c.source == f"{path}: line 6"
+    assert result.skipped_marker == 2 and result.other_markers == {"ITS": 1, "28S": 1}
+    assert result.skipped_empty == 0
+
+
+def test_bold_v5_parquet_reads_like_the_tsv(tmp_path, monkeypatch):
+    tsv = write_table(tmp_path / "v5.tsv", V5_HEADER, V5_ROWS, "\t")
+    parquet = _write_parquet(tmp_path / "v5.parquet", V5_HEADER, V5_ROWS)
+    monkeypatch.setattr(sequences, "PARQUET_BATCH_ROWS", 2)  # rows cross record-batch boundaries
+    from_tsv, from_parquet = read_sequences([tsv]), read_sequences([parquet])
+    assert _summary(from_parquet.records) == _summary(from_tsv.records)
+    assert len(from_parquet.records) == 3
+    assert (from_parquet.skipped_marker, from_parquet.other_markers) == (2, {"ITS": 1, "28S": 1})
+    assert [r.source for r in from_parquet.records] == [f"{parquet}: row {n}" for n in (1, 3, 5)]
+    # The generic table reader gives the same header and cells (nulls as "", numbers and arrays as text).
+    header, *rows = [cells for _, cells in iter_table(parquet)]
+    assert header == V5_HEADER
+    assert len(rows) == len(V5_ROWS)
+    assert rows[0][V5_HEADER.index("country/ocean")] == "Canada"
+    assert rows[0][V5_HEADER.index("coord")] == "[45.5, -73.6]" and rows[0][V5_HEADER.index("elev")] == "120"
+    assert rows[2][V5_HEADER.index("coord")] == "" and rows[2][V5_HEADER.index("subfamily")] == ""
+
+
+def test_parquet_is_recognised_without_its_extension(tmp_path):
+    parquet = _write_parquet(tmp_path / "package.bin", V5_HEADER, V5_ROWS)
+    assert sniff_format(parquet) == "parquet"
+    assert [r.id for r in read_sequences([parquet]).records] == ["CNX001-24", "CNX002-24", "CNX004-24"]
+
+
+def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "v5.parquet"
+    path.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(InputError, match=r"v5\.parquet: reading Parquet needs pyarrow: pip install pyarrow "
+                                         r"\(or pip install 'clibd\[parquet\]'\)"):
+        read_sequences([path])
+
+
+def test_broken_parquet_is_an_input_error(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(b"PAR1 this is not really parquet")
+    with pytest.raises(InputError, match=r"cut\.parquet: cannot be read as Parquet"):
+        read_sequences([path])
+
+
+@pytest.mark.parametrize("suffix", ["tsv", "parquet"])
+def test_package_without_the_marker_names_the_markers_it_has(tmp_path, suffix):
+    rows = [_v5_row("P1", "ITS", ITS), _v5_row("P2", "16S", ITS), _v5_row("P3", "ITS", ITS)]
+    path = tmp_path / f"fungi.{suffix}"
+    if suffix == "tsv":
+        write_table(path, V5_HEADER, rows, "\t")
+    else:
+        _write_parquet(path, V5_HEADER, rows)
+    with pytest.raises(InputError) as info:
+        read_sequences([path])
+    assert str(info.value) == f"{path}: no COI-5P rows (markers present: ITS, 16S). Choose one with --marker."
+    assert [r.id for r in read_sequences([path], marker="its").records] == ["P1", "P3"]
+
+
+def test_marker_none_or_all_keeps_every_row(tmp_path):
+    rows = [_v5_row("P1", "COI-5P", COI_A), _v5_row("P2", "ITS", ITS), _v5_row("P3", "28S", COI_B)]
+    path = write_table(tmp_path / "v5.tsv", V5_HEADER, rows, "\t")
+    for marker in (None, "all", "ALL"):
+        result = read_sequences([path], marker=marker)
+        assert [r.id for r in result.records] == ["P1", "P2", "P3"]
+        assert (result.skipped_marker, result.other_markers) == (0, {})
+    assert [r.id for r in read_sequences([path], marker="28s").records] == ["P3"]
+
+
+def test_all_markers_of_one_specimen_are_duplicate_ids(tmp_path):
+    path = write_table(tmp_path / "v5.tsv", V5_HEADER, V5_ROWS, "\t")
+    with pytest.raises(InputError, match=r"line 3: duplicate id 'CNX001-24' .*keep one with --marker\."):
+        read_sequences([path], marker=None)
+
+
+def test_bold_v4_markercode_column_filters(tmp_path):
+    header = ["processid", "sampleid", "bin_uri", "order_name", "family_name", "genus_name", "species_name",
+              "markercode", "nucleotides"]
+    rows = [["P1", "S1", "BOLD:AAA0001", "Diptera", "Culicidae", "Aedes", "Aedes vexans", "COI-5P", COI_A],
+            ["P2", "S2", "", "Diptera", "Culicidae", "Aedes", "Aedes vexans", "28S", COI_B],
+            ["P3", "S3", "", "Diptera", "Culicidae", "", "Culex pipiens", "", "ACGTAC"],  # no marker: kept
+            ["P4", "S4", "", "Diptera", "Culicidae", "", "", "COI-3P", COI_B]]
+    path = write_table(tmp_path / "bold_combined.tsv", header, rows, "\t")
+    result = read_sequences([path])
+    assert [r.id for r in result.records] == ["P1", "P3"]
+    assert result.records[1].taxonomy["genus"] == "Culex"
+    assert (result.skipped_marker, result.other_markers) == (2, {"28S": 1, "COI-3P": 1})
+    assert [r.id for r in read_sequences([path], marker="COI-3P").records] == ["P3", "P4"]
+
+
+def test_plain_marker_column_and_no_marker_column(tmp_path):
+    marked = write_table(tmp_path / "m.csv", ["id", "marker", "sequence"],
+                         [["a", "rbcLa", COI_A], ["b", "COI-5P", COI_B]], ",")
+    assert [r.id for r in read_sequences([marked]).records] == ["b"]
+    assert [r.id for r in read_sequences([marked], marker="RBCLA").records] == ["a"]
+    unmarked = write_table(tmp_path / "u.csv", ["id", "sequence"], [["a", COI_A], ["b", COI_B]], ",")
+    result = read_sequences([unmarked], marker="ITS")  # files that do not say are never filtered
+    assert [r.id for r in result.records] == ["a", "b"] and result.skipped_marker == 0
+
+
+def test_bold_fasta_headers_filter_on_the_marker_field(tmp_path):
+    path = tmp_path / "bold.fasta"
+    path.write_text(f">A1|Aedes vexans|COI-5P|MG123456\n{COI_A}\n"
+                    f">A2|Aedes vexans|ITS2|\n{ITS}\n"
+                    f">A3|Culex pipiens|COI-5P\n{COI_B}\n")
+    result = read_sequences([path])
+    assert [r.id for r in result.records] == ["A1", "A3"]
+    assert result.records[1].taxonomy["species"] == "Culex pipiens"
+    assert (result.skipped_marker, result.other_markers) == (1, {"ITS2": 1})
+    assert [r.id for r in read_sequences([path], marker="ITS2").records] == ["A2"]
+    assert len(read_sequences([path], marker=None).records) == 3
+    only_its = tmp_path / "its.fasta"
+    only_its.write_text(f">A2|Aedes vexans|ITS2|\n{ITS}\n")
+    with pytest.raises(InputError, match=r"its\.fasta: no COI-5P rows \(markers present: ITS2\)"):
+        read_sequences([only_its])
+    # Taxonomy headers (`id|order|family|genus|species|BIN`) carry no marker and are never filtered.
+    pipe = write_fasta(tmp_path / "pipe.fasta", make_reference(seed=2, orders=1, families=1, genera=1, species=2,
+                                                               specimens=2))
+    assert len(read_sequences([pipe], marker="ITS").records) == 4
+
+
+def test_cli_builds_an_index_from_a_bold_v5_parquet(tmp_path):
+    specimens = make_reference(seed=5, orders=2, families=2, genera=2, species=2, specimens=3)
+    rows = []
+    for s in specimens:
+        rows.append(_v5_row(s.id, "COI-5P", s.sequence, order=s.order, family=s.family, genus=s.genus,
+                            species=s.species, bin_uri=s.bin))
+        rows.append(_v5_row(s.id, "ITS", ITS, order=s.order, family=s.family, genus=s.genus,
+                            species=s.species, bin_uri=s.bin))
+    package = _write_parquet(tmp_path / "v5.parquet", V5_HEADER, rows, row_group_size=10)
+    result = clibd_ok("build-index", "-b", package, "-o", tmp_path / "IDX")
+    said = " ".join(result.stderr.split())  # rich wraps long lines
+    assert f"{len(specimens)} records, 16 species" in said
+    assert f"{len(specimens)} rows of other markers (ITS {len(specimens)}) were left out; kept COI-5P" in said
+    assert (tmp_path / "IDX" / MANIFEST).exists()
+    indexed = ReferenceIndex.load(tmp_path / "IDX", "dna").records()
+    assert sorted(r.id for r in indexed) == sorted(s.id for s in specimens)
+    assert {r.sequence for r in indexed} == {s.sequence for s in specimens}  # the COI rows, no ITS
+    its = clibd_ok("build-index", "-b", package, "-o", tmp_path / "ITS", "--marker", "ITS")
+    assert f"{len(specimens)} records, 16 species" in " ".join(its.stderr.split())
+
+
+def test_cli_package_without_the_marker_is_one_error_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+
+    package = write_table(tmp_path / "fungi.tsv", V5_HEADER,
+                          [_v5_row("P1", "ITS", ITS), _v5_row("P2", "ITS", ITS)], "\t")
+    result = CliRunner().invoke(app, ["build-index", "-b", str(package), "-o", str(tmp_path / "IDX")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "no COI-5P rows (markers present: ITS). Choose one with --marker." in lines[0]
+    assert not (tmp_path / "IDX").exists()
