@@ -96,11 +96,11 @@ def _parse_thresholds(values: list[str] | None) -> dict[str, float]:
 
 
 def _read(paths: list[Path], id_column: str | None, sequence_column: str | None, min_length: int,
-          marker: str | None = "COI-5P"):
+          marker: str | None = "COI-5P", skip_empty: bool = True):
     from clibd_cli.sequences import QCConfig, read_sequences
 
     return read_sequences(paths, id_column=id_column, sequence_column=sequence_column,
-                          qc=QCConfig(min_length=min_length), marker=marker)
+                          qc=QCConfig(min_length=min_length), marker=marker, skip_empty=skip_empty)
 
 
 def _reference_records(paths, id_column, sequence_column, min_length, console, marker: str | None = "COI-5P"):
@@ -124,10 +124,13 @@ def _reference_records(paths, id_column, sequence_column, min_length, console, m
 
 
 def _calibrate_index(index, precision: float, console, seed: int = 0) -> None:
-    from clibd_cli.calibrate import calibrate_leave_species_out
+    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set
 
     try:
-        calibration = calibrate_leave_species_out(index, target=precision, seed=seed)
+        if index.modality == "dna":  # barcodes are called on alignment identity
+            calibration = calibrate_open_set(index, target=precision, seed=seed)
+        else:
+            calibration = calibrate_leave_species_out(index, target=precision, seed=seed)
     except ValueError:
         console.print("[yellow]note:[/yellow] too few labelled references to calibrate; using the "
                       "encoder's default thresholds.")
@@ -318,46 +321,58 @@ def match(
     sequence_column: SeqColumn = None,
     min_length: MinLength = 200,
     marker: Marker = "COI-5P",
+    thresholds_from: Annotated[str, typer.Option("--thresholds", help="calibrated (the index's, fitted for the "
+                               "target precision) or conventional (identity 97/95/90/85 % for species/genus/"
+                               "family/order).")] = "calibrated",
+    candidates: Annotated[int, typer.Option(min=1, max=1000, help="Distinct references proposed per query by the "
+                          "k-mer search and verified by alignment.")] = 32,
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per batch.")] = 1024,
     threads: Annotated[int | None, typer.Option(help="Search threads (default: all cores).")] = None,
     model: ModelOption = None,
     device: Device = "auto",
     int8: Int8 = False,
 ) -> None:
-    """Identify query barcodes: one row per query with per-rank calls and scores."""
+    """Identify query barcodes: one row per query, calls per rank made on alignment identity."""
 
     from clibd_cli import report
-    from clibd_cli.match import MatchOptions, identify
+    from clibd_cli.match import CONVENTIONAL, MatchOptions, identify
 
     console = _stderr()
+    if thresholds_from not in ("calibrated", "conventional"):
+        raise ClibdError(f"--thresholds {thresholds_from!r}: use calibrated or conventional.")
     overrides = _parse_thresholds(threshold)
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
     report.check_output(output, resume=resume, force=force)
     hits_fmt = report.choose_format(None, hits, False) if hits else None
     if hits is not None:
         report.check_output(hits, resume=resume, force=force)
-    query_result = _read(queries, id_column, sequence_column, min_length, marker)
+    query_result = _read(queries, id_column, sequence_column, min_length, marker, skip_empty=False)
     bundle = _bundle(model, device, int8)
     index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console, bundle,
                                  marker)
-    thresholds = {**index.thresholds, **overrides}
+    base = dict(CONVENTIONAL) if thresholds_from == "conventional" else index.thresholds
+    thresholds = {**base, **overrides}
+    provenance = "conventional identity cut-offs" if thresholds_from == "conventional" else \
+        index.manifest.get("calibration", {}).get("method", "")
 
     previous = report.completed_ids(output, fmt) if (output and resume) else []
     done = {row["query_id"] for row in previous}
     todo = [q for q in query_result.records if q.id not in done]
     info = {"clibd_version": __version__, "encoder": index.encoder_description,
             "encoder_fingerprint": encoder.fingerprint, "index_fingerprint": index.fingerprint,
-            "index": str(index_path), "thresholds": thresholds, "neighbours": neighbours}
-    writer = report.RowWriter(output, fmt, report.COLUMNS, info, previous=previous)
-    hit_writer = report.RowWriter(hits, hits_fmt, report.HIT_COLUMNS, append=resume) if hits else None
+            "index": str(index_path), "thresholds": thresholds, "thresholds_from": provenance,
+            "overrides": overrides, "score": "alignment identity over the overlap (fraction)",
+            "neighbours": neighbours, "candidates": candidates}
+    writer = report.RowWriter(output, fmt, report.MATCH_COLUMNS, info, previous=previous)
+    hit_writer = report.RowWriter(hits, hits_fmt, report.MATCH_HIT_COLUMNS, append=resume) if hits else None
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
-                           batch_size=batch_size, threads=threads)
+                           batch_size=batch_size, threads=threads, candidates=candidates)
     progress, advance = _progress(len(todo), "matching")
     with progress:
         counts = _write_results(identify(todo, index, encoder, thresholds, options, progress=advance), writer,
                                 hit_writer)
     summary = ", ".join(f"{counts.get(s, 0):,} {s}" for s in ("assigned", "novel_candidate", "rolled_up",
-                                                              "no_match"))
+                                                              "no_match", "error") if s != "error" or counts.get(s))
     skipped = f" ({len(done):,} already done)" if done else ""
     console.print(f"{len(todo):,} queries{skipped}: {summary}")
 
@@ -505,8 +520,9 @@ def calibrate(
         table.add_column(column)
     for rank in RANK_NAMES:
         info = calibration.report["ranks"][rank]
-        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}", f"{info['precision']:.3f}",
-                      f"{info['coverage']:.3f}")
+        precision_seen = info.get("precision", info.get("precision_present", float("nan")))
+        coverage = info.get("coverage", info.get("coverage_present", float("nan")))
+        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}", f"{precision_seen:.3f}", f"{coverage:.3f}")
     Console().print(table)
 
 
@@ -541,7 +557,7 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
 
 def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed, id_column,
                         sequence_column, bundle=None):
-    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_with_queries
+    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set, calibrate_with_queries
     from clibd_cli.index import ReferenceIndex
 
     index = ReferenceIndex.load(index_path)
@@ -554,8 +570,11 @@ def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, nei
                                              target=precision, k=neighbours)
     else:
         try:
-            calibration = calibrate_leave_species_out(index, target=precision, k=neighbours, sample=sample,
-                                                      seed=seed, novel_share=novel_share)
+            if index.modality == "dna":
+                calibration = calibrate_open_set(index, target=precision, k=neighbours, sample=sample, seed=seed)
+            else:
+                calibration = calibrate_leave_species_out(index, target=precision, k=neighbours, sample=sample,
+                                                          seed=seed, novel_share=novel_share)
         except ValueError as exc:
             raise ClibdError(f"{index_path}: {exc}; give labelled --queries instead.") from exc
     index.set_thresholds(calibration.thresholds, calibration.report)

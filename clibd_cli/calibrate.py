@@ -155,3 +155,138 @@ def calibrate_with_queries(index: ReferenceIndex, query_vectors: np.ndarray, tru
                                "absent_species_queries": int(sum(s not in known for s in truth["species"])),
                                "k": k})
     return calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# Barcodes: open-set thresholds per rank on alignment identity
+
+LEVELS = ("record", "species", "genus", "family", "order")
+# The pair of calibration sets each rank's threshold is fitted on: queries whose taxon at that rank is
+# in the reference (first) and queries whose whole taxon at that rank was left out (second).
+RANK_SETS = {"species": ("record", "species"), "genus": ("species", "genus"), "family": ("genus", "family"),
+             "order": ("family", "order")}
+
+
+def _leave_out_sample(codes: dict[str, np.ndarray], level: str, sample: int, rng: np.random.Generator) -> np.ndarray:
+    """One record from each of up to ``sample`` taxa drawn at random: large clades do not dominate."""
+    rank = "species" if level == "record" else level
+    code = codes[rank]
+    taxa = np.unique(code[code >= 0])
+    if level != "record" and len(taxa) < 2:  # leaving out the only taxon tells nothing
+        return np.empty(0, dtype=np.int64)
+    chosen = rng.choice(taxa, size=min(sample, len(taxa)), replace=False)
+    order = np.argsort(code, kind="stable")
+    start, stop = np.searchsorted(code[order], chosen), np.searchsorted(code[order], chosen, side="right")
+    return np.array([order[rng.integers(a, b)] for a, b in zip(start, stop, strict=True)], dtype=np.int64)
+
+
+def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: int = 10, candidates: int = 32,
+                   aligned: int = 10, chunk: int = 64) -> list:
+    """Verified hits of reference records queried with their own record (or whole taxon) removed.
+
+    Exact search over the distinct vectors, chunk by chunk, so memory stays O(references): a vector
+    is skipped when every record behind it is left out, and left-out records never become hits.
+    """
+    from clibd_cli.assign import lineage_codes
+    from clibd_cli.match import verified_hits
+
+    codes = lineage_codes(index.labels.ranks)
+    rank = None if level == "record" else level
+    vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
+    per_vector = np.bincount(vector_of, minlength=len(vectors))
+    out = []
+    for start in range(0, len(rows), chunk):
+        block_rows = rows[start : start + chunk]
+        scores = vectors[vector_of[block_rows]] @ vectors.T
+        for i, row in enumerate(block_rows):
+            left_out = np.array([row]) if rank is None else np.flatnonzero(codes[rank] == codes[rank][row])
+            remaining = per_vector - np.bincount(vector_of[left_out], minlength=len(vectors))
+            s = np.where(remaining > 0, scores[i], -np.inf)
+            top = np.argpartition(-s, min(candidates, len(s) - 1))[:candidates]
+            top = top[np.argsort(-s[top], kind="stable")]
+            top = top[np.isfinite(s[top])]
+            excluded = np.zeros(len(vector_of), dtype=bool)
+            excluded[left_out] = True
+            out.append(verified_hits(inputs[vector_of[row]], index, top, s[top], k, aligned,
+                                     keep=lambda members, excluded=excluded: ~excluded[members]))
+    return out
+
+
+def false_call_threshold(scores: np.ndarray, correct: np.ndarray, rate: float) -> float:
+    """Lowest threshold at which at most ``rate`` of the queries get a wrong call (scores ≥ it and wrong)."""
+    wrong = np.sort(scores[~correct & np.isfinite(scores) & (scores > 0)])[::-1]
+    allowed = int(np.floor(rate * len(scores)))
+    if len(wrong) <= allowed:
+        return 0.0
+    return float(np.nextafter(wrong[allowed], np.inf))
+
+
+def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = 300,
+                       seed: int = 0, k: int = 10, candidates: int = 32,
+                       floors: dict[str, float] | None = None) -> Calibration:
+    """Identity thresholds per rank, each fitted where that rank's decision is made.
+
+    Each rank is fitted on two sets: queries whose taxon at that rank is in the reference and queries
+    whose whole taxon was left out.  Species: leave-one-out and leave-species-out; genus:
+    leave-species-out and leave-genus-out (a query whose whole genus is missing must stop at family);
+    family: leave-genus-out and leave-family-out; order: leave-family-out and leave-order-out.  The
+    threshold is the stricter of two: calls on the present set reach ``target`` precision, and at most
+    ``1 - target`` of the absent set gets a (necessarily wrong) call at that rank: a precision over a
+    mixture would depend on an assumed share of missing taxa, this bound does not.  Queries are one record
+    per taxon drawn at random, so large clades do not dominate.  A rank with too few wrong calls to
+    locate its threshold (or a reference of one taxon at that level) keeps the ``floors`` value
+    (conventional identity cut-offs by default).  A rank where no identity reaches the target precision
+    (COI saturates: a genus-less query's nearest reference at 85 % is often in another family) gets
+    :data:`NEVER` and, made monotone, is then called only where the rank below it is.
+    """
+    from clibd_cli.assign import lineage_codes
+    from clibd_cli.match import CONVENTIONAL, IDENTITY_TAU, assign_verified
+
+    floors = dict(CONVENTIONAL if floors is None else floors)
+    rng = np.random.default_rng(seed)
+    codes = lineage_codes(index.labels.ranks)
+    if int((codes["species"] >= 0).sum()) < 2 * MIN_CALLS:
+        raise ValueError("too few labelled references to calibrate")
+    calls: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+    counts = {}
+    for level in LEVELS:
+        rows = _leave_out_sample(codes, level, sample, rng)
+        counts[level] = len(rows)
+        hits = leave_out_hits(index, rows, level, k=k, candidates=candidates)
+        assignments = assign_verified(hits, index, {}, k, IDENTITY_TAU)
+        truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
+        scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
+        calls[level] = (scores, correct_calls(assignments, truth))
+    thresholds: dict[str, float] = {}
+    report: dict = {"target_precision": target, "ranks": {}}
+    for rank in RANKS:
+        present, absent = RANK_SETS[rank]
+        n_p, n_a = counts[present], counts[absent]
+        entry: dict = {"fitted_on": [present, absent], "queries": [n_p, n_a]}
+        wrong = 0
+        if n_p and n_a:
+            (s_p, c_p), (s_a, c_a) = ((calls[level][0][rank], calls[level][1][rank]) for level in (present, absent))
+            t_p, p, cov = threshold_for_precision(s_p, c_p, target, min_calls=min(MIN_CALLS, max(1, n_p // 2)))
+            if cov == 1.0:  # every call on the present set may stand: the absent set alone sets the cut
+                t_p = 0.0
+            t_a = false_call_threshold(s_a, c_a, 1.0 - target)
+            t = max(t_p, t_a)
+            wrong = int(((s_p > 0) & ~c_p).sum() + ((s_a > 0) & ~c_a).sum())
+            entry.update(threshold=t, precision_present=p, coverage_present=float(np.mean(s_p >= t)),
+                         false_calls_absent=float(np.mean((s_a >= t) & ~c_a)), wrong_calls_seen=wrong)
+        else:
+            t = NEVER
+            entry.update(threshold=t, wrong_calls_seen=0)
+        if (wrong < MIN_WRONG or not (n_p and n_a)) and rank in floors:
+            t = max(t, floors[rank]) if t < NEVER else floors[rank]
+            entry.update(threshold=t, note="too few wrong calls (or taxa) to calibrate; conventional cut-off used")
+        elif t >= NEVER:
+            entry["note"] = "target precision unreachable at this rank: called only together with the rank below"
+        thresholds[rank] = t
+        report["ranks"][rank] = entry
+    for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
+        thresholds[higher] = min(thresholds[higher], thresholds[lower])
+    report.update({"method": "open-set leave-taxon-out (alignment identity)", "queries": sum(counts.values()),
+                   "k": k, "candidates": candidates, "seed": seed,
+                   "score": "identity"})
+    return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)

@@ -117,6 +117,8 @@ class ReferenceIndex:
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
+        self._inputs: list[str] | None = None
+        self._bins: dict[str, int] | None = None
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -196,18 +198,57 @@ class ReferenceIndex:
 
         Labels are record rowids (1-based), -1 where the index holds fewer than k records.
         """
+        vec_labels, vec_sims = self.search_vectors(queries, k, exact=exact, threads=threads)
+        return self._expand(vec_labels, vec_sims, k)
+
+    def search_vectors(self, queries: np.ndarray, k: int, exact: bool | None = None,
+                       threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest *distinct* reference vectors (0-based rows of :meth:`vectors`) and their cosines."""
         n_vectors = int(self.manifest["counts"]["vectors"])
         k_vec = min(k, n_vectors)
         if exact is None:
             exact = self._graph is None or n_vectors <= EXACT_MAX
         if exact:
-            vec_labels, vec_sims = exact_knn(queries, self.vectors(), k_vec)
-        else:
-            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
-            vec_labels, distances = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)
-            vec_labels = vec_labels.astype(np.int64)
-            vec_sims = (1.0 - distances).astype(np.float32)
-        return self._expand(vec_labels, vec_sims, k)
+            return exact_knn(queries, self.vectors(), k_vec)
+        self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
+        vec_labels, distances = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)
+        return vec_labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+    def members(self, vector: int) -> np.ndarray:
+        """Record rows (0-based) that share distinct vector ``vector``, in record order."""
+        indptr, members = self._members()
+        return members[indptr[vector] : indptr[vector + 1]]
+
+    def vector_inputs(self) -> list[str]:
+        """The embedded input behind each distinct vector (a barcode for DNA parts), in vector order.
+
+        Barcodes are what alignment verifies candidates against; they are read once from SQLite.
+        """
+        if self._inputs is None:
+            if self._records is not None:
+                first: dict[int, str] = {}
+                for record, j in zip(self._records, self.labels.vector, strict=True):
+                    first.setdefault(int(j), record.sequence)
+                inputs = [first.get(j, "") for j in range(max(first, default=-1) + 1)]
+            else:
+                with _connect(self.path / RECORDS_DB) as db:
+                    rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
+                                      "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
+                inputs = [""] * (rows[-1][0] + 1 if rows else 0)
+                for j, sequence in rows:
+                    inputs[j] = sequence or ""
+            self._inputs = inputs
+        return self._inputs
+
+    def species_per_bin(self) -> dict[str, int]:
+        """How many species of the reference each BIN holds (BINs shared by species are a warning sign)."""
+        if self._bins is None:
+            pairs = {(b, s) for b, s in zip(self.labels.bin, self.labels.ranks["species"], strict=True) if b and s}
+            counts: dict[str, int] = {}
+            for bin_uri, _ in pairs:
+                counts[bin_uri] = counts.get(bin_uri, 0) + 1
+            self._bins = counts
+        return self._bins
 
     def _expand(self, vec_labels: np.ndarray, vec_sims: np.ndarray, k: int) -> SearchResult:
         """Distinct-vector hits → the first k records behind them, in similarity order."""

@@ -24,6 +24,10 @@ FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 COLUMNS = ["query_id", "status", "rank", *RANKS, *(f"{r}_score" for r in RANKS), "top_hit_id",
            "top_hit_similarity", "bin", "support", "flags"]
 HIT_COLUMNS = ["query_id", "hit_rank", "hit_id", "similarity", *RANKS, "bin"]
+# Barcode matches are verified by alignment: identity (%) and overlap (bp) of the top hit, the identity
+# behind each rank's call, and the reason of an error row.
+MATCH_COLUMNS = [*COLUMNS, "identity", "overlap", *(f"{r}_identity" for r in RANKS), "error"]
+MATCH_HIT_COLUMNS = [*HIT_COLUMNS, "identity", "overlap"]
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
                ".ndjson": "jsonl"}
 
@@ -156,7 +160,8 @@ def render_table(rows: list[dict], columns: list[str]):
 
     status_style = {"assigned": "green", "rolled_up": "yellow", "novel_candidate": "magenta",
                     "no_match": "red", "error": "red"}
-    shown = [c for c in columns if c not in ("support", "flags", "order_score", "family_score")]
+    shown = [c for c in columns if c not in ("support", "flags", "order_score", "family_score", "error",
+                                             *(f"{r}_identity" for r in RANKS))]
     table = Table(show_lines=False, header_style="bold")
     for column in shown:
         table.add_column(column.replace("_", " "), overflow="fold")

@@ -1,0 +1,110 @@
+"""`clibd match` verifies candidates by alignment: identity, overlap, strands, fragments, flags, error rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Specimen, clibd_ok, make_reference, random_sequence, read_rows, to_records, write_fasta
+
+from clibd_cli.align import reverse_complement
+from clibd_cli.calibrate import calibrate_open_set
+from clibd_cli.encoders import KmerProfileEncoder
+from clibd_cli.index import ReferenceIndex
+from clibd_cli.match import CONVENTIONAL, MatchOptions, identify
+from clibd_cli.sequences import SequenceRecord
+
+
+@pytest.fixture(scope="module")
+def matched(tmp_path_factory, split_reference):
+    """The split reference indexed, and every kind of query matched once through the CLI."""
+    reference, known, _ = split_reference
+    tmp = tmp_path_factory.mktemp("verified")
+    clibd_ok("build-index", "-b", write_fasta(tmp / "ref.fasta", reference), "-o", tmp / "idx")
+    rng = np.random.default_rng(1)
+    queries = [Specimen(f"full-{s.id}", *s.lineage, s.bin, s.sequence) for s in known]
+    queries += [Specimen(f"rc-{s.id}", *s.lineage, s.bin, reverse_complement(s.sequence)) for s in known]
+    queries += [Specimen(f"leray-{s.id}", *s.lineage, s.bin, s.sequence[-313:]) for s in known]
+    queries += [Specimen(f"noise-{i}", "", "", "", "", "", random_sequence(rng, 600)) for i in range(10)]
+    queries.append(Specimen("empty-1", "", "", "", "", "", "NNNN"))
+    fasta = write_fasta(tmp / "queries.fasta", queries, style="bare")
+    clibd_ok("match", fasta, "-i", tmp / "idx", "-o", tmp / "out.csv", "--hits", tmp / "hits.csv")
+    rows = {row["query_id"]: row for row in read_rows(tmp / "out.csv")}
+    return known, queries, rows, read_rows(tmp / "hits.csv")
+
+
+def test_one_row_per_query_and_error_rows(matched):
+    _, queries, rows, _ = matched
+    assert list(rows) == [q.id for q in queries]  # every query, in input order
+    assert rows["empty-1"]["status"] == "error" and "no sequence" in rows["empty-1"]["error"]
+
+
+def test_identity_overlap_and_strands(matched):
+    known, _, rows, hits = matched
+    for s in known:
+        full, rc, leray = rows[f"full-{s.id}"], rows[f"rc-{s.id}"], rows[f"leray-{s.id}"]
+        assert full["species"] == s.species and float(full["identity"]) >= 97.0
+        assert int(full["overlap"]) >= len(s.sequence) - 5 and float(full["species_identity"]) >= 97.0
+        assert "reverse_complement" not in full["flags"]
+        assert rc["species"] == s.species and "reverse_complement" in rc["flags"]  # identified on the other strand
+        assert rc["identity"] == full["identity"]
+        assert leray["species"] == s.species and int(leray["overlap"]) == 313  # identity over the overlap only
+    first = [h for h in hits if h["query_id"] == f"full-{known[0].id}"]
+    assert [int(h["hit_rank"]) for h in first] == list(range(1, 6))
+    identities = [float(h["identity"]) for h in first]
+    assert identities == sorted(identities, reverse=True) and all(int(h["overlap"]) > 300 for h in first)
+
+
+def test_non_homologous_queries_get_no_call(matched):
+    _, _, rows, _ = matched
+    noise = [row for qid, row in rows.items() if qid.startswith("noise-")]
+    assert len(noise) == 10 and all(row["status"] == "no_match" and not row["order"] for row in noise)
+
+
+def _identify(reference: list[Specimen], queries: list[Specimen], thresholds: dict[str, float]) -> list[dict]:
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    records = [SequenceRecord(q.id, q.sequence) for q in queries]
+    return [r.row for r in identify(records, index, KmerProfileEncoder(), thresholds, MatchOptions())]
+
+
+def test_flags_on_constructed_references():
+    rng = np.random.default_rng(4)
+    base = random_sequence(rng, 600)
+    lineage = ("Diptera", "Culicidae", "Aedes")
+    reference = [
+        # two species with the same barcode in two BINs: conflict, multiple_bins
+        Specimen("A1", *lineage, "Aedes one", "BOLD:AAA0001", base),
+        Specimen("B1", *lineage, "Aedes two", "BOLD:AAA0002", base),
+        # one BIN holding two species (top hit's BIN is shared)
+        Specimen("C1", *lineage, "Aedes three", "BOLD:AAA0003", base[::-1]),
+        Specimen("D1", *lineage, "Aedes four", "BOLD:AAA0003", random_sequence(rng, 600)),
+        # a species with a single reference record
+        Specimen("E1", *lineage, "Aedes five", "BOLD:AAA0005", random_sequence(rng, 600)),
+    ]
+    rows = _identify(reference, [Specimen("q1", "", "", "", "", "", base),
+                                 Specimen("q2", "", "", "", "", "", base[::-1]),
+                                 Specimen("q3", "", "", "", "", "", reference[4].sequence),
+                                 Specimen("q4", "", "", "", "", "", reference[4].sequence[:90])], CONVENTIONAL)
+    flags = {row["query_id"]: row["flags"].split(",") for row in rows}
+    assert {"conflict", "multiple_bins"} <= set(flags["q1"]) and rows[0]["status"] != "assigned"
+    assert "shared_bin" in flags["q2"] and "conflict" not in flags["q2"]
+    assert rows[2]["species"] == "Aedes five" and "single_reference" in flags["q3"]
+    assert "single_reference" not in flags["q1"] and "shared_bin" not in flags["q3"]
+    # 90 bp cover the reference fully, but cannot support a species call
+    assert rows[3]["species"] == "" and rows[3]["genus"] == "Aedes"
+
+
+def test_missing_genus_stops_above_genus():
+    """On a synthetic tree with whole genera absent from the reference, calibrated calls never name a genus."""
+    everything = make_reference(seed=21, orders=2, families=3, genera=4, species=3, specimens=3, id_prefix="GEN")
+    genera = list(dict.fromkeys(s.genus for s in everything))
+    absent = set(genera[3::4])  # one genus of every family
+    reference = [s for s in everything if s.genus not in absent]
+    queries = [s for s in everything if s.genus in absent]
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    calibration = calibrate_open_set(index, sample=100, seed=0)
+    rows = _identify(reference, queries, calibration.thresholds)
+    assert rows and all(row["genus"] == "" and row["species"] == "" for row in rows)
+    right_family = sum(row["family"] == q.family for row, q in zip(rows, queries, strict=True))
+    wrong_family = sum(row["family"] not in ("", q.family) for row, q in zip(rows, queries, strict=True))
+    assert wrong_family == 0 and right_family >= len(queries) // 2
+    assert calibration.report["method"].startswith("open-set")
