@@ -557,7 +557,7 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
 
 def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed, id_column,
                         sequence_column, bundle=None):
-    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set, calibrate_with_queries
+    from clibd_cli.calibrate import calibrate_dna_with_queries, calibrate_leave_species_out, calibrate_open_set
     from clibd_cli.index import ReferenceIndex
 
     index = ReferenceIndex.load(index_path)
@@ -565,9 +565,7 @@ def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, nei
         records = _reference_records([queries], id_column, sequence_column, 0, _stderr())
         encoder = bundle.encoder("dna") if bundle is not None else index.encoder()
         index.check_encoder(encoder)
-        truth = {rank: [r.label(rank) for r in records] for rank in RANK_NAMES}
-        calibration = calibrate_with_queries(index, encoder.encode([r.sequence for r in records]), truth,
-                                             target=precision, k=neighbours)
+        calibration = calibrate_dna_with_queries(index, records, encoder, target=precision, k=neighbours)
     else:
         try:
             if index.modality == "dna":

@@ -290,3 +290,25 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
                    "k": k, "candidates": candidates, "seed": seed,
                    "score": "identity"})
     return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
+
+
+def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, target: float = DEFAULT_PRECISION,
+                               k: int = 10) -> Calibration:
+    """Identity thresholds from labelled barcodes (ideally including species absent from the reference),
+    identified exactly as `clibd match` does: candidates on both strands, verified by alignment."""
+    from clibd_cli.match import CONVENTIONAL, MatchOptions, _propose, assign_verified, verified_hits
+
+    options = MatchOptions(neighbours=k)
+    usable = [q for q in queries if q.sequence]
+    hits = []
+    for sequence, vectors, cosines, _ in _propose(usable, index, encoder, options):
+        hits.append(verified_hits(sequence, index, vectors, cosines, k, options.aligned))
+    assignments = assign_verified(hits, index, {}, k)
+    scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
+    truth = {rank: [q.label(rank) for q in usable] for rank in RANKS}
+    calibration = fit_thresholds(scores, correct_calls(assignments, truth), target, CONVENTIONAL)
+    known = set(index.labels.ranks["species"])
+    calibration.report.update({"method": "labelled queries (alignment identity)", "queries": len(usable),
+                               "absent_species_queries": int(sum(s not in known for s in truth["species"])),
+                               "k": k, "score": "identity"})
+    return calibration

@@ -439,7 +439,7 @@ def test_calibrate_with_labelled_queries(files, tmp_path):
     labelled = write_fasta(tmp_path / "labelled.fasta", files["known"] + files["novel"])
     assert_ok(invoke("calibrate", "-i", target, "--queries", labelled))
     calibration = json.loads((target / MANIFEST).read_text())["parts"]["dna"]["calibration"]
-    assert calibration["method"] == "labelled queries"
+    assert calibration["method"] == "labelled queries (alignment identity)"
     assert calibration["queries"] == 64 and calibration["absent_species_queries"] == 40
 
 

@@ -108,3 +108,14 @@ def test_missing_genus_stops_above_genus():
     wrong_family = sum(row["family"] not in ("", q.family) for row, q in zip(rows, queries, strict=True))
     assert wrong_family == 0 and right_family >= len(queries) // 2
     assert calibration.report["method"].startswith("open-set")
+
+
+def test_readme_main_job_prints_what_the_readme_says():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    promised = re.search(r"`(40 queries: [^`]+)`", (root / "README.md").read_text()).group(1)
+    result = clibd_ok("match", root / "examples/queries.fasta", "--index", root / "examples/reference.fasta",
+                      "--format", "csv")
+    assert promised in result.stderr
