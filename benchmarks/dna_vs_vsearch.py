@@ -1,17 +1,25 @@
-"""clibd versus VSEARCH on real BOLD barcodes: accuracy, honesty on missing species, speed.
+"""clibd versus VSEARCH on real BOLD barcodes: right and wrong calls per rank, present and absent species.
 
-Seeded split of `bold_insect_coi_dev.tsv.gz`: a share of species is held out of the reference
-entirely (their records become "held-out" queries), and a sample of records of reference species
-becomes "present" queries (removed from the reference).  Both tools get the same FASTA files:
+Two reference/query cases from `bold_insect_coi_dev.tsv.gz`, each run through both tools end to end:
 
-* clibd: `clibd build-index` (k-mer profile encoder, HNSW, leave-species-out calibration) and
-  `clibd match`; a rank is counted when clibd calls it.
-* VSEARCH: `--makeudb_usearch` then `--usearch_global` (defaults: maxaccepts 1, maxrejects 32) with
-  the customary identity cut-offs: species ≥ 97 %, genus ≥ 95 %, family ≥ 90 %, order ≥ 85 %.
+* ``held-out``: a seeded share of species is left out of the reference entirely (their records are
+  "absent" queries) and a sample of records of reference species becomes "present" queries (removed
+  from the reference).
+* ``split``: `clibd split` (the CLIBD partition): reference = every split except ``test_*``; queries =
+  ``test_seen`` (present species) and ``test_unseen`` (absent species; their keys are left out too).
 
-Both run as end-to-end commands with 2 threads, timed side by side in one run.
+Query variants, each identified by both tools: the barcode as it is; its reverse complement; its last
+313 bp (the Leray metabarcoding fragment) and last 200 bp; and non-homologous decoys (the barcode's
+codons shuffled: the same composition, no homology).  clibd: `clibd build-index` (k-mer profile,
+HNSW, open-set identity calibration) and `clibd match`.  VSEARCH: `--usearch_global --strand both`
+(maxaccepts 1, maxrejects 32) and the customary cut-offs on the top hit's identity: species ≥ 97 %,
+genus ≥ 95 %, family ≥ 90 %, order ≥ 85 %.  Both with 2 threads; speed is end-to-end commands on the
+unmodified queries, timed side by side in one run.
 
-    python benchmarks/dna_vs_vsearch.py [--data PATH] [--present 5000] [--held-share 0.05]
+A call is *right* when it names the query's taxon, *wrong* when it names another; an uncalled rank is
+neither.  For absent species any species name is wrong.
+
+    python benchmarks/dna_vs_vsearch.py [--case held-out|split|both] [--present 3000] [--absent 3000]
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
+from clibd_cli.align import reverse_complement
 from clibd_cli.sequences import RANKS, SequenceRecord, read_sequences
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/bold_insect_coi_dev.tsv.gz"
 VSEARCH_CUTOFFS = {"species": 97.0, "genus": 95.0, "family": 90.0, "order": 85.0}
+VARIANTS = ("full", "reverse", "leray313", "last200", "shuffled")
 
 
 def write_fasta(path: Path, records: list[SequenceRecord], with_taxonomy: bool) -> None:
@@ -45,18 +55,44 @@ def write_fasta(path: Path, records: list[SequenceRecord], with_taxonomy: bool) 
             fh.write(f">{header}\n{r.sequence}\n")
 
 
-def split(records: list[SequenceRecord], held_share: float, n_present: int, seed: int):
+def held_out_case(records: list[SequenceRecord], n_present: int, n_absent: int, share: float, seed: int):
     rng = np.random.default_rng(seed)
     labelled = [r for r in records if r.label("species")]
     species = sorted({r.label("species") for r in labelled})
-    held = set(rng.choice(species, size=max(1, round(held_share * len(species))), replace=False).tolist())
-    held_q = [r for r in labelled if r.label("species") in held]
+    held = set(rng.choice(species, size=max(1, round(share * len(species))), replace=False).tolist())
+    absent = [r for r in labelled if r.label("species") in held]
     rest = [r for r in records if r.label("species") not in held]
     candidates = [i for i, r in enumerate(rest) if r.label("species")]
-    present_idx = set(rng.choice(candidates, size=n_present, replace=False).tolist())
-    present_q = [rest[i] for i in sorted(present_idx)]
+    present_idx = set(rng.choice(candidates, size=min(n_present, len(candidates)), replace=False).tolist())
+    present = [rest[i] for i in sorted(present_idx)]
     reference = [r for i, r in enumerate(rest) if i not in present_idx]
-    return reference, present_q, held_q
+    absent = [absent[i] for i in sorted(rng.choice(len(absent), size=min(n_absent, len(absent)), replace=False))]
+    return reference, present, absent
+
+
+def split_case(data: Path, work: Path, records: list[SequenceRecord], n_present: int, n_absent: int, seed: int):
+    table = work / "split.tsv"
+    subprocess.run([sys.executable, "-m", "clibd_cli.app", "split", str(data), "-o", str(table), "--seed", "0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    with table.open() as fh:
+        split_of = {row["processid"]: row["split"] for row in csv.DictReader(fh, delimiter="\t")}
+    reference = [r for r in records if not split_of.get(r.id, "").startswith("test_")]
+    present = [r for r in records if split_of.get(r.id) == "test_seen"]
+    absent = [r for r in records if split_of.get(r.id) == "test_unseen"]
+    rng = np.random.default_rng(seed)
+    pick = lambda rs, n: [rs[i] for i in sorted(rng.choice(len(rs), size=min(n, len(rs)), replace=False))]  # noqa: E731
+    return reference, pick(present, n_present), pick(absent, n_absent)
+
+
+def shuffle_codons(sequence: str, rng: np.random.Generator) -> str:
+    codons = [sequence[i : i + 3] for i in range(0, len(sequence) - len(sequence) % 3, 3)]
+    return "".join(codons[i] for i in rng.permutation(len(codons)))
+
+
+def variant(records: list[SequenceRecord], name: str, rng: np.random.Generator) -> list[SequenceRecord]:
+    change = {"full": lambda s: s, "reverse": reverse_complement, "leray313": lambda s: s[-313:],
+              "last200": lambda s: s[-200:], "shuffled": lambda s: shuffle_codons(s, rng)}[name]
+    return [SequenceRecord(f"{r.id}", change(r.sequence), dict(r.taxonomy), r.bin) for r in records]
 
 
 def timed(cmd: list[str]) -> float:
@@ -65,108 +101,124 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_clibd(workdir: Path, ref: Path, queries: Path, threads: int, kmer: int) -> tuple[dict, float, float]:
-    clibd = [sys.executable, "-m", "clibd_cli.app"]
-    build = timed([*clibd, "build-index", "-b", str(ref), "-o", str(workdir / "idx"), "--force",
-                   "--threads", str(threads), "--kmer", str(kmer)])
-    out = workdir / "clibd.csv"
-    match = timed([*clibd, "match", str(queries), "-i", str(workdir / "idx"), "-o", str(out), "--force",
-                   "--threads", str(threads)])
+def clibd_calls(work: Path, queries: Path, threads: int) -> tuple[dict, float]:
+    out = work / "clibd.csv"
+    seconds = timed([sys.executable, "-m", "clibd_cli.app", "match", str(queries), "-i", str(work / "idx"), "-o",
+                     str(out), "--force", "--threads", str(threads)])
     with out.open() as fh:
         rows = {row["query_id"]: row for row in csv.DictReader(fh)}
-    calls = {qid: {rank: row[rank] for rank in RANKS} for qid, row in rows.items()}
-    top = {qid: row["top_hit_id"] for qid, row in rows.items()}
-    return {"calls": calls, "top": top}, build, match
+    return {q: {rank: row[rank] for rank in RANKS} for q, row in rows.items()}, seconds
 
 
-def run_vsearch(workdir: Path, ref: Path, queries: Path, threads: int,
-                taxonomy: dict[str, dict[str, str]]) -> tuple[dict, float, float]:
-    udb = workdir / "ref.udb"
-    build = timed(["vsearch", "--makeudb_usearch", str(ref), "--output", str(udb), "--threads", str(threads)])
-    out = workdir / "vsearch.b6"
-    match = timed(["vsearch", "--usearch_global", str(queries), "--db", str(udb), "--id", "0.70",
-                   "--blast6out", str(out), "--threads", str(threads), "--notrunclabels"])
-    calls, top = {}, {}
+def vsearch_calls(work: Path, queries: Path, threads: int, taxonomy: dict) -> tuple[dict, float]:
+    out = work / "vsearch.b6"
+    seconds = timed(["vsearch", "--usearch_global", str(queries), "--db", str(work / "ref.udb"), "--id", "0.70",
+                     "--strand", "both", "--blast6out", str(out), "--threads", str(threads), "--notrunclabels"])
+    calls = {}
     with out.open() as fh:
         for line in fh:
             fields = line.rstrip("\n").split("\t")
-            qid, target, identity = fields[0], fields[1].split("|")[0], float(fields[2])
-            top[qid] = target
-            calls[qid] = {rank: taxonomy[target][rank] if identity >= VSEARCH_CUTOFFS[rank] else ""
-                          for rank in RANKS}
-    return {"calls": calls, "top": top}, build, match
+            target, identity = fields[1].split("|")[0], float(fields[2])
+            calls[fields[0]] = {rank: taxonomy[target][rank] if identity >= VSEARCH_CUTOFFS[rank] else ""
+                                for rank in RANKS}
+    return calls, seconds
 
 
-def score(result: dict, queries: list[SequenceRecord], taxonomy: dict[str, dict[str, str]]) -> dict:
-    """Accuracy of calls per rank (an uncalled rank counts as not correct) and of the top hit."""
+def score(calls: dict, queries: list[SequenceRecord], absent: bool) -> dict[str, float]:
+    """Per rank: share of queries called right and called wrong (absent species: any species name is wrong)."""
     out = {}
     for rank in RANKS:
-        out[rank] = np.mean([result["calls"].get(q.id, {}).get(rank, "") == q.label(rank) for q in queries])
-        out[f"top_{rank}"] = np.mean([taxonomy.get(result["top"].get(q.id, ""), {}).get(rank) == q.label(rank)
-                                      for q in queries])
-    out["wrong_species"] = np.mean([bool(result["calls"].get(q.id, {}).get("species")) and
-                                    result["calls"][q.id]["species"] != q.label("species") for q in queries])
+        got = [calls.get(q.id, {}).get(rank, "") for q in queries]
+        truth = [q.label(rank) for q in queries]
+        right = [bool(g) and g == t and not (absent and rank == "species") for g, t in zip(got, truth, strict=True)]
+        wrong = [bool(g) and not r for g, r in zip(got, right, strict=True)]
+        out[f"{rank}_right"], out[f"{rank}_wrong"] = float(np.mean(right)), float(np.mean(wrong))
+    out["any_call"] = float(np.mean([any(calls.get(q.id, {}).get(r) for r in RANKS) for q in queries]))
     return out
+
+
+def run_case(name: str, reference, present, absent, threads: int, seed: int, work: Path) -> tuple[list[str], dict]:
+    taxonomy = {r.id: {rank: r.label(rank) for rank in RANKS} for r in reference}
+    write_fasta(work / "ref.fasta", reference, with_taxonomy=True)
+    build_clibd = timed([sys.executable, "-m", "clibd_cli.app", "build-index", "-b", str(work / "ref.fasta"), "-o",
+                         str(work / "idx"), "--force", "--threads", str(threads)])
+    build_vsearch = timed(["vsearch", "--makeudb_usearch", str(work / "ref.fasta"), "--output",
+                           str(work / "ref.udb"), "--threads", str(threads)])
+    rng = np.random.default_rng(seed)
+    results: dict = {}
+    speed = {}
+    for v in VARIANTS:
+        queries = variant(present, v, rng) + variant(absent, v, rng)
+        write_fasta(work / f"{v}.fasta", queries, with_taxonomy=False)
+        for tool, run in (("clibd", lambda f: clibd_calls(work, f, threads)),
+                          ("VSEARCH", lambda f: vsearch_calls(work, f, threads, taxonomy))):
+            calls, seconds = run(work / f"{v}.fasta")
+            results[(tool, v)] = calls
+            if v == "full":
+                speed[tool] = len(queries) / seconds
+    lines = [f"### {name}: {len(reference):,} reference barcodes of "
+             f"{len({r.label('species') for r in reference}):,} species; {len(present):,} present-species and "
+             f"{len(absent):,} absent-species queries ({len({r.label('species') for r in absent})} species)", "",
+             "| tool | queries | species right / wrong | genus right / wrong | family right / wrong "
+             "| order right / wrong |", "|---|---|---|---|---|---|"]
+    summary = {}
+    for v in VARIANTS:
+        for tool in ("clibd", "VSEARCH"):
+            calls = results[(tool, v)]
+            groups = (("shuffled (non-homologous)", present + absent, True),) if v == "shuffled" else \
+                ((f"{v}, present", present, False), (f"{v}, absent", absent, True))
+            for label, group, is_absent in groups:
+                s = score(calls, group, is_absent)
+                summary[(tool, label)] = s
+                cells = " | ".join(f"{s[f'{r}_right']:.1%} / {s[f'{r}_wrong']:.1%}" for r in reversed(RANKS))
+                if v == "shuffled":
+                    cells = f"any call {s['any_call']:.1%} | " + " | ".join(
+                        f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order"))
+                lines.append(f"| {tool} | {label} | {cells} |")
+    forward = results[("clibd", "full")]
+    reverse = results[("clibd", "reverse")]
+    same = np.mean([forward.get(q.id) == reverse.get(q.id) for q in present + absent])
+    lines += ["", f"Reverse-complemented queries given the same call as their forward strand: clibd {same:.2%}.",
+              f"Index build: clibd {build_clibd:.1f} s (incl. calibration), VSEARCH {build_vsearch:.1f} s. "
+              f"Queries/s on the unmodified queries (end-to-end, {threads} threads): clibd {speed['clibd']:,.0f}, "
+              f"VSEARCH {speed['VSEARCH']:,.0f} ({speed['clibd'] / speed['VSEARCH']:.2f}×).", ""]
+    return lines, summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--present", type=int, default=5000, help="queries of reference species")
+    parser.add_argument("--case", choices=("held-out", "split", "both"), default="both")
+    parser.add_argument("--present", type=int, default=3000, help="present-species queries per case")
+    parser.add_argument("--absent", type=int, default=3000, help="absent-species queries per case")
     parser.add_argument("--held-share", type=float, default=0.05, help="share of species held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kmer", type=int, default=5, help="k of clibd's k-mer profile encoder")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     if shutil.which("vsearch") is None:
         sys.exit("vsearch is not installed (Debian: apt-get install vsearch)")
     if not args.data.exists():
         sys.exit(f"{args.data}: not found")
-
     records = read_sequences([args.data]).records
-    reference, present, held = split(records, args.held_share, args.present, args.seed)
-    taxonomy = {r.id: {rank: r.label(rank) for rank in RANKS} for r in records}
+    body = ["Right / wrong: share of queries whose call at that rank names their taxon / another taxon "
+            "(uncalled ranks are neither; for absent species every species name is wrong). VSEARCH calls a rank "
+            "when its top hit passes 97 / 95 / 90 / 85 %; clibd uses its open-set calibrated identity thresholds.",
+            ""]
     with tempfile.TemporaryDirectory(prefix="clibd-bench-") as tmp:
-        work = Path(tmp)
-        write_fasta(work / "ref.fasta", reference, with_taxonomy=True)
-        write_fasta(work / "queries.fasta", present + held, with_taxonomy=False)
-        clibd, c_build, c_match = run_clibd(work, work / "ref.fasta", work / "queries.fasta", args.threads,
-                                         args.kmer)
-        vsearch, v_build, v_match = run_vsearch(work, work / "ref.fasta", work / "queries.fasta", args.threads,
-                                                taxonomy)
-    n_queries = len(present) + len(held)
-    rows = []
-    for name, result, build, match in (("clibd", clibd, c_build, c_match),
-                                       ("VSEARCH 97 %", vsearch, v_build, v_match)):
-        p, h = score(result, present, taxonomy), score(result, held, taxonomy)
-        rows.append((name, p, h, build, n_queries / match))
-    species_per_q = len({r.label("species") for r in reference})
-    body = [
-        f"Reference: {len(reference):,} barcodes of {species_per_q:,} species; queries: {len(present):,} of "
-        f"reference species (removed from the reference) + {len(held):,} of {len({r.label('species') for r in held})} "
-        f"species held out entirely (seed {args.seed}). VSEARCH calls a rank when the top hit's identity passes "
-        "97 / 95 / 90 / 85 % (species / genus / family / order); clibd uses its calibrated thresholds. "
-        "Uncalled ranks count as not correct; 'top hit' columns ignore thresholds.",
-        "",
-        "| tool | species acc. | genus acc. | family acc. | top-hit species | held-out: wrong species name "
-        "| held-out: genus acc. | held-out: family acc. | index build (s) | queries/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, p, h, build, qps in rows:
-        body.append(f"| {name} | {p['species']:.2%} | {p['genus']:.2%} | {p['family']:.2%} | {p['top_species']:.2%} "
-                    f"| {h['wrong_species']:.2%} | {h['genus']:.2%} | {h['family']:.2%} | {build:.1f} | {qps:,.0f} |")
-    speedup = rows[0][4] / rows[1][4]
-    body += ["", f"clibd answers {speedup:.1f}× as many queries per second as VSEARCH "
-             f"(end-to-end commands incl. start-up and index loading, {args.threads} threads each). "
-             "Accuracy gap (species, present): "
-             f"{(rows[0][1]['species'] - rows[1][1]['species']) * 100:+.2f} points; wrong species names on held-out "
-             f"species: clibd {rows[0][2]['wrong_species']:.2%} vs VSEARCH {rows[1][2]['wrong_species']:.2%}."]
-    text = "\n".join(body)
-    print(text)
+        for case in (("held-out", "split") if args.case == "both" else (args.case,)):
+            work = Path(tmp) / case
+            work.mkdir()
+            if case == "held-out":
+                ref, present, absent = held_out_case(records, args.present, args.absent, args.held_share, args.seed)
+            else:
+                ref, present, absent = split_case(args.data, work, records, args.present, args.absent, args.seed)
+            lines, _ = run_case(case, ref, present, absent, args.threads, args.seed, work)
+            body += lines
+            print("\n".join(lines), flush=True)
     if not args.no_write:
         command = "python benchmarks/dna_vs_vsearch.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section("DNA identification: clibd vs VSEARCH", text, command)
+        write_section("DNA identification: clibd vs VSEARCH", "\n".join(body), command)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def _stats(cigar: str, q: np.ndarray, t: np.ndarray, qi: int, ti: int) -> Alignm
 
 ANCHOR_K = 12
 FAST_IDENTITY = 0.97
+ALIGN_BATCH = 4
 FAST_END_SLACK = 12  # a diagonal segment this much shorter than the possible overlap hides an indel
 
 
@@ -199,15 +200,17 @@ def ungapped(query: np.ndarray, target: np.ndarray, shift: int) -> Alignment:
     return Alignment(matches / columns if columns else 0.0, columns, matches)
 
 
-def verify(query: str, targets: Sequence[str], full: int = 10) -> list[Alignment | None]:
+def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0.03) -> list[Alignment | None]:
     """Identity of ``query`` to each target, cheaply where that is exact, by alignment where it matters.
 
     A target that matches the query along one diagonal at ≥ :data:`FAST_IDENTITY`, over (nearly)
     the whole overlap the two sequences allow, needs no alignment: an indel would cost more than the
     mismatches it could save there, so the optimal alignment is that diagonal (tests/test_align.py
-    checks both against Biopython).  Of the others,
-    the ``full`` best by their diagonal identity are aligned with Opal (overlap mode); the rest are
-    ``None`` (not verified).
+    checks both against Biopython).  The others are aligned with Opal (overlap mode) in the order of
+    their diagonal identity, a few at a time, at most ``full`` of them; once a hit at ≥
+    :data:`FAST_IDENTITY` is verified, only while that estimate is within ``margin`` of the best: a hit
+    three points below it weighs e^-3 of it in the vote, and a present species' query should not pay
+    for aligning the distant half of its candidates.  Targets left out are ``None`` (not verified).
     """
     q = _codes(query)
     codes = [_codes(t) for t in targets]
@@ -216,9 +219,19 @@ def verify(query: str, targets: Sequence[str], full: int = 10) -> list[Alignment
     out: list[Alignment | None] = [a if a is not None and a.identity >= FAST_IDENTITY and
                                    a.overlap >= min(len(q), len(t)) - FAST_END_SLACK else None
                                    for a, t in zip(fast, codes, strict=True)]
-    pending = sorted((i for i, a in enumerate(out) if a is None),
-                     key=lambda i: -(fast[i].identity if fast[i] is not None else 0.0))[:full]
-    if pending:
-        for i, alignment in zip(pending, align_many(query, [targets[i] for i in pending]), strict=True):
+    estimate = {i: (fast[i].identity if fast[i] is not None else 0.0) for i, a in enumerate(out) if a is None}
+    pending = sorted(estimate, key=lambda i: -estimate[i])
+    best = max((a.identity for a in out if a is not None and a.coverage >= 0.5), default=0.0)
+    done = 0
+    while pending and done < full:
+        floor = best - margin if best >= FAST_IDENTITY else -1.0
+        batch = [i for i in pending[:ALIGN_BATCH] if estimate[i] >= floor][: full - done]
+        if not batch:
+            break
+        pending = pending[ALIGN_BATCH:]
+        for i, alignment in zip(batch, align_many(query, [targets[i] for i in batch]), strict=True):
             out[i] = alignment
+            if alignment.coverage >= 0.5:
+                best = max(best, alignment.identity)
+        done += len(batch)
     return out

@@ -52,11 +52,13 @@ def test_fast_path_agrees_with_alignment():
     base = random_sequence(rng, 650)
     targets = [mutate(base, 0.01, rng), mutate(base, 0.02, rng)[40:], base[:200] + base[203:],
                mutate(base, 0.15, rng), random_sequence(rng, 650)]
-    fast, full = verify(base, targets, full=10), align_many(base, targets)
+    fast, full = verify(base, targets, full=10, margin=1.0), align_many(base, targets)
     for quick, aligned in zip(fast, full, strict=True):
         assert quick is not None
         assert abs(quick.identity - aligned.identity) <= 0.003 and abs(quick.overlap - aligned.overlap) <= 2
-    limited = verify(base, targets, full=1)  # only the best of the non-obvious targets gets aligned
+    near = verify(base, targets)  # with 99 % hits verified, targets far below them are not aligned
+    assert near[:3] == fast[:3] and near[3] is None and near[4] is None
+    limited = verify(base, targets, full=1, margin=1.0)  # only the best of the non-obvious targets gets aligned
     assert limited[2] is not None and limited[3] is None and limited[4] is None
     assert limited[0] == fast[0] and limited[1] == fast[1]  # the diagonal ones needed no alignment
 
@@ -76,7 +78,7 @@ def test_identity_matches_biopython_on_real_barcodes():
         targets = [records[j].sequence for j in rng.choice(by_species[records[i].label("species")], 2)] + \
                   [records[j].sequence for j in rng.choice(len(records), 2)]
         for q in (query, query[-313:], query[:200]):
-            for target, found in zip(targets, verify(q, targets, full=10), strict=True):
+            for target, found in zip(targets, verify(q, targets, full=10, margin=1.0), strict=True):
                 if found.coverage < 0.5:  # not homologous over most of the shorter one: never used in calls
                     continue
                 identity, overlap = biopython_identity(q, target)
