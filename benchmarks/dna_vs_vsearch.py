@@ -114,13 +114,15 @@ def vsearch_calls(work: Path, queries: Path, threads: int, taxonomy: dict) -> tu
     out = work / "vsearch.b6"
     seconds = timed(["vsearch", "--usearch_global", str(queries), "--db", str(work / "ref.udb"), "--id", "0.70",
                      "--strand", "both", "--blast6out", str(out), "--threads", str(threads), "--notrunclabels"])
-    calls = {}
+    best: dict[str, tuple[float, str]] = {}  # with --strand both a query may get a hit on each strand
     with out.open() as fh:
         for line in fh:
             fields = line.rstrip("\n").split("\t")
             target, identity = fields[1].split("|")[0], float(fields[2])
-            calls[fields[0]] = {rank: taxonomy[target][rank] if identity >= VSEARCH_CUTOFFS[rank] else ""
-                                for rank in RANKS}
+            if identity > best.get(fields[0], (-1.0, ""))[0]:
+                best[fields[0]] = (identity, target)
+    calls = {query: {rank: taxonomy[target][rank] if identity >= VSEARCH_CUTOFFS[rank] else "" for rank in RANKS}
+             for query, (identity, target) in best.items()}
     return calls, seconds
 
 

@@ -19,6 +19,7 @@ Biopython's ``PairwiseAligner`` in the same scoring and mode, the identities agr
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,9 +27,12 @@ from functools import lru_cache
 import numpy as np
 
 MATCH, MISMATCH, GAP_OPEN, GAP_EXTEND = 2, -3, 5, 2
+# The identity cut-offs barcoding labs customarily report (species / genus / family / order), as fractions.
+CONVENTIONAL = {"order": 0.85, "family": 0.90, "genus": 0.95, "species": 0.97}
 ALPHABET = "ACGTN"
 _CIGAR = re.compile(r"(\d+)([MIDNSHP=X])")
 _COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
+_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def _stats(cigar: str, q: np.ndarray, t: np.ndarray, qi: int, ti: int) -> Alignm
 # ---------------------------------------------------------------------------------------------
 # Many candidates per query: an ungapped fast path, full alignment where it matters
 
-ANCHOR_K = 12
+ANCHOR_K = 10  # 4^10 table entries (4 MB); a random 10-mer hit is rare in a 658 bp query
 FAST_IDENTITY = 0.97
 ALIGN_BATCH = 4
 FAST_END_SLACK = 12  # a diagonal segment this much shorter than the possible overlap hides an indel
@@ -143,32 +147,45 @@ def _kmers(codes: np.ndarray, k: int = ANCHOR_K) -> np.ndarray:
     return value
 
 
+def _anchor_table() -> np.ndarray:
+    """A per-thread table k-mer code → query position (-1 = not in the query), reused across queries."""
+    table = getattr(_local, "table", None)
+    if table is None:
+        table = _local.table = np.full(4**ANCHOR_K, -1, dtype=np.int32)
+    return table
+
+
 def diagonals(query: np.ndarray, targets: Sequence[np.ndarray], k: int = ANCHOR_K) -> list[int | None]:
     """Per target, the shift (target position − query position) that most shared k-mers agree on.
 
     Only k-mers that occur once in the query anchor (repeats say nothing about position); a target
-    without a shared k-mer gets None.  One sorted search over all targets at once.
+    without a shared k-mer gets None.  The query's k-mers go into a direct lookup table, so all
+    targets' k-mers are looked up in one gather.
     """
+    out: list[int | None] = [None] * len(targets)
     values, first, counts = np.unique(_kmers(query, k), return_index=True, return_counts=True)
     keep = (counts == 1) & (values >= 0)
     values, first = values[keep], first[keep]
-    out: list[int | None] = [None] * len(targets)
     if not len(values) or not len(targets):
         return out
     lengths = np.array([len(t) for t in targets])
     kmers = _kmers(np.concatenate(targets), k)
     owner = np.repeat(np.arange(len(targets)), lengths)[: len(kmers)]
     position = np.arange(len(kmers)) - np.r_[0, np.cumsum(lengths)][owner]
-    valid = position <= (lengths[owner] - k)  # k-mers spanning two targets are not k-mers of either
-    slot = np.clip(np.searchsorted(values, kmers), 0, len(values) - 1)
-    hit = valid & (values[slot] == kmers)
+    table = _anchor_table() if k == ANCHOR_K else np.full(4**k, -1, dtype=np.int32)
+    table[values] = first
+    try:
+        anchor = np.where(kmers >= 0, table[np.maximum(kmers, 0)], -1)
+    finally:
+        table[values] = -1
+    # k-mers spanning two targets are not k-mers of either
+    hit = (anchor >= 0) & (position <= (lengths[owner] - k))
     if not hit.any():
         return out
-    shift = position[hit] - first[slot[hit]]
+    shift = position[hit] - anchor[hit]
     offset = int(shift.min())
-    key = owner[hit] * (int(shift.max()) - offset + 1) + (shift - offset)
-    keys, votes = np.unique(key, return_counts=True)
     width = int(shift.max()) - offset + 1
+    keys, votes = np.unique(owner[hit] * width + (shift - offset), return_counts=True)
     best: dict[int, tuple[int, int]] = {}
     for value, vote in zip(keys.tolist(), votes.tolist(), strict=True):
         target, diagonal_ = divmod(value, width)
@@ -200,6 +217,38 @@ def ungapped(query: np.ndarray, target: np.ndarray, shift: int) -> Alignment:
     return Alignment(matches / columns if columns else 0.0, columns, matches)
 
 
+def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequence[int | None],
+                  ) -> list[Alignment | None]:
+    """:func:`ungapped` for many targets at once (one padded matrix; None where there is no shift)."""
+    rows = [i for i, shift in enumerate(shifts) if shift is not None]
+    out: list[Alignment | None] = [None] * len(targets)
+    if not rows or not len(query):
+        return out
+    lengths = np.array([len(targets[i]) for i in rows])
+    padded = np.full((len(rows), int(lengths.max()) + 1), 5, dtype=np.uint8)
+    for r, i in enumerate(rows):
+        padded[r, : lengths[r]] = targets[i]
+    shift = np.array([shifts[i] for i in rows])[:, None]
+    position = np.arange(len(query))[None, :] + shift
+    inside = (position >= 0) & (position < lengths[:, None])
+    t = np.take_along_axis(padded, np.clip(position, 0, padded.shape[1] - 1), axis=1)
+    same = (t == query[None, :]) & (query[None, :] != 4) & inside
+    score = np.where(same, MATCH, np.where((t == 4) | (query[None, :] == 4), 0, MISMATCH))
+    score = np.where(inside, score, -(10**6))  # the segment never leaves the overlap
+    total = np.concatenate([np.zeros((len(rows), 1), dtype=np.int64), np.cumsum(score, axis=1)], axis=1)
+    low = np.minimum.accumulate(total, axis=1)
+    stop = np.argmax(total - low, axis=1)
+    at_low = (total == low[np.arange(len(rows)), stop][:, None]) & (np.arange(total.shape[1])[None, :] <= stop[:, None])
+    begin = total.shape[1] - 1 - np.argmax(at_low[:, ::-1], axis=1)
+    hits = np.concatenate([np.zeros((len(rows), 1), dtype=np.int64), np.cumsum(same, axis=1)], axis=1)
+    matches = hits[np.arange(len(rows)), stop] - hits[np.arange(len(rows)), begin]
+    columns = stop - begin
+    for r, i in enumerate(rows):
+        c = int(columns[r])
+        out[i] = Alignment(int(matches[r]) / c if c > 0 else 0.0, max(c, 0), int(matches[r]))
+    return out
+
+
 def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0.03) -> list[Alignment | None]:
     """Identity of ``query`` to each target, cheaply where that is exact, by alignment where it matters.
 
@@ -214,12 +263,15 @@ def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0
     """
     q = _codes(query)
     codes = [_codes(t) for t in targets]
-    fast = [_covering(ungapped(q, t, shift), len(q), len(t)) if shift is not None else None
-            for t, shift in zip(codes, diagonals(q, codes), strict=True)]
+    fast = [_covering(a, len(q), len(t)) if a is not None else None
+            for a, t in zip(ungapped_many(q, codes, diagonals(q, codes)), codes, strict=True)]
     out: list[Alignment | None] = [a if a is not None and a.identity >= FAST_IDENTITY and
                                    a.overlap >= min(len(q), len(t)) - FAST_END_SLACK else None
                                    for a, t in zip(fast, codes, strict=True)]
-    estimate = {i: (fast[i].identity if fast[i] is not None else 0.0) for i, a in enumerate(out) if a is None}
+    # A diagonal segment over most of the overlap estimates the identity (an indel splits the diagonal,
+    # the larger part survives); a sliver (a chance anchor in an unrelated sequence) estimates nothing.
+    estimate = {i: (fast[i].identity * (1.0 if fast[i].coverage >= 0.5 else fast[i].coverage)
+                    if fast[i] is not None else 0.0) for i, a in enumerate(out) if a is None}
     pending = sorted(estimate, key=lambda i: -estimate[i])
     best = max((a.identity for a in out if a is not None and a.coverage >= 0.5), default=0.0)
     done = 0

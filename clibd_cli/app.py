@@ -335,7 +335,8 @@ def match(
     """Identify query barcodes: one row per query, calls per rank made on alignment identity."""
 
     from clibd_cli import report
-    from clibd_cli.match import CONVENTIONAL, MatchOptions, identify
+    from clibd_cli.align import CONVENTIONAL
+    from clibd_cli.match import MatchOptions, identify
 
     console = _stderr()
     if thresholds_from not in ("calibrated", "conventional"):

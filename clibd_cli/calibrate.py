@@ -181,15 +181,16 @@ def _leave_out_sample(codes: dict[str, np.ndarray], level: str, sample: int, rng
 
 
 def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: int = 10, candidates: int = 32,
-                   aligned: int = 10, chunk: int = 64) -> list:
+                   aligned: int | None = None, chunk: int = 64) -> list:
     """Verified hits of reference records queried with their own record (or whole taxon) removed.
 
     Exact search over the distinct vectors, chunk by chunk, so memory stays O(references): a vector
     is skipped when every record behind it is left out, and left-out records never become hits.
     """
     from clibd_cli.assign import lineage_codes
-    from clibd_cli.match import verified_hits
+    from clibd_cli.match import DEFAULT_ALIGNED, verified_hits
 
+    aligned = DEFAULT_ALIGNED if aligned is None else aligned
     codes = lineage_codes(index.labels.ranks)
     rank = None if level == "record" else level
     vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
@@ -239,8 +240,9 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
     (COI saturates: a genus-less query's nearest reference at 85 % is often in another family) gets
     :data:`NEVER` and, made monotone, is then called only where the rank below it is.
     """
+    from clibd_cli.align import CONVENTIONAL
     from clibd_cli.assign import lineage_codes
-    from clibd_cli.match import CONVENTIONAL, IDENTITY_TAU, assign_verified
+    from clibd_cli.match import IDENTITY_TAU, assign_verified
 
     floors = dict(CONVENTIONAL if floors is None else floors)
     rng = np.random.default_rng(seed)
@@ -296,7 +298,8 @@ def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, targe
                                k: int = 10) -> Calibration:
     """Identity thresholds from labelled barcodes (ideally including species absent from the reference),
     identified exactly as `clibd match` does: candidates on both strands, verified by alignment."""
-    from clibd_cli.match import CONVENTIONAL, MatchOptions, _propose, assign_verified, verified_hits
+    from clibd_cli.align import CONVENTIONAL
+    from clibd_cli.match import MatchOptions, _propose, assign_verified, verified_hits
 
     options = MatchOptions(neighbours=k)
     usable = [q for q in queries if q.sequence]

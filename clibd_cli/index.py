@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli import __version__
+from clibd_cli.align import CONVENTIONAL
 from clibd_cli.atomic import atomic_dir, read_json, write_json, write_json_atomic
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
@@ -512,8 +513,10 @@ def _new_manifest(encoder: Encoder) -> dict:
         "metric": "cosine",
         "hnsw": {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH,
                  "exact_max": EXACT_MAX},
-        "thresholds": defaults,
-        "calibration": {"method": "encoder default"},
+        # Barcodes are called on alignment identity: until calibrated, the conventional cut-offs apply.
+        "thresholds": dict(CONVENTIONAL) if encoder.modality == "dna" else defaults,
+        "calibration": {"method": "conventional identity cut-offs" if encoder.modality == "dna"
+                        else "encoder default"},
     }
 
 

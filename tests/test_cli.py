@@ -274,17 +274,19 @@ def test_higher_precision_gives_stricter_species_calls(files, matched, tmp_path)
         assert rows[query.id]["status"] == "assigned" and rows[query.id]["species"] == query.species
 
 
-def test_new_species_are_not_assigned_with_encoder_defaults(files, tmp_path):
+def test_new_species_are_not_assigned_with_conventional_cutoffs(files, tmp_path):
     index = tmp_path / "uncalibrated"
     assert_ok(invoke("build-index", "-b", files["reference"], "-o", index, "--no-calibrate"))
-    assert ReferenceIndex.load(index).manifest["calibration"] == {"method": "encoder default"}
+    loaded = ReferenceIndex.load(index)
+    assert loaded.manifest["calibration"] == {"method": "conventional identity cut-offs"}
+    assert loaded.thresholds == {"order": 0.85, "family": 0.90, "genus": 0.95, "species": 0.97}
     out = tmp_path / "out.jsonl"
     assert_ok(invoke("match", files["queries"], "-i", index, "-o", out))
     rows = {row["query_id"]: row for row in read_rows(out, "jsonl")}
     for query in files["novel"]:
         assert rows[query.id]["status"] != "assigned"
         assert rows[query.id]["species"] == ""
-    # Specimens of reference species are ~1 % apart (cosine ~0.92-0.97), around the 0.92 k=5 default.
+    # Specimens of reference species are ~1 % apart: above the 97 % species cut-off.
     assigned = [q for q in files["known"] if rows[q.id]["status"] == "assigned"]
     assert len(assigned) >= 0.75 * len(files["known"])
     for query in files["known"]:
@@ -408,11 +410,12 @@ def test_append_through_cli(files, tmp_path):
 
 def test_calibrate_writes_thresholds(files, tmp_path):
     target = tmp_path / "index"
-    # k=4 has no measured default thresholds, so the uncalibrated index has none at all.
+    # Uncalibrated, barcodes are called at the conventional identity cut-offs.
     assert_ok(invoke("build-index", "-b", files["reference"], "-o", target, "--no-calibrate", "--kmer", 4))
     before = json.loads((target / MANIFEST).read_text())["parts"]["dna"]
     assert before["encoder"]["k"] == 4
-    assert before["thresholds"] == {} and before["calibration"] == {"method": "encoder default"}
+    assert before["thresholds"] == {"order": 0.85, "family": 0.90, "genus": 0.95, "species": 0.97}
+    assert before["calibration"] == {"method": "conventional identity cut-offs"}
     result = invoke("calibrate", "-i", target, "--precision", 0.9, "--sample", 60, "--seed", 3)
     assert_ok(result)
     after = json.loads((target / MANIFEST).read_text())["parts"]["dna"]

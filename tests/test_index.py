@@ -10,6 +10,7 @@ import pytest
 from conftest import make_reference, to_records
 
 import clibd_cli.index as index_module
+from clibd_cli.align import CONVENTIONAL
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.index import MANIFEST, RECORDS_DB, ReferenceIndex, exact_knn
@@ -49,7 +50,7 @@ def test_round_trip(tmp_path, records, encoder):
         {"records": 108, "order": 2, "family": 4, "genus": 12, "species": 36}
     assert manifest["file"] == "dna.hnsw"
     assert counts["vectors"] == len(loaded.vectors()) <= 108
-    assert manifest["thresholds"] == encoder.default_thresholds
+    assert manifest["thresholds"] == CONVENTIONAL  # barcodes are called on identity until calibrated
     assert list(loaded.labels.record_id) == [r.id for r in records]
     for rank in RANKS:
         assert list(loaded.labels.ranks[rank]) == [r.label(rank) for r in records]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import Specimen, clibd_ok, make_reference, random_sequence, read_rows, to_records, write_fasta
 
-from clibd_cli.align import reverse_complement
+from clibd_cli.align import CONVENTIONAL, reverse_complement
 from clibd_cli.calibrate import calibrate_open_set
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.match import CONVENTIONAL, MatchOptions, identify
+from clibd_cli.match import MatchOptions, identify
 from clibd_cli.sequences import SequenceRecord
 
 

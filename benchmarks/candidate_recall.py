@@ -1,0 +1,84 @@
+"""Does the k-mer stage propose the alignment-best reference?  Recall against exhaustive alignment.
+
+Seeded held-out split of `bold_insect_coi_dev.tsv.gz` (5 % of species absent from the reference).
+For a sample of queries (present species, absent species, and absent species cut to their last
+313 bp), the best identity clibd's two stages find (`--candidates` C distinct references from the
+k-mer search, verified by alignment) is compared with the best identity over *every* distinct
+reference: all are scored by Opal (overlap mode, score only), the 50 best-scoring are aligned in full.
+Recall = share of queries whose best found identity is within 0.1 point of the exhaustive best.
+
+    python benchmarks/candidate_recall.py [--queries 40] [--candidates 16,32,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section
+from dna_vs_vsearch import DEFAULT_DATA, held_out_case
+
+from clibd_cli.align import _aligner, align_many
+from clibd_cli.encoders import KmerProfileEncoder
+from clibd_cli.index import ReferenceIndex
+from clibd_cli.match import MIN_COVERAGE, verified_hits
+from clibd_cli.sequences import read_sequences
+
+
+def exhaustive_best(query: str, database, inputs: list[str], top: int = 50) -> float:
+    scores = np.array([r.score for r in _aligner().align(query, database, mode="score", algorithm="ov")])
+    best = np.argsort(-scores)[:top]
+    found = align_many(query, [inputs[i] for i in best])
+    return max((a.identity for a in found if a.coverage >= MIN_COVERAGE), default=0.0)
+
+
+def main() -> None:
+    import pyopal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--queries", type=int, default=40, help="queries per group")
+    parser.add_argument("--candidates", default="16,32,64")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    records = read_sequences([args.data]).records
+    reference, present, absent = held_out_case(records, args.queries, args.queries, 0.05, args.seed)
+    encoder = KmerProfileEncoder()
+    index = ReferenceIndex.from_records(reference, encoder)
+    inputs = index.vector_inputs()
+    database = pyopal.Database(inputs, alphabet=_aligner().alphabet)
+    groups = {"present": [r.sequence for r in present], "absent": [r.sequence for r in absent],
+              "absent, last 313 bp": [r.sequence[-313:] for r in absent]}
+    sizes = [int(c) for c in args.candidates.split(",")]
+    lines = ["| queries | n | " + " | ".join(f"recall, {c} candidates" for c in sizes) + " | exhaustive s/query |",
+             "|---|---|" + "---|" * (len(sizes) + 1)]
+    for name, queries in groups.items():
+        start = time.perf_counter()
+        truth = [exhaustive_best(q, database, inputs) for q in queries]
+        seconds = (time.perf_counter() - start) / len(queries)
+        vectors, cosines = index.search_vectors(encoder.encode(queries), max(sizes), exact=True)
+        cells = []
+        for c in sizes:
+            found = [verified_hits(q, index, v[:c], s[:c], 1, aligned=10) for q, v, s in
+                     zip(queries, vectors, cosines, strict=True)]
+            best = [h.identity[0] if len(h.identity) else 0.0 for h in found]
+            cells.append(f"{np.mean([b >= t - 0.001 for b, t in zip(best, truth, strict=True)]):.1%}")
+        lines.append(f"| {name} | {len(queries)} | " + " | ".join(cells) + f" | {seconds:.1f} |")
+        print(lines[-1], flush=True)
+    body = "\n".join([f"Reference: {len(reference):,} barcodes ({len(inputs):,} distinct); held-out split, seed "
+                      f"{args.seed}. Exhaustive: Opal score over every distinct reference, the 50 best aligned.", "",
+                      *lines])
+    print(body)
+    if not args.no_write:
+        write_section("Candidate recall of the k-mer stage vs exhaustive alignment", body,
+                      "python benchmarks/candidate_recall.py" + "".join(f" {a}" for a in sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
