@@ -7,6 +7,7 @@ Heavy modules (numpy, hnswlib, Bio, torch for training) are imported inside the 
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -68,7 +69,7 @@ def _main(
     """clibd: CLIBD embeddings for barcodes and photos, with honest per-rank calls."""
 
 
-def _progress(total: int, description: str):
+def _progress(total: int | None, description: str):
     """A rich progress bar on stderr (hidden when stderr is not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -347,7 +348,12 @@ def match(
     hits_fmt = report.choose_format(None, hits, False) if hits else None
     if hits is not None:
         report.check_output(hits, resume=resume, force=force)
-    query_result = _read(queries, id_column, sequence_column, min_length, marker, skip_empty=False)
+    from clibd_cli.sequences import QCConfig, SequenceStream
+
+    stream = SequenceStream(queries, id_column=id_column, sequence_column=sequence_column,
+                            qc=QCConfig(min_length=min_length), skip_empty=False, marker=marker)
+    records = iter(stream)
+    first = list(itertools.islice(records, 1))  # an unreadable query file fails here, before any output exists
     bundle = _bundle(model, device, int8)
     index, encoder = _open_index(index_path, kmer, id_column, sequence_column, min_length, console, bundle,
                                  marker)
@@ -358,7 +364,8 @@ def match(
 
     previous = report.completed_ids(output, fmt) if (output and resume) else []
     done = {row["query_id"] for row in previous}
-    todo = [q for q in query_result.records if q.id not in done]
+    # Streamed: memory stays one batch, whatever the size of the query files.
+    todo = (q for q in itertools.chain(first, records) if q.id not in done)
     info = {"clibd_version": __version__, "encoder": index.encoder_description,
             "encoder_fingerprint": encoder.fingerprint, "index_fingerprint": index.fingerprint,
             "index": str(index_path), "thresholds": thresholds, "thresholds_from": provenance,
@@ -368,14 +375,18 @@ def match(
     hit_writer = report.RowWriter(hits, hits_fmt, report.MATCH_HIT_COLUMNS, append=resume) if hits else None
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                            batch_size=batch_size, threads=threads, candidates=candidates)
-    progress, advance = _progress(len(todo), "matching")
+    progress, advance = _progress(None, "matching")
     with progress:
         counts = _write_results(identify(todo, index, encoder, thresholds, options, progress=advance), writer,
                                 hit_writer)
+    if stream.skipped_marker:
+        others = ", ".join(f"{name} {count:,}" for name, count in stream.other_markers.items())
+        console.print(f"[yellow]note:[/yellow] {stream.skipped_marker:,} query rows of other markers ({others}) "
+                      f"were left out; kept {marker}. Choose with --marker.")
     summary = ", ".join(f"{counts.get(s, 0):,} {s}" for s in ("assigned", "novel_candidate", "rolled_up",
                                                               "no_match", "error") if s != "error" or counts.get(s))
     skipped = f" ({len(done):,} already done)" if done else ""
-    console.print(f"{len(todo):,} queries{skipped}: {summary}")
+    console.print(f"{sum(counts.values()):,} queries{skipped}: {summary}")
 
 
 def _write_results(results, writer, hit_writer) -> dict[str, int]:

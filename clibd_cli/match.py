@@ -15,8 +15,9 @@ identity is computed over the overlap only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -147,14 +148,17 @@ def _error_row(query: SequenceRecord, reason: str) -> dict:
             "top_hit_id": "", "flags": ",".join(f for f in query.flags if f != "empty"), "error": reason}
 
 
-def identify(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
+def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
              thresholds: dict[str, float], options: MatchOptions = MatchOptions(),
              progress: Callable[[int], None] | None = None) -> Iterator[MatchResult]:
-    """Yield a :class:`MatchResult` per query, in input order, batch by batch (errors included)."""
+    """Yield a :class:`MatchResult` per query, in input order, batch by batch (errors included).
+
+    ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): only one batch is held.
+    """
     index.check_encoder(encoder)
     k = options.neighbours
-    for start in range(0, len(queries), options.batch_size):
-        batch = queries[start : start + options.batch_size]
+    stream = iter(queries)
+    while batch := list(islice(stream, options.batch_size)):
         usable = [q for q in batch if q.sequence]
         found = _propose(usable, index, encoder, options)
         hits = []

@@ -430,6 +430,69 @@ def wanted_marker(marker: str | None) -> str | None:
     return marker.strip().casefold()
 
 
+class SequenceStream:
+    """Read, normalise and QC the records of `paths` one at a time, in bounded memory.
+
+    The same checks as :func:`read_sequences`, which is this stream collected; a caller that streams
+    (`clibd match` over millions of queries) gets an :class:`InputError` where the bad record is, after
+    the records before it.  The counters (``skipped_empty``, ``skipped_marker``, ``other_markers``,
+    ``files``) are complete once the stream is exhausted.
+    """
+
+    def __init__(self, paths: Iterable[Path | str], *, id_column: str | None = None,
+                 sequence_column: str | None = None, qc: QCConfig = QCConfig(), skip_empty: bool = True,
+                 marker: str | None = DEFAULT_MARKER) -> None:
+        self.paths, self.id_column, self.sequence_column = [Path(p) for p in paths], id_column, sequence_column
+        self.qc, self.skip_empty, self.marker = qc, skip_empty, marker
+        self.skipped_empty = self.skipped_marker = 0
+        self.other_markers: dict[str, int] = {}
+        self.files: list[str] = []
+
+    def __iter__(self) -> Iterator[SequenceRecord]:
+        wanted = wanted_marker(self.marker)
+        seen: dict[str, tuple[str, str]] = {}
+        for path in self.paths:
+            self.files.append(str(path))
+            rows = kept = 0
+            others: Counter[str] = Counter()
+            for seq_id, taxonomy, bin_uri, raw, where, row_marker in iter_raw_records(path, self.id_column,
+                                                                                      self.sequence_column):
+                rows += 1
+                if wanted and row_marker and row_marker.casefold() != wanted:
+                    others[row_marker] += 1
+                    continue
+                if not seq_id:
+                    raise InputError(f"{where}: the record has no id. Give every record an id.")
+                if seq_id in seen:
+                    first, first_marker = seen[seq_id]
+                    hint = (" The file has several markers per specimen: keep one with --marker."
+                            if first_marker and row_marker and first_marker.casefold() != row_marker.casefold()
+                            else "")
+                    raise InputError(f"{where}: duplicate id {seq_id!r} (first at {first}). "
+                                     f"Ids must be unique; rename or remove one.{hint}")
+                seen[seq_id] = (where, row_marker)
+                if _looks_like_protein(raw):
+                    raise InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
+                                     "clibd needs nucleotide barcodes (e.g. COI-5P).")
+                sequence = normalise_sequence(raw)
+                if not sequence and self.skip_empty:
+                    self.skipped_empty += 1
+                    continue
+                kept += 1
+                yield SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where, qc_flags(sequence, self.qc))
+            if not rows:
+                raise InputError(f"{path}: contains no records. Give a FASTA, TSV, CSV or Parquet file with barcodes.")
+            if others:
+                self.skipped_marker += others.total()
+                for name, count in others.items():
+                    self.other_markers[name] = self.other_markers.get(name, 0) + count
+                if not kept:
+                    present = ", ".join(name for name, _ in others.most_common())
+                    what = (f"no {self.marker.strip()} rows" if rows == others.total()
+                            else f"no {self.marker.strip()} sequences")
+                    raise InputError(f"{path}: {what} (markers present: {present}). Choose one with --marker.")
+
+
 def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,
                    sequence_column: str | None = None, qc: QCConfig = QCConfig(),
                    skip_empty: bool = True, marker: str | None = DEFAULT_MARKER) -> ReadResult:
@@ -443,52 +506,12 @@ def read_sequences(paths: Iterable[Path | str], *, id_column: str | None = None,
     locations).  Records whose sequence is empty after normalisation are skipped and counted when
     `skip_empty`.
     """
-    wanted = wanted_marker(marker)
-    result = ReadResult(records=[])
-    seen: dict[str, tuple[str, str]] = {}
-    for path in map(Path, paths):
-        result.files.append(str(path))
-        rows = kept = 0
-        others: Counter[str] = Counter()
-        for seq_id, taxonomy, bin_uri, raw, where, row_marker in iter_raw_records(path, id_column,
-                                                                                  sequence_column):
-            rows += 1
-            if wanted and row_marker and row_marker.casefold() != wanted:
-                others[row_marker] += 1
-                continue
-            if not seq_id:
-                raise InputError(f"{where}: the record has no id. Give every record an id.")
-            if seq_id in seen:
-                first, first_marker = seen[seq_id]
-                hint = (" The file has several markers per specimen: keep one with --marker."
-                        if first_marker and row_marker and first_marker.casefold() != row_marker.casefold()
-                        else "")
-                raise InputError(f"{where}: duplicate id {seq_id!r} (first at {first}). "
-                                 f"Ids must be unique; rename or remove one.{hint}")
-            seen[seq_id] = (where, row_marker)
-            if _looks_like_protein(raw):
-                raise InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
-                                 "clibd needs nucleotide barcodes (e.g. COI-5P).")
-            sequence = normalise_sequence(raw)
-            if not sequence and skip_empty:
-                result.skipped_empty += 1
-                continue
-            kept += 1
-            result.records.append(SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where,
-                                                 qc_flags(sequence, qc)))
-        if not rows:
-            raise InputError(f"{path}: contains no records. Give a FASTA, TSV, CSV or Parquet file with barcodes.")
-        if others:
-            result.skipped_marker += others.total()
-            for name, count in others.items():
-                result.other_markers[name] = result.other_markers.get(name, 0) + count
-            if not kept:
-                present = ", ".join(name for name, _ in others.most_common())
-                what = f"no {marker.strip()} rows" if rows == others.total() else f"no {marker.strip()} sequences"
-                raise InputError(f"{path}: {what} (markers present: {present}). Choose one with --marker.")
-    if not result.records:
-        raise InputError(f"{', '.join(result.files)}: no record has a DNA sequence.")
-    return result
+    stream = SequenceStream(paths, id_column=id_column, sequence_column=sequence_column, qc=qc,
+                            skip_empty=skip_empty, marker=marker)
+    records = list(stream)
+    if not records:
+        raise InputError(f"{', '.join(stream.files)}: no record has a DNA sequence.")
+    return ReadResult(records, stream.skipped_empty, stream.files, stream.skipped_marker, stream.other_markers)
 
 
 def require_taxonomy(records: list[SequenceRecord], what: str) -> None:

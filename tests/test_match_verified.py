@@ -119,3 +119,23 @@ def test_readme_main_job_prints_what_the_readme_says():
     result = clibd_ok("match", root / "examples/queries.fasta", "--index", root / "examples/reference.fasta",
                       "--format", "csv")
     assert promised in result.stderr
+
+
+def test_queries_are_streamed_and_a_late_bad_record_keeps_earlier_rows(split_reference, tmp_path):
+    """`match` holds one batch of queries: rows before a bad record are on disk when it stops (exit 2)."""
+    reference, known, _ = split_reference
+    queries = [*known[:5], known[0]]  # the sixth repeats the first id
+    fasta = write_fasta(tmp_path / "q.fasta", queries, style="bare")
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+
+    result = CliRunner().invoke(app, ["match", str(fasta), "-i", str(write_fasta(tmp_path / "r.fasta", reference)),
+                                      "-o", str(tmp_path / "out.csv"), "--batch-size", "2"])
+    assert result.exit_code == 2 and "duplicate id" in result.stderr and "Traceback" not in result.output
+    rows = read_rows(tmp_path / "out.csv")
+    assert [row["query_id"] for row in rows] == [q.id for q in known[:4]]  # two whole batches written
+    assert all(row["species"] == q.species for row, q in zip(rows, known, strict=False))
+    missing = CliRunner().invoke(app, ["match", str(tmp_path / "nope.fasta"), "-i", str(tmp_path / "r.fasta"),
+                                       "-o", str(tmp_path / "never.csv")])
+    assert missing.exit_code == 2 and not (tmp_path / "never.csv").exists()  # checked before any output
