@@ -196,30 +196,14 @@ def diagonals(query: np.ndarray, targets: Sequence[np.ndarray], k: int = ANCHOR_
     return out
 
 
-def ungapped(query: np.ndarray, target: np.ndarray, shift: int) -> Alignment:
-    """The best-scoring stretch of one diagonal, as overlap alignment scores it (free end overhangs).
-
-    With free end gaps a terminal mismatch scores less than leaving the end unaligned, so the
-    alignment is the maximum-scoring segment of the diagonal: identity and overlap over that segment.
-    """
-    start, end = max(0, -shift), min(len(query), len(target) - shift)
-    if end <= start:
-        return Alignment(0.0, 0, 0)
-    a, b = query[start:end], target[start + shift : end + shift]
-    same = (a == b) & (a != 4)
-    score = np.where(same, MATCH, np.where((a == 4) | (b == 4), 0, MISMATCH))
-    total = np.r_[0, np.cumsum(score)]
-    low = np.minimum.accumulate(total)
-    stop = int(np.argmax(total - low))
-    begin = int(np.flatnonzero(total[: stop + 1] == low[stop])[-1])
-    matches = int(same[begin:stop].sum())
-    columns = stop - begin
-    return Alignment(matches / columns if columns else 0.0, columns, matches)
-
-
 def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequence[int | None],
                   ) -> list[Alignment | None]:
-    """:func:`ungapped` for many targets at once (one padded matrix; None where there is no shift)."""
+    """The best-scoring stretch of each target's diagonal, as overlap alignment scores it (None: no shift).
+
+    With free end gaps a terminal mismatch scores less than leaving the end unaligned, so along one
+    diagonal the alignment is its maximum-scoring segment: identity and overlap over that segment.
+    All targets at once, in one padded matrix.
+    """
     rows = [i for i, shift in enumerate(shifts) if shift is not None]
     out: list[Alignment | None] = [None] * len(targets)
     if not rows or not len(query):

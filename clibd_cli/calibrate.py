@@ -143,20 +143,6 @@ def calibrate_held_out(index: ReferenceIndex, query_vectors: np.ndarray, query_i
     return calibration
 
 
-def calibrate_with_queries(index: ReferenceIndex, query_vectors: np.ndarray, truth: dict[str, Sequence[str]],
-                           *, target: float = DEFAULT_PRECISION, k: int = 10, exact: bool | None = None,
-                           tau: float = DEFAULT_TAU) -> Calibration:
-    """Calibration from labelled queries (which should include species absent from the reference)."""
-    result = index.search(query_vectors, k, exact=exact)
-    scores, correct = score_queries(result.similarities, index.taxonomy_of(result.labels), truth, tau)
-    known = set(index.labels.ranks["species"])
-    calibration = fit_thresholds(scores, correct, target, index.encoder_defaults())
-    calibration.report.update({"method": "labelled queries", "queries": len(query_vectors),
-                               "absent_species_queries": int(sum(s not in known for s in truth["species"])),
-                               "k": k})
-    return calibration
-
-
 # ---------------------------------------------------------------------------------------------
 # Barcodes: open-set thresholds per rank on alignment identity
 

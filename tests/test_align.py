@@ -88,19 +88,3 @@ def test_identity_matches_biopython_on_real_barcodes():
     # Co-optimal alignments of distant pairs may place a gap differently: tiny differences only.
     assert np.mean(differences[:, 0] <= 0.005) >= 0.97 and differences[:, 0].max() <= 0.03
     assert np.median(differences[:, 1]) == 0
-
-
-def test_ungapped_many_equals_one_by_one():
-    from clibd_cli.align import _codes, diagonals, ungapped, ungapped_many
-
-    rng = np.random.default_rng(8)
-    base = random_sequence(rng, 400)
-    targets = [_codes(t) for t in (base, mutate(base, 0.05, rng)[30:], "NN" + base[:250], random_sequence(rng, 300),
-                                   base[100:] + random_sequence(rng, 60))]
-    q = _codes(mutate(base, 0.02, rng))
-    shifts = diagonals(q, targets)
-    many = ungapped_many(q, targets, shifts)
-    for target, shift, found in zip(targets, shifts, many, strict=True):
-        assert (found is None) == (shift is None)
-        if shift is not None:
-            assert found == ungapped(q, target, shift)
