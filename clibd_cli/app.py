@@ -528,13 +528,16 @@ def calibrate(
                                           id_column, sequence_column, _bundle(model, device))
     table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
                         f"{calibration.report['queries']} queries)")
-    for column in ("rank", "threshold", "precision", "coverage"):
+    open_set = "right_present" in calibration.report["ranks"]["species"]
+    columns = (("rank", "threshold", "right (taxon present)", "wrong (taxon present)", "wrong (taxon left out)")
+               if open_set else ("rank", "threshold", "precision", "coverage"))
+    for column in columns:
         table.add_column(column)
     for rank in RANK_NAMES:
         info = calibration.report["ranks"][rank]
-        precision_seen = info.get("precision", info.get("precision_present", float("nan")))
-        coverage = info.get("coverage", info.get("coverage_present", float("nan")))
-        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}", f"{precision_seen:.3f}", f"{coverage:.3f}")
+        keys = ("right_present", "false_calls_present", "false_calls_absent") if open_set else ("precision", "coverage")
+        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}",
+                      *(f"{info.get(key, float('nan')):.3f}" for key in keys))
     Console().print(table)
 
 

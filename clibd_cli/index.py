@@ -120,6 +120,7 @@ class ReferenceIndex:
         self._codes: dict[str, np.ndarray] | None = None
         self._inputs: list[str] | None = None
         self._bins: dict[str, int] | None = None
+        self._anchors = None
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -240,6 +241,14 @@ class ReferenceIndex:
                     inputs[j] = sequence or ""
             self._inputs = inputs
         return self._inputs
+
+    def anchors(self):
+        """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`), built on first use."""
+        if self._anchors is None:
+            from clibd_cli.anchors import AnchorTable
+
+            self._anchors = AnchorTable(self.vector_inputs())
+        return self._anchors
 
     def species_per_bin(self) -> dict[str, int]:
         """How many species of the reference each BIN holds (BINs shared by species are a warning sign)."""

@@ -139,3 +139,17 @@ def test_queries_are_streamed_and_a_late_bad_record_keeps_earlier_rows(split_ref
     missing = CliRunner().invoke(app, ["match", str(tmp_path / "nope.fasta"), "-i", str(tmp_path / "r.fasta"),
                                        "-o", str(tmp_path / "never.csv")])
     assert missing.exit_code == 2 and not (tmp_path / "never.csv").exists()  # checked before any output
+
+
+def test_anchor_table_finds_references_covering_a_fragment():
+    from clibd_cli.anchors import AnchorTable
+
+    rng = np.random.default_rng(12)
+    barcodes = [random_sequence(rng, 650) for _ in range(50)]
+    table = AnchorTable(barcodes, chunk=7)  # chunks must not change the table
+    assert np.array_equal(table.codes, AnchorTable(barcodes).codes)
+    read = barcodes[17][420:620]  # a 200 bp read from anywhere in reference 17
+    assert table.candidates(read, 3)[0] == 17
+    assert table.candidates(reverse_complement(read), 3).size == 0 or table.candidates(
+        reverse_complement(read), 3)[0] != 17  # words are strand-specific; match tries both strands
+    assert table.candidates(random_sequence(rng, 200), 3).size <= 3
