@@ -501,12 +501,15 @@ def classify(
 def calibrate(
     index_path: Annotated[Path, typer.Option("--index", "-i", help="Index directory to calibrate.")],
     queries: Annotated[Path | None, typer.Option(help="Labelled queries, ideally including species absent "
-                                                 "from the reference (default: leave-species-out).")] = None,
-    precision: Annotated[float, typer.Option(min=0.5, max=1.0, help="Target precision per rank.")] = 0.95,
-    sample: Annotated[int, typer.Option(min=50, help="Reference records used by leave-species-out.")] = 1000,
-    novel_share: Annotated[float, typer.Option(min=0.0, max=0.9, help="Assumed share of field specimens "
-                                               "whose species is absent from the reference "
-                                               "(leave-species-out).")] = 0.25,
+                                                 "from the reference (default: the reference itself, "
+                                                 "leaving out records, species, genera, families, orders).")] = None,
+    precision: Annotated[float, typer.Option(min=0.5, max=1.0, help="Target precision per rank (barcodes: at "
+                                             "most 1 - precision wrong calls where the taxon is present and "
+                                             "where it is missing).")] = 0.95,
+    sample: Annotated[int | None, typer.Option(min=20, help="Barcodes: taxa drawn per leave-out level (default "
+                                               "300); photos: labelled records used (default 1000).")] = None,
+    novel_share: Annotated[float, typer.Option(min=0.0, max=0.9, help="Photos only: assumed share of field "
+                                               "specimens whose species is absent from the reference.")] = 0.25,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the leave-species-out sample.")] = 0,
     id_column: IdColumn = None,
@@ -584,10 +587,11 @@ def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, nei
     else:
         try:
             if index.modality == "dna":
-                calibration = calibrate_open_set(index, target=precision, k=neighbours, sample=sample, seed=seed)
+                calibration = calibrate_open_set(index, target=precision, k=neighbours, sample=sample or 300,
+                                                 seed=seed)
             else:
-                calibration = calibrate_leave_species_out(index, target=precision, k=neighbours, sample=sample,
-                                                          seed=seed, novel_share=novel_share)
+                calibration = calibrate_leave_species_out(index, target=precision, k=neighbours,
+                                                          sample=sample or 1000, seed=seed, novel_share=novel_share)
         except ValueError as exc:
             raise ClibdError(f"{index_path}: {exc}; give labelled --queries instead.") from exc
     index.set_thresholds(calibration.thresholds, calibration.report)

@@ -262,7 +262,7 @@ def test_higher_precision_gives_stricter_species_calls(files, matched, tmp_path)
     assert_ok(invoke("calibrate", "-i", target, "--precision", 0.99))
     index = ReferenceIndex.load(target)
     assert index.manifest["calibration"]["target_precision"] == 0.99
-    assert index.thresholds == calibrate_open_set(index, target=0.99, sample=1000).thresholds
+    assert index.thresholds == calibrate_open_set(index, target=0.99).thresholds
     assert index.thresholds["species"] >= default_species
     out = tmp_path / "out.csv"
     assert_ok(invoke("match", files["queries"], "-i", target, "-o", out))
