@@ -1,0 +1,129 @@
+"""Large references on a laptop: build time, peak memory, index size, queries/s and first-stage recall.
+
+References are made from real BOLD barcodes (`bold_insect_coi_dev.tsv.gz`) mutated along a simulated
+tree, seeded: every real species' first barcode founds ``species_per_seed`` synthetic sister species
+(each its founder with 2-8 % of sites substituted), and each synthetic species gets specimens 0-1 %
+from its own consensus, until the reference holds ``--size`` barcodes.  Taxonomy above species is the
+real founder's.  Queries: 1,000 new specimens of reference species and 1,000 of synthetic species left
+out of the reference.  `clibd build-index` and `clibd match` run as commands; peak RSS is the maximum
+resident set of each command (/usr/bin/time), index size the folder on disk; first-stage recall is the
+share of present-species queries whose species is among their verified hits (`--hits`).
+
+    python benchmarks/scale.py --sizes 100000,300000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section
+
+from clibd_cli.sequences import RANKS, read_sequences
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/bold_insect_coi_dev.tsv.gz"
+BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
+
+
+def mutate(sequence: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    out = sequence.copy()
+    sites = np.flatnonzero(rng.random(len(out)) < rate)
+    out[sites] = BASES[(np.searchsorted(BASES, out[sites]) + rng.integers(1, 4, len(sites))) % 4]
+    return out
+
+
+def simulate(founders: list, size: int, queries: int, rng: np.random.Generator):
+    """(reference rows, present queries, absent queries); a row is (id, lineage, sequence)."""
+    per_species = 8
+    reference, present, absent = [], [], []
+    s = 0
+    while len(reference) < size:
+        founder = founders[s % len(founders)]
+        lineage = [founder.label(r) for r in RANKS[:-1]] + [f"{founder.label('genus')} syn{s}"]
+        consensus = mutate(np.frombuffer(founder.sequence.replace("N", "A").encode(), dtype=np.uint8),
+                           rng.uniform(0.02, 0.08), rng)
+        specimens = [mutate(consensus, rng.uniform(0.0, 0.01), rng).tobytes().decode() for _ in range(per_species)]
+        if rng.random() < 0.02:  # one species in 50 is left out of the reference
+            absent.extend((f"A{s}-{i}", lineage, seq) for i, seq in enumerate(specimens))
+        else:
+            reference.extend((f"R{s}-{i}", lineage, seq) for i, seq in enumerate(specimens[:-1]))
+            present.append((f"P{s}", lineage, specimens[-1]))
+        s += 1
+    pick = lambda rows: [rows[i] for i in rng.choice(len(rows), size=min(queries, len(rows)), replace=False)]  # noqa: E731
+    return reference[:size], pick(present), pick(absent)
+
+
+def write_fasta(path: Path, rows, taxonomy: bool) -> None:
+    with path.open("w") as fh:
+        for rid, lineage, seq in rows:
+            fh.write(f">{rid}" + ("|" + "|".join(lineage) + "|" if taxonomy else "") + f"\n{seq}\n")
+
+
+def measured(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in GB) of a command."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *cmd], check=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    return time.perf_counter() - start, peak_kb / 1024**2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sizes", default="100000")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    records = read_sequences([args.data]).records
+    founders = list({r.label("species"): r for r in records if r.label("species") and len(r.sequence) >= 600}.values())
+    lines = ["| references | build (s) | build peak RSS (GB) | index on disk (GB) | match peak RSS (GB) | queries/s "
+             "| present: species right | present: species in hits | absent: wrongly named |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    clibd = [sys.executable, "-m", "clibd_cli.app"]
+    for size in (int(s) for s in args.sizes.split(",")):
+        rng = np.random.default_rng(args.seed)
+        reference, present, absent = simulate(founders, size, args.queries, rng)
+        with tempfile.TemporaryDirectory(prefix="clibd-scale-") as tmp:
+            work = Path(tmp)
+            write_fasta(work / "ref.fasta", reference, taxonomy=True)
+            write_fasta(work / "queries.fasta", present + absent, taxonomy=False)
+            build, build_rss = measured([*clibd, "build-index", "-b", str(work / "ref.fasta"), "-o", str(work / "idx"),
+                                         "--threads", str(args.threads)])
+            disk = sum(f.stat().st_size for f in (work / "idx").iterdir()) / 1024**3
+            seconds, match_rss = measured([*clibd, "match", str(work / "queries.fasta"), "-i", str(work / "idx"),
+                                           "-o", str(work / "out.csv"), "--hits", str(work / "hits.csv"),
+                                           "--top-k", "10", "--threads", str(args.threads)])
+            with (work / "out.csv").open() as fh:
+                rows = {row["query_id"]: row for row in csv.DictReader(fh)}
+            with (work / "hits.csv").open() as fh:
+                in_hits: dict[str, set] = {}
+                for hit in csv.DictReader(fh):
+                    in_hits.setdefault(hit["query_id"], set()).add(hit["species"])
+        right = np.mean([rows[q]["species"] == lineage[-1] for q, lineage, _ in present])
+        recall = np.mean([lineage[-1] in in_hits.get(q, set()) for q, lineage, _ in present])
+        wrong = np.mean([bool(rows[q]["species"]) for q, _, _ in absent])
+        lines.append(f"| {len(reference):,} | {build:.0f} | {build_rss:.2f} | {disk:.2f} | {match_rss:.2f} "
+                     f"| {(len(present) + len(absent)) / seconds:.0f} | {right:.1%} | {recall:.1%} | {wrong:.1%} |")
+        print(lines[-1], flush=True)
+    body = "\n".join([f"Synthetic references from real BOLD founders (seed {args.seed}); {args.queries} present + "
+                      f"{args.queries} absent-species queries; {args.threads} threads.", "", *lines])
+    print(body)
+    if not args.no_write:
+        write_section("Scale: large references", body,
+                      "python benchmarks/scale.py" + "".join(f" {a}" for a in sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
