@@ -1,10 +1,11 @@
 """The reference index: a directory a lab builds once and queries offline.
 
-Layout (format version 2)::
+Layout (format version 3; version 2 stored k-mer-cosine thresholds for barcodes and is refused)::
 
     DIR/index.json       manifest: format version, metric, HNSW parameters, and one *part* per modality
                          (dna, image, text): its encoder description and fingerprint, calibrated
-                         thresholds (per query modality), counts, part fingerprint
+                         thresholds (per query modality; for barcode queries against barcodes they
+                         are alignment identities), counts, part fingerprint
     DIR/records.sqlite   one row per reference record and modality (taxonomy, BIN, the embedded input:
                          barcode, image path or taxonomy text; source): the single source of truth for
                          metadata; `vector` is the graph label of its embedding in its modality's graph
@@ -46,7 +47,7 @@ from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: barcode thresholds are alignment identities (2: k-mer cosines)
 GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw")
 MANIFEST = "index.json"
 RECORDS_DB = "records.sqlite"

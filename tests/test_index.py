@@ -43,7 +43,7 @@ def test_round_trip(tmp_path, records, encoder):
     assert loaded.encoder_fingerprint == encoder.fingerprint
     assert loaded.encoder().fingerprint == encoder.fingerprint
     stored = json.loads((target / MANIFEST).read_text())
-    assert stored["format_version"] == 2 and list(stored["parts"]) == ["dna"]
+    assert stored["format_version"] == 3 and list(stored["parts"]) == ["dna"]
     manifest = stored["parts"]["dna"]
     counts = manifest["counts"]
     assert {rank: counts[rank] for rank in ("records", *RANKS)} == \
