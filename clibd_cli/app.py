@@ -97,11 +97,11 @@ def _parse_thresholds(values: list[str] | None) -> dict[str, float]:
 
 
 def _read(paths: list[Path], id_column: str | None, sequence_column: str | None, min_length: int,
-          marker: str | None = "COI-5P", skip_empty: bool = True):
+          marker: str | None = "COI-5P"):
     from clibd_cli.sequences import QCConfig, read_sequences
 
     return read_sequences(paths, id_column=id_column, sequence_column=sequence_column,
-                          qc=QCConfig(min_length=min_length), marker=marker, skip_empty=skip_empty)
+                          qc=QCConfig(min_length=min_length), marker=marker)
 
 
 def _reference_records(paths, id_column, sequence_column, min_length, console, marker: str | None = "COI-5P"):

@@ -56,6 +56,13 @@ def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: flo
     return float(s[j]), float(precision[j]), float((j + 1) / len(c))
 
 
+def _nested(thresholds: dict[str, float], report: dict) -> Calibration:
+    """Thresholds made monotone (order ≤ family ≤ genus ≤ species) so calls nest, rounded for index.json."""
+    for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
+        thresholds[higher] = min(thresholds[higher], thresholds[lower])
+    return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
+
+
 def fit_thresholds(scores: dict[str, np.ndarray], correct: dict[str, np.ndarray], target: float,
                    defaults: dict[str, float] | None = None) -> Calibration:
     """Per-rank thresholds, made monotone (order ≤ family ≤ genus ≤ species) so calls nest.
@@ -76,9 +83,7 @@ def fit_thresholds(scores: dict[str, np.ndarray], correct: dict[str, np.ndarray]
             entry.update(threshold=t, note="too few wrong calls to calibrate; encoder default used as floor")
         thresholds[rank] = t
         report["ranks"][rank] = entry
-    for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
-        thresholds[higher] = min(thresholds[higher], thresholds[lower])
-    return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
+    return _nested(thresholds, report)
 
 
 def score_queries(similarities: np.ndarray, hit_taxonomy: dict[str, np.ndarray],
@@ -174,11 +179,10 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
     Exact search over the distinct vectors, chunk by chunk, so memory stays O(references): a vector
     is skipped when every record behind it is left out, and left-out records never become hits.
     """
-    from clibd_cli.assign import lineage_codes
     from clibd_cli.match import DEFAULT_ALIGNED, verified_hits
 
     aligned = DEFAULT_ALIGNED if aligned is None else aligned
-    codes = lineage_codes(index.labels.ranks)
+    codes = index.lineage_codes()
     rank = None if level == "record" else level
     vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
     per_vector = np.bincount(vector_of, minlength=len(vectors))
@@ -246,12 +250,11 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
     ``floors`` value (conventional identity cut-offs by default).
     """
     from clibd_cli.align import CONVENTIONAL
-    from clibd_cli.assign import lineage_codes
     from clibd_cli.match import IDENTITY_TAU, assign_verified
 
     floors = dict(CONVENTIONAL if floors is None else floors)
     rng = np.random.default_rng(seed)
-    codes = lineage_codes(index.labels.ranks)
+    codes = index.lineage_codes()
     if int((codes["species"] >= 0).sum()) < 2 * MIN_CALLS:
         raise ValueError("too few labelled references to calibrate")
     calls: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
@@ -287,12 +290,10 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
             entry.update(threshold=t, note="too few wrong calls (or taxa) to calibrate; conventional cut-off used")
         thresholds[rank] = t
         report["ranks"][rank] = entry
-    for higher, lower in zip(reversed(RANKS[:-1]), reversed(RANKS[1:]), strict=True):
-        thresholds[higher] = min(thresholds[higher], thresholds[lower])
     report.update({"method": "open-set leave-taxon-out (alignment identity)", "queries": sum(counts.values()),
                    "k": k, "candidates": candidates, "seed": seed,
                    "score": "identity"})
-    return Calibration({rank: round(v, 6) for rank, v in thresholds.items()}, report)
+    return _nested(thresholds, report)
 
 
 def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, target: float = DEFAULT_PRECISION,

@@ -282,14 +282,18 @@ class ReferenceIndex:
             self._csr = self.labels.records_by_vector()
         return self._csr
 
-    def lineage_codes_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
-        """:func:`clibd_cli.assign.lineage_codes` of the records behind a label matrix (-1 for none)."""
+    def lineage_codes(self) -> dict[str, np.ndarray]:
+        """:func:`clibd_cli.assign.lineage_codes` of every record (row i = rowid i + 1), computed once."""
         if self._codes is None:
             from clibd_cli.assign import lineage_codes
 
             self._codes = lineage_codes(self.labels.ranks)
+        return self._codes
+
+    def lineage_codes_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`lineage_codes` of the records behind a label matrix (-1 for none)."""
         idx = np.where(labels > 0, labels - 1, 0)
-        return {rank: np.where(labels > 0, codes[idx], -1) for rank, codes in self._codes.items()}
+        return {rank: np.where(labels > 0, codes[idx], -1) for rank, codes in self.lineage_codes().items()}
 
     def taxonomy_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Arrays of rank labels for a label matrix ('' where the label is -1)."""
