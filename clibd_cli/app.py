@@ -159,6 +159,10 @@ Device = Annotated[str, typer.Option(help="auto (CUDA if it really works, else C
 Int8 = Annotated[bool, typer.Option("--int8", help="Use the bundle's int8 encoders (faster on CPU; agreement "
                                     "with fp32 is in the bundle's manifest).")]
 Workers = Annotated[int | None, typer.Option(min=1, help="Threads decoding photos (default: up to 8).")]
+TrustCheckpoint = Annotated[bool, typer.Option(
+    "--trust-checkpoint", help="Open a checkpoint that holds more than tensors and plain data (one written by an "
+    "older clibd or other code) with the full unpickler, which can run code hidden in the file: only for files "
+    "whose origin you trust.")]
 
 
 def _bundle(model: Path | None, device: str = "auto", int8: bool = False, threads: int | None = None):
@@ -638,12 +642,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --output from checkpoints/last.pt.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. "
                                                    "optim.lr=1e-4 (repeatable).")] = None,
+    trust_checkpoint: TrustCheckpoint = False,
 ) -> None:
     """Train CLIBD (image, DNA, text encoders) with torchrun/DDP; NCCL on GPUs, gloo on CPU."""
     from training.train import launch
 
     run = launch(config, output=output, data=data, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                 node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, overrides=set_, stage=stage)
+                 node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, overrides=set_, stage=stage,
+                 trust_checkpoint=trust_checkpoint)
     _stderr().print(f"[green]done[/green]: {run}/checkpoints/best.pt, metrics in {run}/metrics.jsonl")
 
 
@@ -757,6 +763,7 @@ def export_command(
                                                          "parity and int8 checks.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: folder name).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    trust_checkpoint: TrustCheckpoint = False,
 ) -> None:
     """Turn a checkpoint into a model bundle: ONNX per modality, manifest with checksums, parity report."""
     from rich.console import Console
@@ -769,11 +776,15 @@ def export_command(
     if from_official:
         from export.official import load_official
 
+        if trust_checkpoint:  # official checkpoints are plain state dicts, always read as tensors only
+            raise ClibdError("--trust-checkpoint applies to 'clibd train' checkpoints; --from-official reads "
+                             "published checkpoints as tensors only and needs no trust. Drop one of the two.")
+
         imported = load_official(checkpoint, text_tokenizer)
         source = ExportSource(imported.model, imported.preprocessing, imported.text_tokenizer, checkpoint,
                               imported.source_sha256, "official")
     else:
-        source = load_checkpoint(checkpoint)
+        source = load_checkpoint(checkpoint, trust=trust_checkpoint)
     manifest = export_bundle(source, output, int8=int8, samples=samples, force=force, name=name,
                              progress=lambda message: console.print(f"{message}…"))
     table = Table(title=f"{output}: ONNX vs PyTorch (cosine), int8 vs fp32")
@@ -829,6 +840,7 @@ def evaluate(
     device: Device = "auto",
     workers: Workers = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --output.")] = False,
+    trust_checkpoint: TrustCheckpoint = False,
 ) -> None:
     """The paper's evaluation (micro/macro top-1/3/5 per rank, seen/unseen/harmonic) plus open-set metrics."""
     import json
@@ -841,7 +853,7 @@ def evaluate(
     if output is not None and output.exists() and not force:
         raise ClibdError(f"{output}: already exists. Use --force to overwrite it.")
     specimens = read_split_table(data)
-    embedder = _embedder(model, device, workers)
+    embedder = _embedder(model, device, workers, trust_checkpoint)
     report = run_evaluation(specimens, embedder, split=split, precision=precision)
     report["model"] = embedder.name
     report["data"] = str(data)
@@ -858,7 +870,7 @@ def evaluate(
         _stderr().print(f"[green]wrote[/green] {', '.join(map(str, written))}")
 
 
-def _embedder(model: str, device: str, workers: int | None):
+def _embedder(model: str, device: str, workers: int | None, trust_checkpoint: bool = False):
     """kmer[:K], a model bundle folder, or a training checkpoint (exported to a temporary bundle first)."""
     from clibd_cli.evaluate import BundleEmbedder, KmerEmbedder
 
@@ -874,9 +886,10 @@ def _embedder(model: str, device: str, workers: int | None):
         from clibd_cli.bundle import ModelBundle
         from export.onnx import export_bundle, load_checkpoint
 
+        source = load_checkpoint(path, trust=trust_checkpoint)
         scratch = tempfile.TemporaryDirectory(prefix="clibd-eval-")
         folder = Path(scratch.name) / "bundle"
-        export_bundle(load_checkpoint(path), folder)
+        export_bundle(source, folder)
         return BundleEmbedder(ModelBundle.load(folder, device=device), workers, scratch)
     return BundleEmbedder(_bundle(path, device), workers)
 

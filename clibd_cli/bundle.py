@@ -1,21 +1,26 @@
 """Model bundles: a trained CLIBD model as ONNX files plus a manifest, run with onnxruntime (no torch).
 
-Layout (format version 1)::
+Layout (format version 2; version 1 had no manifest checksum and is refused)::
 
     BUNDLE/clibd-model.json      manifest: format version, embedding dim, fingerprint of the embedding
                                  space, per modality its ONNX file (+ optional int8 variant) with sha256,
                                  the inputs it expects (image preprocessing, DNA tokenizer, text template
-                                 and tokenizer files), the parity report written by `clibd export`
+                                 and tokenizer files), the parity report written by `clibd export`, and
+                                 `manifest_sha256`: the sha256 of the manifest's own content
     BUNDLE/image.onnx            pixel_values float32 [batch, 3, S, S] → embeddings [batch, dim]
     BUNDLE/dna.onnx              input_ids, attention_mask int64 [batch, length] → embeddings
     BUNDLE/text.onnx             input_ids, attention_mask int64 [batch, length] → embeddings
     BUNDLE/text_tokenizer/       the WordPiece tokenizer the text encoder was trained with
 
 Every file is checked against its sha256 when a bundle is loaded: a truncated copy or an edited file
-would otherwise give quietly wrong embeddings.  All modalities of a bundle share one embedding space and
-so one *fingerprint*; an index built with a bundle refuses queries embedded by another one.  int8
-variants are approximations of the same space (their measured agreement is in the manifest), so they
-carry the same fingerprint.
+would otherwise give quietly wrong embeddings.  The manifest is checked against its own checksum (an
+edited image mean/std or `embed_dim` changes every call just as quietly), and every file it names must
+lie inside the bundle folder (:mod:`clibd_cli.confine`).  The checksum catches edits and damage, not a
+forger who recomputes it: whoever can rewrite a bundle can also replace its ONNX files.
+
+All modalities of a bundle share one embedding space and so one *fingerprint*; an index built with a
+bundle refuses queries embedded by another one.  int8 variants are approximations of the same space
+(their measured agreement is in the manifest), so they carry the same fingerprint.
 
 The preprocessing code (:mod:`clibd_cli.preprocess`, :mod:`clibd_cli.tokenizer`) is the one the trainer
 used, so inference sees inputs made exactly as in training.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,14 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from clibd_cli.atomic import read_json
+from clibd_cli.atomic import read_json, write_json
+from clibd_cli.confine import confined
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
 
 MANIFEST = "clibd-model.json"
 FORMAT = "clibd-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries MANIFEST_CHECKSUM over its own content
+MANIFEST_CHECKSUM = "manifest_sha256"
 MODALITIES: tuple[str, ...] = ("image", "dna", "text")
 TEXT_TEMPLATE = "{order} {family} {genus} {species}"
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -60,8 +68,24 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces) without its own checksum field.
+
+    Canonical, so re-indenting or reordering the file changes nothing, while any changed value does.
+    """
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Seal ``manifest`` with its checksum (in place) and write it into the bundle folder."""
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    write_json(Path(directory) / MANIFEST, manifest)
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The bundle's manifest, with its format and version checked."""
+    """The bundle's manifest, with its format, version and own checksum checked."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.exists():
@@ -72,6 +96,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format {manifest.get('format')} version {manifest.get('format_version')}; "
                           f"this clibd reads {FORMAT} version {FORMAT_VERSION}. Re-export the model with it.")
+    if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        raise BundleError(f"{path}: bundle manifest was modified (checksum mismatch with its {MANIFEST_CHECKSUM}), "
+                          "so its preprocessing, dimensions or file list cannot be trusted. Re-export the model "
+                          "with 'clibd export' or re-copy the bundle.")
     return manifest
 
 
@@ -88,11 +116,17 @@ def bundle_files(manifest: dict[str, Any], modalities: Sequence[str] | None = No
     return files
 
 
+def bundle_path(directory: Path, name: object) -> Path:
+    """``directory / name`` for a file named by the manifest, refused when it lies outside the bundle."""
+    return confined(directory, name, manifest=MANIFEST, what="bundle", remedy="Re-export or re-copy the bundle.",
+                    error=BundleError)
+
+
 def verify_bundle(directory: Path, manifest: dict[str, Any], modalities: Sequence[str] | None = None, *,
                   checksums: bool = True) -> None:
     """Refuse a bundle whose files are missing or (``checksums``) differ from the manifest's sha256."""
     for name, expected in bundle_files(manifest, modalities).items():
-        path = Path(directory) / name
+        path = bundle_path(directory, name)
         if not path.exists():
             raise BundleError(f"{directory}: {name} is missing. Re-copy the whole bundle folder.")
         if checksums and sha256_file(path) != expected:
@@ -258,7 +292,7 @@ class ModelBundle:
         if modality not in self._sessions:
             spec = self._checked(modality)
             file = spec["int8"]["file"] if self.precision(modality) == "int8" else spec["file"]
-            session, used = make_session(self.path / file, self.device, self.threads)
+            session, used = make_session(bundle_path(self.path, file), self.device, self.threads)
             self._sessions[modality] = session
             self.used_device = used
         return self._sessions[modality]
@@ -288,7 +322,7 @@ class ModelBundle:
             from tokenizers import Tokenizer
 
             spec = self._checked("text")["tokenizer"]
-            tokenizer = Tokenizer.from_file(str(self.path / spec["tokenizer_json"]))
+            tokenizer = Tokenizer.from_file(str(bundle_path(self.path, spec["tokenizer_json"])))
             tokenizer.enable_truncation(max_length=int(spec["max_len"]))
             tokenizer.enable_padding(length=int(spec["max_len"]), pad_id=int(spec["pad_id"]),
                                      pad_token=str(spec["pad_token"]))

@@ -43,6 +43,7 @@ import numpy as np
 from clibd_cli import __version__
 from clibd_cli.align import CONVENTIONAL
 from clibd_cli.atomic import atomic_dir, read_json, write_json, write_json_atomic
+from clibd_cli.confine import confined
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
@@ -384,7 +385,7 @@ class ReferenceIndex:
         if len(labels.record_id) != manifest["counts"]["records"]:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
                              f"manifest says {manifest['counts']['records']}. Rebuild the index.")
-        file = directory / manifest["file"]
+        file = _part_file(directory, manifest)
         if not file.exists():
             raise InputError(f"{directory}: {manifest['file']} is missing. Rebuild the index.")
         graph = _hnsw().Index(space="ip", dim=int(manifest["encoder"]["dim"]))
@@ -425,6 +426,11 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def _part_file(directory: Path, manifest: dict) -> Path:
+    """A part's graph file, which must lie inside the index folder (an edited index.json could name any file)."""
+    return confined(directory, manifest.get("file"), manifest=MANIFEST, what="index", remedy="Rebuild the index.")
+
+
 def _part_entry(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in GLOBAL_KEYS}
 
@@ -458,7 +464,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
         for part in parts:
             filename = f"{part.modality}.hnsw"
             if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
-                shutil.copyfile(part.path / part.manifest["file"], tmp / filename)
+                shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
             else:
                 _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
             part.manifest["file"] = filename

@@ -3,6 +3,12 @@
 Rows are written and flushed as they are produced, so an interrupted run keeps every finished
 query and ``--resume`` can skip them.  JSON is written one result per line inside the array, which
 keeps it valid JSON when finished and recoverable line by line when not.
+
+CSV and TSV end up in spreadsheets, which run a cell starting with ``=``, ``+``, ``-``, ``@``, tab or
+carriage return as a formula (CSV injection): an id or species name from a reference file could call
+out to the network or run a command when the output is opened.  Such text cells get a leading ``'``,
+as OWASP recommends (:func:`neutralise`); numbers stay numbers, JSON and JSONL stay verbatim, and
+``--resume`` strips the quote again when it reads the ids back (:func:`restore`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +37,11 @@ MATCH_COLUMNS = [*COLUMNS, "identity", "overlap", *(f"{r}_identity" for r in RAN
 MATCH_HIT_COLUMNS = [*HIT_COLUMNS, "identity", "overlap"]
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
                ".ndjson": "jsonl"}
+SPREADSHEET_FORMATS = ("csv", "tsv")
+# Text a spreadsheet would take for a formula, after any quotes this module added (so the mapping can
+# be undone exactly: an id that itself starts with "'=" is written "''=" and read back as "'=").
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NEUTRALISED = re.compile(r"'+[=+\-@\t\r]")
 
 
 def choose_format(fmt: str | None, path: Path | None, stdout_is_tty: bool) -> str:
@@ -48,6 +60,31 @@ def choose_format(fmt: str | None, path: Path | None, stdout_is_tty: bool) -> st
 def format_value(value) -> str | float | int:
     if isinstance(value, float):
         return "" if math.isnan(value) else round(value, 4)
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def neutralise(value):
+    """A cell for CSV/TSV: text a spreadsheet would evaluate as a formula gets a leading ``'``.
+
+    Numbers, and text that is just a number (``-0.5``), are left alone: a spreadsheet reads them as the
+    number they are, which runs nothing.
+    """
+    if isinstance(value, str) and _FORMULA.match(value) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def restore(value: str) -> str:
+    """Undo :func:`neutralise` on a cell read back from a CSV/TSV output (for --resume)."""
+    if _NEUTRALISED.match(value) and not _is_number(value[1:]):
+        return value[1:]
     return value
 
 
@@ -75,7 +112,7 @@ def completed_ids(path: Path, fmt: str) -> list[dict]:
         rows = list(csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
         if rows and "query_id" not in rows[0]:
             raise InputError(f"{path}: has no query_id column, so it cannot be resumed; use --force.")
-        return rows
+        return [{k: restore(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
     rows = []
     for line in text.splitlines():
         line = line.strip().rstrip(",")
@@ -130,8 +167,8 @@ class RowWriter:
         if self.fmt == "table":
             self.rows_for_table.append(clean)
             return
-        if self.fmt in ("csv", "tsv"):
-            self._csv.writerow(clean)
+        if self.fmt in SPREADSHEET_FORMATS:
+            self._csv.writerow({c: neutralise(v) for c, v in clean.items()})
         elif self.fmt == "jsonl":
             self.fh.write(json.dumps(clean) + "\n")
         else:

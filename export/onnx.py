@@ -28,8 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from clibd_cli import __version__
-from clibd_cli.atomic import atomic_dir, write_json
-from clibd_cli.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TEXT_TEMPLATE, ModelBundle, sha256_file
+from clibd_cli.atomic import atomic_dir
+from clibd_cli.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    TEXT_TEMPLATE,
+    ModelBundle,
+    sha256_file,
+    write_manifest,
+)
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImageError, ImagePreprocessing, preprocess_image
 from training.models import CLIBDModel, build_model
@@ -63,16 +71,19 @@ class Samples:
     texts: list[str] = field(default_factory=list)
 
 
-def load_checkpoint(path: str | Path) -> ExportSource:
-    """A checkpoint written by `clibd train` (``RUN/checkpoints/*.pt``) as an :class:`ExportSource`."""
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> ExportSource:
+    """A checkpoint written by `clibd train` (``RUN/checkpoints/*.pt``) as an :class:`ExportSource`.
+
+    Read as plain data (:mod:`training.checkpoint`): a pickle that would import code is refused unless
+    ``trust`` (--trust-checkpoint) says the user vouches for the file.
+    """
+    from training.checkpoint import load_state
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file. Give RUN/checkpoints/best.pt from 'clibd train' "
                          "(or --from-official for a published CLIBD checkpoint).")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot be read as a PyTorch checkpoint ({exc}).") from exc
+    state = load_state(path, trust=trust)
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise InputError(f"{path}: not a 'clibd train' checkpoint (no model/model_config). For the published "
                          "CLIBD weights use --from-official.")
@@ -302,13 +313,13 @@ def _write_bundle(model: CLIBDModel, source: ExportSource, tmp: Path, int8: bool
                    **{k: v for k, v in source.info.items() if v is not None}},
         "model_config": model.config.to_dict(),
     }
-    write_json(tmp / MANIFEST, manifest)
+    write_manifest(tmp, manifest)
     say("checking ONNX against PyTorch")
     manifest["parity"] = check_parity(model, source, tmp, manifest, samples)
     if int8:
         say("quantising to int8")
         _add_int8(model, source, tmp, manifest, samples)
-    write_json(tmp / MANIFEST, manifest)
+    write_manifest(tmp, manifest)
     return manifest
 
 

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
-from clibd_cli.bundle import MANIFEST, BundleError, ModelBundle, make_session, sha256_file
+from clibd_cli.bundle import MANIFEST, BundleError, ModelBundle, make_session, sha256_file, write_manifest
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import preprocess_image
 from clibd_cli.sequences import taxonomy_text
@@ -32,7 +32,7 @@ def cosines(a, b):
 
 def test_manifest_lists_checked_files_and_parity(tiny_model):
     manifest = json.loads((tiny_model.bundle / MANIFEST).read_text())
-    assert manifest["format"] == "clibd-model" and manifest["format_version"] == 1
+    assert manifest["format"] == "clibd-model" and manifest["format_version"] == 2
     assert list(manifest["modalities"]) == ["image", "dna", "text"]
     assert manifest["embed_dim"] == 64
     assert manifest["source"]["sha256"] == sha256_file(tiny_model.checkpoint)
@@ -94,7 +94,7 @@ def test_int8_bundle_embeds_close_to_fp32(tiny_model, tmp_path):
         spec.pop("int8", None)
     quantize_int8(copy / "text.onnx", copy / "text.int8.onnx")
     manifest["modalities"]["text"]["int8"] = {"file": "text.int8.onnx", "sha256": sha256_file(copy / "text.int8.onnx")}
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)  # a deliberate change, sealed as export would
     texts = [taxonomy_text(row) for row in rows_of(tiny_model.sim)[:20]]
     fp32 = ModelBundle.load(copy, device="cpu").embed_text(texts)
     int8 = ModelBundle.load(copy, device="cpu", int8=True)
@@ -154,7 +154,7 @@ def test_tampered_or_incomplete_bundle_is_refused(tiny_model, tmp_path):
         ModelBundle.load(copy)
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["format_version"] = 7
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)  # a deliberate change, sealed as export would
     with pytest.raises(BundleError, match="version 7"):
         ModelBundle.load(copy)
     with pytest.raises(BundleError, match="not a clibd model bundle"):
@@ -200,6 +200,6 @@ def test_bundle_without_int8_refuses_int8(tiny_model, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     for spec in manifest["modalities"].values():
         spec.pop("int8", None)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)  # a deliberate change, sealed as export would
     with pytest.raises(BundleError, match="no int8 models"):
         ModelBundle.load(copy, int8=True)

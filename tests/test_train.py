@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
+from training.checkpoint import load_state  # plain data only: the project's own checkpoints must pass
 
 runner = CliRunner()
 
@@ -49,7 +50,7 @@ def test_tiny_training_on_two_processes(sim: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     invoke("train", "--config", "tiny-cpu", "--data", str(sim), "--output", str(run), "--nproc-per-node", "2")
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
-    best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    best = load_state(run / "checkpoints" / "best.pt")
     assert best["world_size"] == 2 and best["step"] > 0
     val = last_val(run)
     floor = chance(sim)
@@ -68,13 +69,13 @@ def test_resume_gives_identical_parameters(sim: Path, tmp_path: Path) -> None:
     full, split = tmp_path / "full", tmp_path / "split"
     invoke("train", *common, "--output", str(full), "--set", "max_steps=8")
     invoke("train", *common, "--output", str(split), "--set", "max_steps=4")
-    stopped = torch.load(split / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    stopped = load_state(split / "checkpoints" / "last.pt")
     assert stopped["step"] == 4
     refused = runner.invoke(app, ["train", "--output", str(split), "--resume"])
     assert refused.exit_code == 2 and "2 processes" in refused.output
     invoke("train", "--output", str(split), "--resume", "--nproc-per-node", "2", "--set", "max_steps=8")
-    a = torch.load(full / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    b = torch.load(split / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    a = load_state(full / "checkpoints" / "last.pt")
+    b = load_state(split / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 8
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
@@ -94,7 +95,7 @@ def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: 
     saved = run / "dna_encoder"
     encoder = DNAEncoder(DNAEncoderConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, k=4,
                                           pretrained=str(saved)), embed_dim=64)
-    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    state = load_state(run / "checkpoints" / "last.pt")["model"]
     word = state["mlm.bert.embeddings.word_embeddings.weight"]
     assert torch.equal(encoder.bert.embeddings.word_embeddings.weight, word)
 

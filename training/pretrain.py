@@ -41,8 +41,9 @@ def read_barcodes(path: str) -> list[str]:
     return [r.sequence for r in read_sequences([source]).records if r.sequence]
 
 
-def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool) -> None:
+def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool, trust_checkpoint: bool = False) -> None:
     """Masked-k-mer training loop on one rank; rank 0 writes `output/dna_encoder` at the end."""
+    from training.checkpoint import load_state
     from training.models import DNAMaskedLM, ModelConfig
     from training.train import (
         CHECKPOINTS,
@@ -90,7 +91,7 @@ def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool) -> No
         dist.barrier()
 
     if resume:
-        saved = torch.load(last, map_location="cpu", weights_only=False)
+        saved = load_state(last, trust=trust_checkpoint)  # plain data only, unless the user trusts the file
         if saved["world_size"] != env.world:
             raise ClibdError(f"{last}: saved by {saved['world_size']} processes; resume with as many.")
         model.load_state_dict(saved["model"])

@@ -7,8 +7,9 @@ all-gathers features with gradients (training/losses.py), so every rank sees the
 
 Checkpoints hold model, optimizer, scheduler, step, position in the epoch and every rank's RNG
 state, written atomically, so `--resume` continues exactly where a run stopped: on CPU (num_workers 0)
-a resumed run ends with bit-identical parameters (tests/test_train.py).  Validation runs on every
-rank (sharded embedding, gathered), never on rank 0 alone while the others wait.
+a resumed run ends with bit-identical parameters (tests/test_train.py).  They hold only tensors and
+plain data, so they are read without the code-running part of pickle (training/checkpoint.py).
+Validation runs on every rank (sharded embedding, gathered), never on rank 0 alone while the others wait.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ PAIRS = (("dna", "dna"), ("image", "image"), ("image", "dna"), ("image", "text")
 
 def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node: int = 1, nnodes: int = 1,
            node_rank: int = 0, rdzv_endpoint: str | None = None, resume: bool = False,
-           overrides: list[str] | None = None, stage: str | None = None) -> Path:
-    """Resolve the config, write `output/config.yaml`, and run the workers through torchrun."""
+           overrides: list[str] | None = None, stage: str | None = None, trust_checkpoint: bool = False) -> Path:
+    """Resolve the config, write `output/config.yaml`, and run the workers through torchrun.
+
+    On --resume the checkpoint is opened here first (tensors mapped, not read), so a file that is not
+    a safe checkpoint is refused with one line before any worker starts (``trust_checkpoint`` skips it).
+    """
     from torch.distributed.run import parse_args, run
 
     output = Path(output)
@@ -53,6 +58,10 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
         resolved = output / "config.yaml"
         if not (output / CHECKPOINTS / "last.pt").exists():
             raise ClibdError(f"{output}: no checkpoints/last.pt to resume from.")
+        if not trust_checkpoint:
+            from training.checkpoint import load_state
+
+            load_state(output / CHECKPOINTS / "last.pt", mmap=True)
         summary_file = output / CHECKPOINTS / "last.json"
         saved_world = json.loads(summary_file.read_text())["world_size"] if summary_file.exists() else None
         if saved_world is not None and saved_world != nproc_per_node * nnodes:
@@ -82,6 +91,8 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
     argv += ["-m", "training.train", "--config", str(output / "config.yaml"), "--output", str(output)]
     if resume:
         argv.append("--resume")
+    if trust_checkpoint:
+        argv.append("--trust-checkpoint")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
@@ -99,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--trust-checkpoint", action="store_true")
     args = parser.parse_args(argv)
-    worker(load_config(args.config), args.output, resume=args.resume)
+    worker(load_config(args.config), args.output, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
 
 
 # ------------------------------------------------------------------------------------- the worker
@@ -146,15 +158,33 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's Python, NumPy and torch RNG states as tensors and numbers.
+
+    Plain data only, so the checkpoint holding them opens with torch's restricted unpickler
+    (:mod:`training.checkpoint`); a NumPy array inside would need the full, code-running one.
+    """
+    version, internal, gauss_next = random.getstate()
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state`'s output (or the tuples of checkpoints written before it, --trust-checkpoint)."""
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        python = (python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"])
+    random.setstate(python)
+    if isinstance(numpy_state, dict):
+        numpy_state = ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -175,7 +205,7 @@ class SkipFirst(Sampler):
         return max(0, len(self.sampler) - self.skip)
 
 
-def worker(cfg: TrainConfig, output: Path, resume: bool = False) -> None:
+def worker(cfg: TrainConfig, output: Path, resume: bool = False, trust_checkpoint: bool = False) -> None:
     """One training process: data, model, DDP, the loop, validation, checkpoints."""
     env = setup_distributed()
     try:
@@ -183,9 +213,9 @@ def worker(cfg: TrainConfig, output: Path, resume: bool = False) -> None:
         if cfg.stage == "dna-pretrain":
             from training.pretrain import run_dna_pretraining
 
-            run_dna_pretraining(cfg, output, env, resume)
+            run_dna_pretraining(cfg, output, env, resume, trust_checkpoint)
         else:
-            Trainer(cfg, output, env).fit(resume)
+            Trainer(cfg, output, env).fit(resume, trust_checkpoint)
     finally:
         dist.barrier()
         dist.destroy_process_group()
@@ -279,12 +309,12 @@ class Trainer:
         return batch[key] if key else None
 
     # ------------------------------------------------------------------------------ the loop
-    def fit(self, resume: bool) -> None:
+    def fit(self, resume: bool, trust_checkpoint: bool = False) -> None:
         from training.losses import contrastive_loss
 
         cfg, env = self.cfg, self.env
         if resume:
-            self.load(self.output / CHECKPOINTS / "last.pt")
+            self.load(self.output / CHECKPOINTS / "last.pt", trust=trust_checkpoint)
         progress = _progress(env.main, self.total_steps, self.step)
         accum = cfg.grad_accum
         stop = False
@@ -428,8 +458,11 @@ class Trainer:
             save_atomic(state, self.output / CHECKPOINTS / name)
         dist.barrier()
 
-    def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def load(self, path: Path, trust: bool = False) -> None:
+        """Continue from a checkpoint, read as plain data unless the user trusts it (training/checkpoint.py)."""
+        from training.checkpoint import load_state
+
+        state = load_state(path, trust=trust)
         if state["world_size"] != self.env.world:
             raise ClibdError(f"{path}: saved by {state['world_size']} processes; resume with the same "
                              f"--nproc-per-node × --nnodes to continue exactly.")
