@@ -131,20 +131,23 @@ _LOOKUP = np.full(256, 4, dtype=np.uint8)
 _LOOKUP[np.frombuffer(b"ACGT", dtype=np.uint8)] = np.arange(4, dtype=np.uint8)
 
 
-def _codes(sequence: str) -> np.ndarray:
+def base_codes(sequence: str) -> np.ndarray:
     """Bases as 0-3 (N = 4)."""
     return _LOOKUP[np.frombuffer(sequence.encode(), dtype=np.uint8)]
 
 
 def _kmers(codes: np.ndarray, k: int = ANCHOR_K) -> np.ndarray:
     """Integer code of every k-mer starting at each position (-1 where it holds an N)."""
-    if len(codes) < k:
+    n = len(codes) - k + 1
+    if n <= 0:
         return np.empty(0, dtype=np.int64)
-    windows = np.lib.stride_tricks.sliding_window_view(codes, k)
-    value = np.zeros(len(windows), dtype=np.int64)
-    for j in range(k):
-        value = (value << 2) | windows[:, j]
-    value[(windows == 4).any(axis=1)] = -1
+    bases = (codes & 3).astype(np.int64)
+    value = bases[:n].copy()
+    for j in range(1, k):
+        value <<= 2
+        value |= bases[j : j + n]
+    unknown = np.r_[0, np.cumsum(codes == 4)]
+    value[unknown[k:] != unknown[:n]] = -1
     return value
 
 
@@ -187,13 +190,12 @@ def diagonals(query: np.ndarray, targets: Sequence[np.ndarray], k: int = ANCHOR_
     offset = int(shift.min())
     width = int(shift.max()) - offset + 1
     keys, votes = np.unique(owner[hit] * width + (shift - offset), return_counts=True)
-    best: dict[int, tuple[int, int]] = {}
-    for value, vote in zip(keys.tolist(), votes.tolist(), strict=True):
-        target, diagonal_ = divmod(value, width)
-        if vote > best.get(target, (0, 0))[0]:
-            best[target] = (vote, diagonal_ + offset)
-    for target, (_, shift_) in best.items():
-        out[target] = shift_
+    target, diagonal_ = np.divmod(keys, width)
+    # per target, the diagonal with the most votes (the first, i.e. smallest shift, on a tie)
+    order = np.lexsort((diagonal_, -votes, target))
+    first = np.r_[True, target[order][1:] != target[order][:-1]]
+    for t, d in zip(target[order][first].tolist(), (diagonal_[order][first] + offset).tolist(), strict=True):
+        out[t] = d
     return out
 
 
@@ -234,7 +236,8 @@ def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequ
     return out
 
 
-def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0.03) -> list[Alignment | None]:
+def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0.03,
+           codes: Sequence[np.ndarray] | None = None) -> list[Alignment | None]:
     """Identity of ``query`` to each target: from one diagonal where that is the alignment, else aligned.
 
     A target that matches the query along one diagonal at ≥ :data:`FAST_IDENTITY`, over (nearly) the
@@ -244,10 +247,12 @@ def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0
     unrelated sequences) are aligned with Opal (overlap mode) in the order of their diagonal identity,
     a few at a time, at most ``full`` of them; once a hit at ≥ :data:`NEAR_IDENTITY` is verified, only
     while that estimate is within ``margin`` of the best: a hit three points below it weighs e^-3 of it
-    in the vote.  Targets left out are ``None`` (not verified).
+    in the vote.  Targets left out are ``None`` (not verified).  ``codes``: the targets' :func:`base_codes`,
+    when the caller has them already.
     """
-    q = _codes(query)
-    codes = [_codes(t) for t in targets]
+    q = base_codes(query)
+    if codes is None:
+        codes = [base_codes(t) for t in targets]
     fast = [_covering(a, len(q), len(t)) if a is not None else None
             for a, t in zip(ungapped_many(q, codes, diagonals(q, codes)), codes, strict=True)]
     out: list[Alignment | None] = [a if a is not None and a.identity >= FAST_IDENTITY and

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clibd_cli.align import _codes, _kmers
+from clibd_cli.align import _kmers, base_codes
 
 K = 12
 STRIDE = 4
@@ -32,7 +32,7 @@ class AnchorTable:
         for first in range(0, self.size, chunk):  # bounded working memory, whatever the library's size
             part = sequences[first : first + chunk]
             lengths = np.array([len(s) for s in part], dtype=np.int64)
-            bases = _codes("".join(part))
+            bases = base_codes("".join(part))
             counts = np.maximum(0, (lengths - K) // STRIDE + 1)
             owner = np.repeat(np.arange(len(part), dtype=np.int32), counts)
             position = np.r_[0, np.cumsum(lengths)[:-1]][owner] + STRIDE * (
@@ -52,7 +52,7 @@ class AnchorTable:
 
     def candidates(self, query: str, n: int) -> np.ndarray:
         """Up to ``n`` references sharing the most sampled 12-mers with ``query`` (most first)."""
-        kmers = np.unique(_kmers(_codes(query), K))
+        kmers = np.unique(_kmers(base_codes(query), K))
         kmers = kmers[kmers >= 0].astype(np.uint32)
         if not len(kmers) or not len(self.codes):
             return np.empty(0, dtype=np.int64)

@@ -511,7 +511,7 @@ def calibrate(
                                              "most 1 - precision wrong calls where the taxon is present and "
                                              "where it is missing).")] = 0.95,
     sample: Annotated[int | None, typer.Option(min=20, help="Barcodes: taxa drawn per leave-out level (default "
-                                               "300); photos: labelled records used (default 1000).")] = None,
+                                               "1000); photos: labelled records used (default 1000).")] = None,
     novel_share: Annotated[float, typer.Option(min=0.0, max=0.9, help="Photos only: assumed share of field "
                                                "specimens whose species is absent from the reference.")] = 0.25,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
@@ -579,7 +579,12 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
 
 def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed, id_column,
                         sequence_column, bundle=None):
-    from clibd_cli.calibrate import calibrate_dna_with_queries, calibrate_leave_species_out, calibrate_open_set
+    from clibd_cli.calibrate import (
+        OPEN_SET_SAMPLE,
+        calibrate_dna_with_queries,
+        calibrate_leave_species_out,
+        calibrate_open_set,
+    )
     from clibd_cli.index import ReferenceIndex
 
     index = ReferenceIndex.load(index_path)
@@ -591,8 +596,8 @@ def _calibrate_barcodes(index_path, queries, precision, sample, novel_share, nei
     else:
         try:
             if index.modality == "dna":
-                calibration = calibrate_open_set(index, target=precision, k=neighbours, sample=sample or 300,
-                                                 seed=seed)
+                calibration = calibrate_open_set(index, target=precision, k=neighbours,
+                                                 sample=sample or OPEN_SET_SAMPLE, seed=seed)
             else:
                 calibration = calibrate_leave_species_out(index, target=precision, k=neighbours,
                                                           sample=sample or 1000, seed=seed, novel_share=novel_share)

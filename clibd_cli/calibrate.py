@@ -28,6 +28,7 @@ MIN_CALLS = 20
 MIN_WRONG = 5
 NEVER = 1.01  # a cosine threshold no hit can reach
 WILSON_Z = 1.0  # one-sided ~84 % upper confidence limit on a calibration set's wrong-call rate
+OPEN_SET_SAMPLE = 1000  # taxa per leave-out level (barcodes)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def false_call_threshold(scores: np.ndarray, correct: np.ndarray, rate: float) -
     return float(np.nextafter(wrong[allowed], np.inf))
 
 
-def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = 300,
+def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = OPEN_SET_SAMPLE,
                        seed: int = 0, k: int = 10, candidates: int = 32,
                        floors: dict[str, float] | None = None) -> Calibration:
     """Identity thresholds per rank, each fitted where that rank's decision is made.
@@ -245,9 +246,11 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
     an assumed share of missing taxa, and a precision among few calls is at the mercy of a handful of
     contaminated references (a parasitoid's barcode filed under its host, identical at 99.5 %: measured
     on bold_insect_coi_dev, three such records made family calls "unreachable" at 95 % precision).
-    Queries are one record per taxon drawn at random, so large clades do not dominate.  A rank with too
-    few wrong calls to locate its threshold (or a reference of one taxon at that level) keeps the
-    ``floors`` value (conventional identity cut-offs by default).
+    Queries are one record per taxon drawn at random, so large clades do not dominate; up to ``sample``
+    taxa per level, every taxon of most references: with 300 of the 736 species of a real BOLD reference,
+    the species threshold moved between 97.9 and 98.5 % with the seed, with all of them it stayed at 97.4 %.
+    A rank with too few wrong calls to locate its threshold (or a reference of one taxon at that level)
+    keeps the ``floors`` value (conventional identity cut-offs by default).
     """
     from clibd_cli.align import CONVENTIONAL
     from clibd_cli.match import IDENTITY_TAU, assign_verified

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from clibd_cli import __version__
-from clibd_cli.align import CONVENTIONAL
+from clibd_cli.align import CONVENTIONAL, base_codes
 from clibd_cli.atomic import atomic_dir, read_json, write_json, write_json_atomic
 from clibd_cli.confine import confined
 from clibd_cli.encoders import Encoder, encoder_from_description
@@ -121,6 +121,7 @@ class ReferenceIndex:
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
         self._inputs: list[str] | None = None
+        self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
         self._bins: dict[str, int] | None = None
         self._anchors = None
 
@@ -195,6 +196,14 @@ class ReferenceIndex:
                                                  dtype=np.float32)
         return self._vectors
 
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """Some rows of :meth:`vectors`, without loading all of them (4 s for 80k vectors) for a few."""
+        if self._vectors is not None or self._graph is None:
+            return self.vectors()[rows]
+        if not len(rows):
+            return np.empty((0, self._graph.dim), dtype=np.float32)
+        return np.asarray(self._graph.get_items(np.asarray(rows), return_type="numpy"), dtype=np.float32)
+
     # ---------------------------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, exact: bool | None = None,
                threads: int | None = None) -> SearchResult:
@@ -243,6 +252,17 @@ class ReferenceIndex:
                     inputs[j] = sequence or ""
             self._inputs = inputs
         return self._inputs
+
+    def input_codes(self, vectors: Sequence[int]) -> list[np.ndarray]:
+        """:meth:`vector_inputs` of some vectors as base codes (0-3, N = 4), encoded once for the whole index.
+
+        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.
+        """
+        if self._input_codes is None:
+            inputs = self.vector_inputs()
+            self._input_codes = (base_codes("".join(inputs)), np.r_[0, np.cumsum([len(s) for s in inputs])])
+        bases, offsets = self._input_codes
+        return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
 
     def anchors(self):
         """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`), built on first use."""
