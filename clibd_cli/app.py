@@ -144,8 +144,8 @@ SeqColumn = Annotated[str | None, typer.Option(help="Column holding the sequence
 MinLength = Annotated[int, typer.Option(help="Flag sequences shorter than this (bp) as 'short'.")]
 Marker = Annotated[str, typer.Option(help="Which marker to keep from BOLD packages that mix markers "
                                      "(e.g. COI-5P, ITS, rbcLa); 'all' keeps every row.")]
-Kmer = Annotated[int | None, typer.Option("--kmer", help="k of the weight-free k-mer profile encoder "
-                                                         "(default 5; must match the index).")]
+Kmer = Annotated[int | None, typer.Option("--kmer", min=2, max=8, help="k of the weight-free k-mer profile "
+                                                         "encoder, 2-8 (default 5; must match the index).")]
 
 
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
@@ -200,8 +200,8 @@ def build_index(
     """Build (or extend) a reference index from barcodes, photos and taxonomy strings with taxonomy."""
     import time
 
-    from clibd_cli.encoders import KmerProfileEncoder
-    from clibd_cli.index import MANIFEST, ReferenceIndex, index_modalities, save_parts
+    from clibd_cli.index import MANIFEST
+    from clibd_cli.indexdir import ignorable, writing
 
     console = _stderr()
     if append and force:
@@ -214,10 +214,22 @@ def build_index(
         raise ClibdError("--kmer chooses the weight-free encoder; it cannot be combined with --model.")
     if append and not (output / MANIFEST).exists():
         raise ClibdError(f"{output}: no index to append to. Build it first without --append.")
-    if not append and not force and output.exists() and any(output.iterdir()):
+    if not append and not force and output.exists() and any(not ignorable(p.name) for p in output.iterdir()):
         raise ClibdError(f"{output}: already exists. Use --force to replace it or --append to add to it.")
     started = time.perf_counter()
     bundle = _bundle(model, device)
+    with writing(output, notify=console.print):
+        _build_index_locked(output, barcodes, images, text_keys, bundle, append, force, kmer, calibrate, precision,
+                            id_column, sequence_column, min_length, marker, workers, threads, console)
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _build_index_locked(output, barcodes, images, text_keys, bundle, append, force, kmer, calibrate, precision,
+                        id_column, sequence_column, min_length, marker, workers, threads, console) -> None:
+    """build-index's read-modify-write, run while holding the index's write lock."""
+    from clibd_cli.encoders import KmerProfileEncoder
+    from clibd_cli.index import ReferenceIndex, index_modalities, save_parts
+
     existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if append else {}
     inputs = _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
                                marker)
@@ -262,7 +274,6 @@ def build_index(
         for query, entry in part.manifest.get("cross_thresholds", {}).items():
             console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANK_NAMES)
                           + " (leave-species-out)")
-    console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 
 def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
@@ -528,11 +539,18 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-    if images is not None:
-        calibration = _calibrate_photos(index_path, images, against, model, device, precision, seed, novel_share)
-    else:
-        calibration = _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours, seed,
-                                          id_column, sequence_column, _bundle(model, device))
+    from clibd_cli.index import MANIFEST
+    from clibd_cli.indexdir import writing
+
+    if not (index_path / MANIFEST).exists():
+        raise ClibdError(f"{index_path}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
+    with writing(index_path, notify=_stderr().print):  # one writer at a time: an --append now would be lost
+        if images is not None:
+            calibration = _calibrate_photos(index_path, images, against, model, device, precision, seed,
+                                            novel_share)
+        else:
+            calibration = _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours,
+                                              seed, id_column, sequence_column, _bundle(model, device))
     table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
                         f"{calibration.report['queries']} queries)")
     open_set = "right_present" in calibration.report["ranks"]["species"]

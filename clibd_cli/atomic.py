@@ -1,7 +1,8 @@
-"""Manifest files and atomic writes: an interrupted build never leaves half an index or bundle.
+"""Manifest files and atomic folder writes: an interrupted export never leaves half a model bundle.
 
 A folder is written into a temporary sibling that replaces the target in one rename (the old one, if
-any, is moved aside first and removed after); a JSON file is written beside its target and renamed.
+any, is moved aside first and removed after).  Indexes, which are also appended to and recalibrated in
+place, use generation folders and a single manifest switch instead (:mod:`clibd_cli.indexdir`).
 """
 
 from __future__ import annotations
@@ -52,10 +53,3 @@ def read_json(path: Path, error: type[Exception], remedy: str) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_json(tmp, data)
-    os.replace(tmp, path)

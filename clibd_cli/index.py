@@ -42,15 +42,16 @@ import numpy as np
 
 from clibd_cli import __version__
 from clibd_cli.align import CONVENTIONAL, base_codes
-from clibd_cli.atomic import atomic_dir, read_json, write_json, write_json_atomic
+from clibd_cli.atomic import read_json
 from clibd_cli.confine import confined
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
+from clibd_cli.indexdir import MANIFEST, clean, ignorable, new_generation, switch, writing
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
 
-FORMAT_VERSION = 3  # 3: barcode thresholds are alignment identities (2: k-mer cosines)
-GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw")
-MANIFEST = "index.json"
+FORMAT_VERSION = 4  # 4: generation folders (3: flat layout, still read); 3: barcode thresholds are identities
+READABLE_VERSIONS = (3, 4)
+GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw", "records")
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
 HNSW_M = 32
@@ -126,6 +127,11 @@ class ReferenceIndex:
         self._anchors = None
 
     # ----------------------------------------------------------------------------------- facts
+    @property
+    def records_db(self) -> Path:
+        """The SQLite file of a saved index (in its current generation folder)."""
+        return _records_file(self.path, self.manifest)
+
     @property
     def size(self) -> int:
         return int(self.manifest["counts"]["records"])
@@ -244,7 +250,7 @@ class ReferenceIndex:
                     first.setdefault(int(j), record.sequence)
                 inputs = [first.get(j, "") for j in range(max(first, default=-1) + 1)]
             else:
-                with _connect(self.path / RECORDS_DB) as db:
+                with _connect(self.records_db) as db:
                     rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
                                       "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
                 inputs = [""] * (rows[-1][0] + 1 if rows else 0)
@@ -360,7 +366,7 @@ class ReferenceIndex:
         """Every reference record (read from SQLite for a saved index)."""
         if self._records is not None:
             return self._records
-        return _read_records(self.path / RECORDS_DB, self.modality)
+        return _read_records(self.records_db, self.modality)
 
     def save(self, directory: Path, *, force: bool = False, threads: int | None = None) -> Path:
         """Write the index atomically to `directory` (an existing one needs `force`).
@@ -401,7 +407,7 @@ class ReferenceIndex:
             raise InputError(f"{directory}: holds no {modality} references (it has: {', '.join(parts) or 'none'}). "
                              f"Add them with 'clibd build-index --append'.")
         manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **parts[modality]}
-        labels = _labels_from_db(directory / RECORDS_DB, modality)
+        labels = _labels_from_db(_records_file(directory, manifest), modality)
         if len(labels.record_id) != manifest["counts"]["records"]:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
                              f"manifest says {manifest['counts']['records']}. Rebuild the index.")
@@ -421,10 +427,17 @@ class ReferenceIndex:
         self.manifest["calibration"] = calibration
 
     def save_manifest(self) -> None:
-        """Rewrite only this part's entry in index.json (atomically), e.g. after calibration."""
-        stored = _read_manifest(self.path)
-        stored["parts"][self.modality] = _part_entry(self.manifest)
-        write_json_atomic(self.path / MANIFEST, stored)
+        """Rewrite only this part's entry in index.json (atomically, under the write lock), e.g. after
+        calibration.  Refused if another writer replaced the part since it was loaded: the entry would
+        describe records the index no longer holds."""
+        with writing(self.path):
+            stored = _read_manifest(self.path)
+            current = stored["parts"].get(self.modality, {})
+            if current.get("file") != self.manifest.get("file") or current.get("counts") != self.manifest.get("counts"):
+                raise ClibdError(f"{self.path}: the index changed while this command ran (another build-index "
+                                 "--append?); run it again.")
+            stored["parts"][self.modality] = _part_entry(self.manifest)
+            switch(self.path, stored)
 
 
 # ------------------------------------------------------------------------------- whole index
@@ -440,7 +453,7 @@ def _read_manifest(directory: Path) -> dict:
         raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
     manifest = read_json(manifest_path, InputError, "Rebuild the index.")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION or not isinstance(manifest.get("parts"), dict):
+    if version not in READABLE_VERSIONS or not isinstance(manifest.get("parts"), dict):
         raise InputError(f"{directory}: index format version {version}, this clibd reads "
                          f"{FORMAT_VERSION}. Rebuild the index with this version.")
     return manifest
@@ -449,6 +462,12 @@ def _read_manifest(directory: Path) -> dict:
 def _part_file(directory: Path, manifest: dict) -> Path:
     """A part's graph file, which must lie inside the index folder (an edited index.json could name any file)."""
     return confined(directory, manifest.get("file"), manifest=MANIFEST, what="index", remedy="Rebuild the index.")
+
+
+def _records_file(directory: Path, manifest: dict) -> Path:
+    """The records database an index manifest names (format 3: records.sqlite beside it), inside the folder."""
+    return confined(directory, manifest.get("records", RECORDS_DB), manifest=MANIFEST, what="index",
+                    remedy="Rebuild the index.")
 
 
 def _part_entry(manifest: dict) -> dict:
@@ -465,31 +484,43 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
     spaces = {part.encoder_fingerprint for part in parts}
     if len(spaces) > 1:
         raise IndexMismatchError("the parts of one index must share one embedding space (one model bundle).")
-    occupied = directory.exists() and any(directory.iterdir())
-    if occupied and not force and all(directory != part.path for part in parts):
-        raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
-    if occupied and not (directory / MANIFEST).exists():
-        raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
-    with atomic_dir(directory) as tmp:
-        stored: dict = {k: parts[0].manifest[k] for k in GLOBAL_KEYS if k in parts[0].manifest}
-        stored["parts"] = {}
-        db = _create_db(tmp / RECORDS_DB)
-        try:
+    with writing(directory):
+        occupied = directory.exists() and any(not ignorable(p.name) for p in directory.iterdir())
+        if occupied and not force and all(directory != part.path for part in parts):
+            raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
+        previous = _read_manifest(directory) if (directory / MANIFEST).exists() else None
+        if occupied and previous is None:
+            raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
+        with new_generation(directory) as (generation, tmp):
+            stored: dict = {k: parts[0].manifest[k] for k in GLOBAL_KEYS if k in parts[0].manifest}
+            stored.update(format_version=FORMAT_VERSION, records=f"{generation}/{RECORDS_DB}", parts={})
+            db = _create_db(tmp / RECORDS_DB)
+            try:
+                for part in parts:
+                    _write_records(db, part.records(), part.labels.vector, part.modality)
+                db.execute("CREATE INDEX records_species ON records (species)")
+                db.commit()
+            finally:
+                db.close()
             for part in parts:
-                _write_records(db, part.records(), part.labels.vector, part.modality)
-            db.execute("CREATE INDEX records_species ON records (species)")
-            db.commit()
-        finally:
-            db.close()
-        for part in parts:
-            filename = f"{part.modality}.hnsw"
-            if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
-                shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
-            else:
-                _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
-            part.manifest["file"] = filename
-            stored["parts"][part.modality] = _part_entry(part.manifest)
-        write_json(tmp / MANIFEST, stored)
+                filename = f"{part.modality}.hnsw"
+                if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
+                    shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
+                else:
+                    _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
+                part.manifest.update(file=f"{generation}/{filename}", records=stored["records"],
+                                     format_version=FORMAT_VERSION)
+                stored["parts"][part.modality] = _part_entry(part.manifest)
+        switch(directory, stored)
+        keep = {generation}
+        legacy: set[str] = set()
+        if previous is not None:
+            old = previous.get("records", RECORDS_DB)
+            if "/" in old:  # keep the previous generation for readers that opened it a moment ago
+                keep.add(old.split("/")[0])
+            else:  # a format-3 (flat) index: its files are replaced by the generation
+                legacy = {RECORDS_DB, *(p.get("file", "") for p in previous["parts"].values())}
+        clean(directory, keep, legacy)
     for part in parts:
         part.path = directory
     return directory

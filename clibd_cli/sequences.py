@@ -22,6 +22,7 @@ import gzip
 import io
 import re
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -163,7 +164,23 @@ def open_text(path: Path) -> io.TextIOBase:
         # A multi-byte character may be cut at the sample's end; only earlier failures count.
         if exc.start < len(sample) - 4:
             raise InputError(f"{path}: is not UTF-8 text (byte {exc.start}); is it a binary file?") from exc
-    return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
+    # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first line.  Strict
+    # decoding everywhere, so a latin-1 byte after the first 64 KB is refused like one before it
+    # (:func:`guarded` turns the error into one line).
+    return opener(path, "rt", encoding="utf-8-sig", errors="strict", newline="")
+
+
+def guarded(path: Path, rows: Iterator) -> Iterator:
+    """``rows`` of a file, with damage found while reading it (a truncated or corrupt gzip stream, bytes that
+    are not UTF-8 past the first 64 KB) turned into one :class:`InputError` naming the file."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: is not UTF-8 text ({exc.reason} at byte {exc.start} of a block); save it "
+                         "as UTF-8.") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"{path}: the gzip file is damaged or incomplete ({exc}); copy or download it "
+                         "again.") from None
 
 
 def sniff_format(path: Path) -> str:
@@ -285,6 +302,10 @@ def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
     if is_parquet(path):
         yield from iter_parquet(path)
         return
+    yield from guarded(path, _iter_text_table(path))
+
+
+def _iter_text_table(path: Path) -> Iterator[tuple[int, list[str]]]:
     csv.field_size_limit(sys.maxsize)
     with open_text(path) as fh:
         first = fh.readline()
@@ -295,10 +316,16 @@ def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
             raise InputError(f"{path}: the file is empty; expected a header line with column names.")
         yield 1, header
         width = len(header)
-        for line_number, row in enumerate(reader, start=2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            yield line_number, row + [""] * (width - len(row))
+        line_number = reader.line_num + 1
+        for row in reader:
+            if any("\n" in cell or "\r" in cell for cell in row):
+                # A quote opened and never closed swallows the following lines into one cell: ids, taxonomy
+                # and barcodes never span lines, so say where instead of indexing a 50,000-character name.
+                raise InputError(f"{path}: line {line_number}: a quoted field runs over the following lines (to "
+                                 f"line {reader.line_num}); is a '\"' left unclosed? Fix or remove the quote.")
+            if row and not (len(row) == 1 and not row[0].strip()):
+                yield line_number, row + [""] * (width - len(row))
+            line_number = reader.line_num + 1
 
 
 PARQUET_BATCH_ROWS = 8192
@@ -418,9 +445,9 @@ def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: 
     """Yield a :class:`RawRecord` (id, taxonomy, BIN, raw sequence, location, marker) from any supported file."""
     kind = sniff_format(path)
     if kind == "fasta":
-        yield from _read_fasta(path)
+        yield from guarded(path, _read_fasta(path))
     else:
-        yield from _read_table(path, id_column, sequence_column)
+        yield from guarded(path, _read_table(path, id_column, sequence_column))
 
 
 def wanted_marker(marker: str | None) -> str | None:

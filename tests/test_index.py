@@ -14,6 +14,7 @@ from clibd_cli.align import CONVENTIONAL
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.index import MANIFEST, RECORDS_DB, ReferenceIndex, exact_knn
+from clibd_cli.indexdir import LOCK
 from clibd_cli.sequences import RANKS
 
 
@@ -36,19 +37,21 @@ def test_round_trip(tmp_path, records, encoder):
     built = ReferenceIndex.from_records(records, encoder)
     target = tmp_path / "idx"
     assert built.save(target) == target
-    assert sorted(p.name for p in target.iterdir()) == ["dna.hnsw", MANIFEST, RECORDS_DB]
+    assert sorted(p.name for p in target.iterdir()) == [LOCK, "gen-000001", MANIFEST]
+    assert sorted(p.name for p in (target / "gen-000001").iterdir()) == ["dna.hnsw", RECORDS_DB]
     loaded = ReferenceIndex.load(target)
     assert loaded.size == len(records) == 108
     assert loaded.fingerprint == built.fingerprint
     assert loaded.encoder_fingerprint == encoder.fingerprint
     assert loaded.encoder().fingerprint == encoder.fingerprint
     stored = json.loads((target / MANIFEST).read_text())
-    assert stored["format_version"] == 3 and list(stored["parts"]) == ["dna"]
+    assert stored["format_version"] == 4 and list(stored["parts"]) == ["dna"]
+    assert stored["records"] == f"gen-000001/{RECORDS_DB}"
     manifest = stored["parts"]["dna"]
     counts = manifest["counts"]
     assert {rank: counts[rank] for rank in ("records", *RANKS)} == \
         {"records": 108, "order": 2, "family": 4, "genus": 12, "species": 36}
-    assert manifest["file"] == "dna.hnsw"
+    assert manifest["file"] == "gen-000001/dna.hnsw"
     assert counts["vectors"] == len(loaded.vectors()) <= 108
     assert manifest["thresholds"] == CONVENTIONAL  # barcodes are called on identity until calibrated
     assert list(loaded.labels.record_id) == [r.id for r in records]
@@ -166,11 +169,11 @@ def test_append(tmp_path, records, encoder):
 def test_append_rejects_duplicate_ids(tmp_path, records, encoder):
     target = tmp_path / "idx"
     ReferenceIndex.from_records(records[:60], encoder).save(target)
-    before = (target / RECORDS_DB).read_bytes()
+    before = (target / "gen-000001" / RECORDS_DB).read_bytes()
     loaded = ReferenceIndex.load(target)
     with pytest.raises(InputError, match=rf"id '{records[10].id}' is already in the index"):
         loaded.appended([*records[60:70], records[10]], encoder)
-    assert (target / RECORDS_DB).read_bytes() == before
+    assert (target / "gen-000001" / RECORDS_DB).read_bytes() == before
     assert ReferenceIndex.load(target).size == 60
 
 
@@ -223,7 +226,10 @@ def test_save_into_empty_existing_directory(tmp_path, records, encoder):
 def test_failed_save_leaves_nothing_behind(tmp_path, records, encoder, monkeypatch):
     target = tmp_path / "idx"
     ReferenceIndex.from_records(records[:20], encoder).save(target)
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    def files():
+        return {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    before = files()
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -231,7 +237,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, records, encoder, monkeypat
     monkeypatch.setattr(index_module, "_build_graph", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ReferenceIndex.from_records(records, encoder).save(target, force=True)
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert files() == before
     with pytest.raises(RuntimeError):
         ReferenceIndex.from_records(records, encoder).save(tmp_path / "new")
     assert not (tmp_path / "new").exists()
@@ -247,7 +253,7 @@ def test_thresholds_saved_in_manifest(tmp_path, records, encoder):
     again = ReferenceIndex.load(tmp_path / "idx")
     assert again.thresholds == thresholds
     assert again.manifest["calibration"] == {"method": "test"}
-    assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".") and p.name != LOCK]
 
 
 def test_load_errors(tmp_path, records, encoder):
@@ -281,12 +287,12 @@ def test_load_errors(tmp_path, records, encoder):
         ReferenceIndex.load(count)
 
     graph = broken_copy("graph")
-    (graph / "dna.hnsw").unlink()
+    (graph / "gen-000001" / "dna.hnsw").unlink()
     with pytest.raises(InputError, match=r"dna\.hnsw is missing"):
         ReferenceIndex.load(graph)
 
     db = broken_copy("db")
-    (db / RECORDS_DB).unlink()
+    (db / "gen-000001" / RECORDS_DB).unlink()
     with pytest.raises(InputError, match="missing"):
         ReferenceIndex.load(db)
 

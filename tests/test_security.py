@@ -223,8 +223,8 @@ def test_index_file_outside_the_folder_is_refused(small_index, tmp_path, target)
     shutil.copytree(source, index)
     if target == "other_index_graph":  # a valid graph from elsewhere: the old code loaded it and answered
         (tmp_path / "elsewhere").mkdir()
-        shutil.copyfile(source / "dna.hnsw", tmp_path / "elsewhere" / "dna.hnsw")
-        target = "../elsewhere/dna.hnsw"
+        shutil.copyfile(source / "gen-000001" / "dna.hnsw", tmp_path / "elsewhere" / "dna.hnsw")
+        target = "../../elsewhere/dna.hnsw"
     manifest = json.loads((index / "index.json").read_text())
     manifest["parts"]["dna"]["file"] = target
     (index / "index.json").write_text(json.dumps(manifest))

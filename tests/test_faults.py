@@ -1,0 +1,215 @@
+"""Fault suite, index integrity (issue 10, items 4–5): one writer at a time, one atomic switch.
+
+4. Writers (`build-index`, `--append`, `calibrate`) take the index's lock: a second writer waits, says so,
+   and both writes land (two concurrent appends used to leave one of them lost).
+5. An index changes by writing a new generation folder and replacing `index.json` once: a writer killed at
+   any moment leaves the previous index usable, and the next write removes what killed writers left
+   behind, never a file clibd did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_reference, write_fasta
+
+from clibd_cli.index import MANIFEST, ReferenceIndex
+from clibd_cli.indexdir import LOCK, generations, writing
+
+
+def clibd(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clibd_cli.app", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    """A base reference and two more batches of records with distinct ids."""
+    folder = tmp_path_factory.mktemp("faults")
+    specimens = make_reference(seed=31, orders=2, families=2, genera=3, species=3, specimens=4, id_prefix="FLT")
+    thirds = len(specimens) // 3
+    parts = specimens[:thirds], specimens[thirds : 2 * thirds], specimens[2 * thirds :]
+    return [write_fasta(folder / f"part{i}.fasta", part) for i, part in enumerate(parts)], [len(p) for p in parts]
+
+
+def build(index: Path, fasta: Path, *extra) -> None:
+    done = clibd("build-index", "-b", fasta, "-o", index, "--no-calibrate", *extra)
+    _out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+
+
+def test_second_writer_waits_for_the_lock_and_both_appends_land(tmp_path, batches):
+    (base, first, second), sizes = batches
+    index = tmp_path / "idx"
+    build(index, base)
+    with writing(index):  # another writer holds the index
+        waiting = clibd("build-index", "-b", first, "-o", index, "--append", "--no-calibrate")
+        time.sleep(8)  # without the lock, this tiny append finishes in ~3 s
+        assert waiting.poll() is None, "the second writer did not wait for the lock"
+        assert ReferenceIndex.load(index).size == sizes[0]
+    _out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert "another clibd is writing this index; waiting" in " ".join(err.split())
+    # an append and a calibration started together: both land (calibrate used to write a stale manifest)
+    racing = [clibd("build-index", "-b", second, "-o", index, "--append", "--no-calibrate"),
+              clibd("calibrate", "-i", index, "--sample", "20")]
+    for process in racing:
+        _out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    loaded = ReferenceIndex.load(index)
+    assert loaded.size == sum(sizes)
+    assert len({r.id for r in loaded.records()}) == sum(sizes)
+
+
+def test_calibration_refuses_to_overwrite_an_index_changed_under_it(tmp_path, batches):
+    (base, first, _), sizes = batches
+    index = tmp_path / "idx"
+    build(index, base)
+    stale = ReferenceIndex.load(index)
+    build(index, first, "--append")
+    stale.set_thresholds({"order": 0.8, "family": 0.85, "genus": 0.9, "species": 0.95}, {"method": "test"})
+    with pytest.raises(Exception, match="the index changed while this command ran"):
+        stale.save_manifest()
+    assert ReferenceIndex.load(index).size == sizes[0] + sizes[1]
+
+
+def test_a_failed_switch_keeps_the_previous_index(tmp_path, batches, monkeypatch):
+    (base, first, _), sizes = batches
+    index = tmp_path / "idx"
+    build(index, base)
+    before = (index / MANIFEST).read_text()
+    loaded = ReferenceIndex.load(index)
+    import clibd_cli.indexdir as indexdir
+
+    real_replace = os.replace
+
+    def killed_at_switch(src, dst):
+        if Path(dst).name == MANIFEST:
+            raise KeyboardInterrupt  # the moment between writing the generation and switching to it
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(indexdir.os, "replace", killed_at_switch)
+    from clibd_cli.sequences import read_sequences
+
+    with pytest.raises(KeyboardInterrupt):
+        loaded.appended(read_sequences([first]).records, loaded.encoder()).save(index, force=True)
+    monkeypatch.setattr(indexdir.os, "replace", real_replace)
+    assert (index / MANIFEST).read_text() == before
+    assert ReferenceIndex.load(index).size == sizes[0]
+    # the next write removes the orphaned generation and the killed writer's temporary files
+    (index / "notes.txt").write_text("mine")  # a file clibd did not write
+    (index / ".gen-000042.tmp-12345").mkdir()
+    build(index, first, "--append")
+    assert ReferenceIndex.load(index).size == sizes[0] + sizes[1]
+    assert (index / "notes.txt").read_text() == "mine"
+    names = sorted(p.name for p in index.iterdir())
+    assert names == sorted([LOCK, MANIFEST, "notes.txt", *generations(index)]) and len(generations(index)) == 2
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_kill_during_force_rebuild_leaves_a_usable_index(tmp_path, batches, delay):
+    """kill -9 at several moments of `build-index --force`: the index answers, old or new, never half."""
+    (base, first, second), sizes = batches
+    index = tmp_path / "idx"
+    build(index, base)
+    combined = tmp_path / "all.fasta"
+    combined.write_text(first.read_text() + second.read_text())
+    process = clibd("build-index", "-b", combined, "-o", index, "--force", "--calibrate")
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    size = ReferenceIndex.load(index).size
+    assert size in (sizes[0], sizes[1] + sizes[2])
+    found = clibd("match", first, "-i", index, "-o", tmp_path / "m.csv")
+    assert found.communicate(timeout=300) and found.returncode == 0
+    assert json.loads((index / MANIFEST).read_text())["format_version"] == 4
+
+
+# ------------------------------------------------------------------- bad input: one line, exit 2
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result, *mentions: str) -> str:
+    assert result.exit_code == 2, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for mention in mentions:
+        assert mention in lines[0], (mention, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory):
+    """~230 KB of FASTA: damage past the first 64 KB is only met while reading, not when the file is opened."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    specimens = make_reference(seed=32, orders=2, families=2, genera=3, species=4, specimens=8, id_prefix="BAD")
+    return write_fasta(folder / "queries.fasta", specimens), specimens
+
+
+def test_damaged_gzip_is_one_line(tmp_path, queries):
+    import gzip
+
+    fasta, _ = queries
+    data = gzip.compress(fasta.read_bytes())
+    truncated = tmp_path / "truncated.fasta.gz"
+    truncated.write_bytes(data[: int(len(data) * 0.9)])
+    one_error_line(invoke("match", truncated, "-i", fasta, "-o", tmp_path / "a.csv"), "truncated.fasta.gz",
+                   "damaged or incomplete")
+    corrupt = tmp_path / "crc.fasta.gz"
+    corrupt.write_bytes(data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:])  # the CRC-32 of the trailer
+    one_error_line(invoke("match", corrupt, "-i", fasta, "-o", tmp_path / "b.csv"), "crc.fasta.gz",
+                   "damaged or incomplete")
+
+
+def test_bytes_that_are_not_utf8_are_refused_wherever_they_are(tmp_path, queries):
+    fasta, _ = queries
+    text = fasta.read_bytes()
+    late = tmp_path / "latin1.fasta"
+    cut = text.index(b"\n>", 150_000) + 2
+    late.write_bytes(text[:cut] + "Ä".encode("latin-1") + text[cut:])
+    one_error_line(invoke("match", late, "-i", fasta, "-o", tmp_path / "o.csv"), "latin1.fasta", "not UTF-8")
+
+
+def test_a_fasta_with_a_byte_order_mark_is_read_as_fasta(tmp_path, queries):
+    fasta, specimens = queries
+    bom = tmp_path / "bom.fasta"
+    bom.write_bytes(b"\xef\xbb\xbf" + fasta.read_bytes())
+    result = invoke("match", bom, "-i", fasta, "-o", tmp_path / "o.csv", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "o.csv").open()))
+    assert [row["query_id"] for row in rows] == [s.id for s in specimens]
+
+
+def test_an_unclosed_quote_in_a_table_is_reported_with_its_line(tmp_path, queries):
+    _, specimens = queries
+    table = tmp_path / "ref.tsv"
+    lines = ["processid\torder_name\tfamily_name\tgenus_name\tspecies_name\tnucleotides"]
+    for i, s in enumerate(specimens[:40]):
+        species = '"' + s.species if i == 3 else s.species  # a stray quote opens a field that never closes
+        lines.append(f"{s.id}\t{s.order}\t{s.family}\t{s.genus}\t{species}\t{s.sequence}")
+    table.write_text("\n".join(lines) + "\n")
+    one_error_line(invoke("build-index", "-b", table, "-o", tmp_path / "idx"), "ref.tsv", "line 5",
+                   "unclosed")
+    assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize("k", ["0", "-3", "20"])
+def test_kmer_out_of_range_is_a_usage_error(tmp_path, queries, k):
+    fasta, _ = queries
+    result = invoke("match", fasta, "-i", fasta, "--kmer", k, "-o", tmp_path / "o.csv")
+    assert result.exit_code == 2 and "--kmer" in result.output and not (tmp_path / "o.csv").exists()
