@@ -51,8 +51,89 @@ def user_errors(func):
         except KeyboardInterrupt:
             _stderr().print("[yellow]interrupted[/yellow]: finished rows were kept; rerun with --resume.")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # `clibd match q.fasta | head`: the reader has all it wants.  Stop like a Unix tool killed by
+            # SIGPIPE (status 141, no message); the writers were closed on the way out, so files are complete.
+            _silence_stdout()
+            raise typer.Exit(141) from None
+        except ModuleNotFoundError as exc:
+            message = _missing_extra(exc, func.__name__)
+            if message is None:
+                raise  # a module clibd itself should have: a bug or a broken install, keep the traceback
+            _error_line(message)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            message = _environment_error(exc)
+            if message is None:
+                raise
+            _error_line(message)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    _stderr().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, markup=True)
+
+
+# Optional dependencies by the top-level module that needs them, and the pyproject extra installing them.
+_EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "timm": "train", "transformers": "train",
+                    "h5py": "train", "yaml": "train", "tensorboard": "train", "onnx": "export",
+                    "onnxscript": "export", "matplotlib": "plots", "pyarrow": "parquet"}
+# Commands needing several extras: a checkpoint is read with PyTorch and written as ONNX.
+_COMMAND_EXTRAS = {"export": ("train", "export"), "evaluate": ("train", "export")}
+
+
+def _missing_extra(exc: ModuleNotFoundError, function: str) -> str | None:
+    """The line saying which extra to install, when ``exc`` is an optional dependency; None otherwise.
+
+    `pip install clibd` leaves out torch and the rest on purpose (identification needs none of it), so a
+    40-line traceback ending in "No module named 'torch'" is what every new user of `train` would see.
+    """
+    module = (exc.name or "").partition(".")[0]
+    extra = _EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    command = function.removesuffix("_command").replace("_", "-")
+    wanted = _COMMAND_EXTRAS.get(command, ())
+    names = wanted if extra in wanted else (extra,)
+    what = " and ".join(f"'{name}'" for name in names) + (" extras" if len(names) > 1 else " extra")
+    extras = ",".join(names)
+    return (f"'clibd {command}' needs {module}, which is not installed ({exc}). Install the {what}: "
+            f"pip install 'clibd[{extras}]' (in a clone: pip install -e '.[{extras}]').")
+
+
+def _environment_error(exc: OSError) -> str | None:
+    """One line for a file-system refusal (no permission, read-only, disk full); None for other OSErrors.
+
+    These are the machine's state, not bugs.  Rows already written were flushed and the writers closed on
+    the way out, so the line says so and how to continue.
+    """
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}{reason}. Check the permissions of the file and its folder, or choose another path "
+                "(-o for outputs).")
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+        return (f"{where}{reason} while writing. What was written before is kept: free some space or choose "
+                "another -o, then rerun (match and classify continue with --resume).")
+    return None
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, as Python's documentation advises after EPIPE, so the
+    interpreter's last flush of buffered rows does not fail again and print "Exception ignored"."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (tests capture stdout in memory)
+        pass
 
 
 def _version(value: bool) -> None:
@@ -988,8 +1069,21 @@ def split_command(
     Console().print(table)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (`kill`, `docker stop`, a scheduler's time limit) stops a run the way Ctrl-C does: as a
+    KeyboardInterrupt, so the writers close, finished rows stay, JSON ends valid and --resume continues.
+    A second SIGTERM is ignored so it cannot cut that clean-up short (SIGKILL still ends the process)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -5,9 +5,11 @@ folders, shell patterns, or a table (BIOSCAN-1M/5M metadata, a spreadsheet expor
 with specimen ids and taxonomy.  A folder is walked recursively and keeps only :data:`IMAGE_EXTENSIONS`
 (the formats pillow decodes that cameras, microscopes and scanners write), skipping hidden files and
 folders (``.DS_Store``, ``.thumbnails``) and sorting so that two runs list the same photos in the same
-order.  A file named directly is kept whatever its extension: the user asked for it, so if it is no
-image the report says so in an error row instead of it silently vanishing.  Nothing is decoded here;
-a missing file listed in a table is reported later, per photo, like any other undecodable one.
+order.  A symbolic link whose target is missing is reported, not skipped: a link into an unmounted
+card or a moved folder is how photos go missing unnoticed.  A file named directly is kept whatever its
+extension: the user asked for it, so if it is no image the report says so in an error row instead of
+it silently vanishing.  Nothing is decoded here; a missing file listed in a table is reported later,
+per photo, like any other undecodable one.
 
 Ids are what report rows are keyed by, so they are short and stable: the path relative to the folder
 given (``sp1/IMG_0001.jpg``), the path as given for files and pattern matches, and the id column of a
@@ -164,17 +166,38 @@ def _walk(folder: Path, problems: list[PhotoProblem], label: str) -> list[PurePa
             try:
                 is_dir = entry.is_dir()
                 is_file = not is_dir and entry.is_file()
+                broken = not is_dir and not is_file and entry.is_symlink()
             except OSError as exc:
                 problems.append(PhotoProblem((relative / entry.name).as_posix(), entry.path,
                                              f"cannot read folder: {exc}"))
                 continue
-            if is_dir:
+            if broken:
+                _broken_link(entry, (relative / entry.name).as_posix(), problems)
+            elif is_dir:
                 visit(Path(entry.path), relative / entry.name)
             elif is_file and has_image_extension(entry.name):
                 found.append(relative / entry.name)
 
     visit(folder, PurePath())
     return found  # entries are sorted per folder, so this is sorted tree order
+
+
+def _broken_link(entry: os.DirEntry, problem_id: str, problems: list[PhotoProblem]) -> None:
+    """Report a symbolic link whose target is missing, unless it visibly named a file that is no photo.
+
+    Skipping such a link silently would drop photos without a trace: a link into an unmounted card or a
+    moved folder is exactly how photos go missing.  The target's name decides what it was: an image file
+    or a name without an extension (possibly a folder of photos) becomes a problem, hence an error row;
+    ``notes.txt`` is skipped like the real ``notes.txt`` would be.
+    """
+    try:
+        target = os.readlink(entry.path)
+    except OSError:
+        target = ""
+    if not (has_image_extension(entry.name) or has_image_extension(target) or not os.path.splitext(target)[1]):
+        return
+    problems.append(PhotoProblem(problem_id, entry.path, f"{entry.path}: broken symbolic link: its target "
+                                 f"{target or '(unreadable)'} does not exist. Fix or remove the link."))
 
 
 def _folder_group(relative: PurePath, top: str) -> str:
@@ -255,9 +278,10 @@ def collect_photos(inputs: Sequence[str | Path], *, manifest: Path | None = None
     its extension; a pattern (``*``, ``?``, ``[``) is expanded with :func:`glob.glob` (``**`` recursive),
     keeping matched files with an image extension and walking matched folders.  ``group_by`` is
     ``"folder"`` (the photo's folder relative to the folder given, or the folder given for photos at its
-    top) or, with a manifest, one of its columns.  Unreadable folders (and manifest rows naming no file)
-    come back as :class:`PhotoProblem`; a path that does not exist, a pattern matching nothing, a
-    manifest without an image column and an unknown ``group_by`` raise :class:`InputError`.
+    top) or, with a manifest, one of its columns.  Unreadable folders, broken symbolic links met in a
+    folder (see :func:`_broken_link`) and manifest rows naming no file come back as
+    :class:`PhotoProblem`; a path that does not exist, a pattern matching nothing, a manifest without an
+    image column and an unknown ``group_by`` raise :class:`InputError`.
     """
     if group_by is not None and manifest is None and group_by != GROUP_BY_FOLDER:
         raise InputError(f"--group-by {group_by!r}: without a manifest photos can only be grouped by "

@@ -8,7 +8,8 @@ and normalisation live here (numpy + pillow, no torch) and both the field runtim
 Decoding (:func:`load_image`) is defensive because field photos come from anywhere: EXIF orientation is
 applied (camera phones store portrait shots sideways), transparency is composited on white, palette,
 16-bit and CMYK images are converted to 8-bit RGB properly (PIL's plain ``convert`` clips 16-bit data),
-decompression bombs are refused, and every failure becomes an :class:`ImageError` naming the file.
+decompression bombs and aspect-ratio bombs (:data:`MAX_ASPECT_RATIO`) are refused, and every failure
+becomes an :class:`ImageError` naming the file.
 
 The geometry follows torchvision's ``Resize(int)`` + ``CenterCrop`` on PIL images exactly (same output
 size rounding, same crop offsets, PIL's antialiased resampling), so a PIL-based evaluation pipeline and
@@ -50,6 +51,14 @@ CROPS: tuple[str, ...] = ("center",)
 # 6.2 Mpx) and far below what would exhaust memory.  Read at import so a caller changing PIL's global
 # afterwards does not silently change ours.
 DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+# The pixel count does not bound memory on its own: the evaluation transform resizes the short side to
+# ``resize`` before the centre crop, so the resized image has resize² × (long side / short side) pixels.
+# A 1 × 2,000,000 PNG (3.9 KB on disk, 2 Mpx) would become 256 × 512,000,000 (~500 GB): MemoryError and
+# the whole run lost.  At this bound the resized image stays under 256 × 5,120 (5 MB), and the long side
+# under √(DEFAULT_MAX_PIXELS × 20) ≈ 42,000 px.  No photo of a specimen is that elongated (BIOSCAN's are
+# 4:3, a stitched panorama about 4:1), and a centre crop would keep under 5 % of such an image anyway.
+MAX_ASPECT_RATIO: float = 20.0
 
 # JPEG draft decoding (DCT-domain downscaling by 1/2, 1/4 or 1/8) is only used while the decoded short
 # side stays at least this many times the resize target, so the final antialiased resize still does a
@@ -159,12 +168,31 @@ def _open(source: ImageSource, label: str) -> Image.Image:
         return Image.open(io.BytesIO(bytes(source)))
     path = Path(os.fspath(source))
     if not path.exists():
+        if path.is_symlink():
+            raise ImageError(f"{label}: broken symbolic link: its target {os.readlink(path)} does not exist. "
+                             "Fix or remove the link.")
         raise ImageError(f"{label}: no such image file. Check the path.")
     if path.is_dir():
         raise ImageError(f"{label}: is a folder, expected an image file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{label}: the image file is empty (0 bytes).")
     return Image.open(path)
+
+
+def check_shape(width: int, height: int, label: str) -> None:
+    """Refuse an image more elongated than :data:`MAX_ASPECT_RATIO` before anything is resized.
+
+    Checked on the header, before decoding, so an aspect-ratio bomb costs no memory; the error names the
+    file, and callers that go on past bad photos (classify, embed) make it an error row.
+    """
+    long_side, short_side = max(width, height), max(min(width, height), 1)
+    if long_side > MAX_ASPECT_RATIO * short_side:
+        ratio = long_side / short_side
+        shown = f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.1f}"
+        raise ImageError(
+            f"{label}: {width:,}×{height:,} pixels is {shown}:1, more elongated than the "
+            f"{MAX_ASPECT_RATIO:g}:1 clibd accepts (possible aspect-ratio bomb: resizing it for the model would "
+            "need memory in proportion, and the centre crop would keep a sliver of it). Crop it to the specimen.")
 
 
 def _draft(image: Image.Image, min_side: int) -> None:
@@ -236,7 +264,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
     ``name`` labels error messages (e.g. a record id for HDF5 blobs).  ``draft_min_side`` allows JPEGs
     to be decoded at reduced scale as long as both sides stay ≥ that many pixels (see
     :func:`preprocess_image`).  Raises :class:`ImageError` (an :class:`InputError`) naming the file for
-    missing, empty, non-image, truncated or corrupt data and for images over ``max_pixels``.
+    missing, empty, non-image, truncated or corrupt data, for images over ``max_pixels`` and for images
+    more elongated than :data:`MAX_ASPECT_RATIO`.
     ``max_pixels`` can only lower PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, which PIL enforces
     while reading the header); raising it needs that global raised too.
     """
@@ -254,6 +283,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
                         f"{label}: {width}×{height} = {width * height:,} pixels exceeds the limit of "
                         f"{max_pixels:,} (possible decompression bomb). Downscale it, or raise max_pixels "
                         "if it is a genuine photo.")
+                check_shape(width, height, label)
                 if draft_min_side:
                     _draft(image, draft_min_side)
                 image.load()
@@ -333,8 +363,10 @@ def preprocess_image(image: Image.Image | ImageSource, spec: ImagePreprocessing 
     """
     if not isinstance(image, Image.Image):
         image = load_image(image, max_pixels, name=name, draft_min_side=round(DRAFT_MARGIN * spec.resize))
-    elif image.mode != "RGB":
-        image = to_rgb(image)
+    else:
+        check_shape(*image.size, name or "image")
+        if image.mode != "RGB":
+            image = to_rgb(image)
     image = resize_short_side(image, spec.resize, spec.interpolation)
     image = center_crop(image, spec.size)
     return image_to_array(image, spec)
