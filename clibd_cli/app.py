@@ -440,10 +440,10 @@ def match(
         raise ClibdError(f"--thresholds {thresholds_from!r}: use calibrated or conventional.")
     overrides = _parse_thresholds(threshold)
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
-    report.check_output(output, resume=resume, force=force)
+    report.check_output(output, resume=resume, force=force, inputs=[*queries, index_path], others=[hits])
     hits_fmt = report.choose_format(None, hits, False) if hits else None
     if hits is not None:
-        report.check_output(hits, resume=resume, force=force)
+        report.check_output(hits, resume=resume, force=force, inputs=[*queries, index_path])
     from clibd_cli.sequences import QCConfig, SequenceStream
 
     stream = SequenceStream(queries, id_column=id_column, sequence_column=sequence_column,
@@ -467,7 +467,13 @@ def match(
             "index": str(index_path), "thresholds": thresholds, "thresholds_from": provenance,
             "overrides": overrides, "score": "alignment identity over the overlap (fraction)",
             "neighbours": neighbours, "candidates": candidates}
-    writer = report.RowWriter(output, fmt, report.MATCH_COLUMNS, info, previous=previous)
+    identity = {k: info[k] for k in ("encoder_fingerprint", "index_fingerprint", "thresholds", "neighbours",
+                                     "candidates")}
+    if resume:
+        report.check_same_run(output, identity)
+        if hits is not None:
+            report.prune_hits(hits, hits_fmt, done)
+    writer = report.RowWriter(output, fmt, report.MATCH_COLUMNS, info, previous=previous, identity=identity)
     hit_writer = report.RowWriter(hits, hits_fmt, report.MATCH_HIT_COLUMNS, append=resume) if hits else None
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                            batch_size=batch_size, threads=threads, candidates=candidates)
@@ -487,21 +493,27 @@ def match(
 
 def _write_results(results, writer, hit_writer) -> dict[str, int]:
     """Stream result rows (and their hits) to the writers; counts per status.  Writers are closed even on
-    an interruption, so every finished row stays on disk for --resume."""
+    an interruption, so every finished row stays on disk for --resume.  A query's hits are flushed before
+    its row: a row on disk means its hits are too (--resume drops hits of queries without a row)."""
     from rich.console import Console
 
     counts: dict[str, int] = {}
+    failed = True
     try:
         for result in results:
-            writer.write(result.row)
             if hit_writer is not None:
                 for hit in result.hits:
                     hit_writer.write(hit, flush=False)
+                hit_writer.flush()
+            writer.write(result.row)
             counts[result.row["status"]] = counts.get(result.row["status"], 0) + 1
-    finally:
-        writer.close(Console(highlight=False))
-        if hit_writer is not None:
-            hit_writer.close()
+        failed = False
+    finally:  # failed (an error or an interruption): rows written stay; no file is created for none
+        try:
+            writer.close(Console(highlight=False), failed=failed)
+        finally:
+            if hit_writer is not None:
+                hit_writer.close(failed=failed)
     return counts
 
 
@@ -550,9 +562,10 @@ def classify(
         raise ClibdError("no photos given: pass files, folders or patterns, or --manifest.")
     overrides = _parse_thresholds(threshold)
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
-    report.check_output(output, resume=resume, force=force)
+    inputs = [*(Path(p) for p in photos or []), *([manifest] if manifest else []), index_path]
+    report.check_output(output, resume=resume, force=force, inputs=inputs, others=[hits])
     if hits is not None:
-        report.check_output(hits, resume=resume, force=force)
+        report.check_output(hits, resume=resume, force=force, inputs=inputs)
     found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by)
     bundle = _bundle(model, device, int8, threads)
     bundle.check("image")
@@ -575,9 +588,15 @@ def classify(
             "index": str(index_path), "against": against, "neighbours": neighbours,
             "thresholds": {m: ref.thresholds for m, ref in refs.items()},
             "calibrated": {m: ref.calibrated for m, ref in refs.items()}}
-    writer = report.RowWriter(output, fmt, CLASSIFY_COLUMNS, info, previous=previous)
-    hit_writer = report.RowWriter(hits, report.choose_format(None, hits, False), [*report.HIT_COLUMNS, "against"],
-                                  append=resume) if hits else None
+    identity = {"model_fingerprint": bundle.fingerprint, "against": against, "neighbours": neighbours,
+                "thresholds": info["thresholds"], "index_fingerprints": {m: p.fingerprint for m, p in parts.items()}}
+    hits_fmt = report.choose_format(None, hits, False) if hits else None
+    if resume:
+        report.check_same_run(output, identity)
+        if hits is not None:
+            report.prune_hits(hits, hits_fmt, done)
+    writer = report.RowWriter(output, fmt, CLASSIFY_COLUMNS, info, previous=previous, identity=identity)
+    hit_writer = report.RowWriter(hits, hits_fmt, [*report.HIT_COLUMNS, "against"], append=resume) if hits else None
     options = ClassifyOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                               batch_size=batch_size, threads=threads, against=against, workers=workers,
                               group=group_by is not None)

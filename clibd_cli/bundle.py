@@ -29,8 +29,6 @@ used, so inference sees inputs made exactly as in training.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from clibd_cli.atomic import read_json, write_json
+from clibd_cli.checksums import MANIFEST_CHECKSUM, manifest_checksum, sha256_file
 from clibd_cli.confine import confined
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
@@ -48,7 +47,6 @@ from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
 MANIFEST = "clibd-model.json"
 FORMAT = "clibd-model"
 FORMAT_VERSION = 2  # 2: the manifest carries MANIFEST_CHECKSUM over its own content
-MANIFEST_CHECKSUM = "manifest_sha256"
 MODALITIES: tuple[str, ...] = ("image", "dna", "text")
 TEXT_TEMPLATE = "{order} {family} {genus} {species}"
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -57,25 +55,6 @@ DEFAULT_BATCH = {"image": 32, "dna": 256, "text": 512}
 
 class BundleError(InputError):
     """A model bundle is missing, of another format version, or fails its checksums."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (bundles hold files of hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest_checksum(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no spaces) without its own checksum field.
-
-    Canonical, so re-indenting or reordering the file changes nothing, while any changed value does.
-    """
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:

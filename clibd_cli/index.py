@@ -43,6 +43,7 @@ import numpy as np
 from clibd_cli import __version__
 from clibd_cli.align import CONVENTIONAL, base_codes
 from clibd_cli.atomic import read_json
+from clibd_cli.checksums import MANIFEST_CHECKSUM, manifest_checksum, sha256_file
 from clibd_cli.confine import confined
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
@@ -407,6 +408,7 @@ class ReferenceIndex:
             raise InputError(f"{directory}: holds no {modality} references (it has: {', '.join(parts) or 'none'}). "
                              f"Add them with 'clibd build-index --append'.")
         manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **parts[modality]}
+        _verify(_records_file(directory, manifest), stored.get("records_sha256"), directory)
         labels = _labels_from_db(_records_file(directory, manifest), modality)
         if len(labels.record_id) != manifest["counts"]["records"]:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
@@ -414,11 +416,15 @@ class ReferenceIndex:
         file = _part_file(directory, manifest)
         if not file.exists():
             raise InputError(f"{directory}: {manifest['file']} is missing. Rebuild the index.")
+        _verify(file, manifest.get("sha256"), directory)  # hnswlib crashes on a damaged file: check first
         graph = _hnsw().Index(space="ip", dim=int(manifest["encoder"]["dim"]))
         try:
             graph.load_index(str(file))
         except RuntimeError as exc:
             raise InputError(f"{file}: cannot be loaded ({exc}). Rebuild the index.") from exc
+        if graph.get_current_count() != manifest["counts"]["vectors"]:
+            raise InputError(f"{file}: holds {graph.get_current_count()} vectors but the manifest says "
+                             f"{manifest['counts']['vectors']}. Rebuild the index.")
         return cls(manifest, labels, graph=graph, path=directory)
 
     def set_thresholds(self, thresholds: dict[str, float], calibration: dict) -> None:
@@ -452,11 +458,22 @@ def _read_manifest(directory: Path) -> dict:
     if not manifest_path.exists():
         raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
     manifest = read_json(manifest_path, InputError, "Rebuild the index.")
-    version = manifest.get("format_version")
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version not in READABLE_VERSIONS or not isinstance(manifest.get("parts"), dict):
         raise InputError(f"{directory}: index format version {version}, this clibd reads "
                          f"{FORMAT_VERSION}. Rebuild the index with this version.")
+    if version >= 4 and manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        raise InputError(f"{manifest_path}: was modified by hand (its {MANIFEST_CHECKSUM} does not match its "
+                         "content), so its thresholds and counts cannot be trusted. Change thresholds with "
+                         "'clibd calibrate' or --threshold; otherwise rebuild the index.")
     return manifest
+
+
+def _verify(path: Path, expected: str | None, directory: Path) -> None:
+    """Refuse a data file whose sha256 differs from the manifest's (format 3 indexes have none)."""
+    if expected is not None and path.exists() and sha256_file(path) != expected:
+        raise InputError(f"{path}: does not match the checksum in {directory / MANIFEST} (damaged, or copied "
+                         "from another index). Rebuild the index.")
 
 
 def _part_file(directory: Path, manifest: dict) -> Path:
@@ -502,6 +519,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                 db.commit()
             finally:
                 db.close()
+            stored["records_sha256"] = sha256_file(tmp / RECORDS_DB)
             for part in parts:
                 filename = f"{part.modality}.hnsw"
                 if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
@@ -509,7 +527,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                 else:
                     _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
                 part.manifest.update(file=f"{generation}/{filename}", records=stored["records"],
-                                     format_version=FORMAT_VERSION)
+                                     format_version=FORMAT_VERSION, sha256=sha256_file(tmp / filename))
                 stored["parts"][part.modality] = _part_entry(part.manifest)
         switch(directory, stored)
         keep = {generation}

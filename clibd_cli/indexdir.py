@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from clibd_cli.checksums import sealed
+
 LOCK = ".clibd.lock"
 MANIFEST = "index.json"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
@@ -106,11 +108,12 @@ def new_generation(directory: Path) -> Iterator[tuple[str, Path]]:
 
 
 def switch(directory: Path, manifest: dict) -> None:
-    """Make ``manifest`` the folder's ``index.json`` in one atomic replace (fsynced before and after)."""
+    """Make ``manifest`` the folder's ``index.json`` in one atomic replace (fsynced before and after), sealed
+    with the checksum of its own content (:mod:`clibd_cli.checksums`)."""
     directory = Path(directory)
     tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
-        fh.write(json.dumps(manifest, indent=2) + "\n")
+        fh.write(json.dumps(sealed(manifest), indent=2) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, directory / MANIFEST)

@@ -131,7 +131,7 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
 def _flags(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, index: ReferenceIndex,
            thresholds: dict[str, float]) -> list[str]:
     flags = set(f for f in query.flags if f != "empty")
-    if hits.reverse:
+    if hits.reverse and len(hits.records):  # a strand is only "chosen" when something aligned on it
         flags.add("reverse_complement")
     if len(hits.records):
         if hits.overlap[0] < max(MIN_SPECIES_OVERLAP, LOW_OVERLAP_SHARE * len(query.sequence)) and \

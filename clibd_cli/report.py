@@ -88,10 +88,24 @@ def restore(value: str) -> str:
     return value
 
 
-def check_output(path: Path | None, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing output unless asked; called before any work is done."""
+def check_output(path: Path | None, *, resume: bool, force: bool, inputs: Iterable[Path | str] = (),
+                 others: Iterable[Path | None] = ()) -> None:
+    """Refuse to overwrite an existing output unless asked; called before any work is done.
+
+    ``inputs`` (query and reference files, index folders) and ``others`` (the run's other outputs) must not
+    be the output: ``-o`` naming a query file or ``INDEX/index.json`` with ``--force`` destroyed it, and
+    ``-o`` equal to ``--hits`` interleaved both tables in one file.
+    """
     if path is None:
         return
+    for other in others:
+        if other is not None and _same_file(path, Path(other)):
+            raise InputError(f"{path}: is also given as another output (--hits?); give each output its own file.")
+    for given in inputs:
+        given = Path(given)
+        if _same_file(path, given) or (given.is_dir() and path.resolve().is_relative_to(given.resolve())):
+            raise InputError(f"{path}: is an input of this run ({given}); writing there would destroy it. "
+                             "Choose another -o/--hits path.")
     if path.exists() and path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name for -o.")
     if path.exists() and path.stat().st_size > 0 and not (resume or force):
@@ -99,6 +113,63 @@ def check_output(path: Path | None, *, resume: bool, force: bool) -> None:
                                 "overwrite it.")
     if not path.parent.exists():
         raise InputError(f"{path.parent}: folder does not exist; create it or choose another -o path.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # outputs are created with their first row: say it now, not after the first batch's work
+        raise InputError(f"{path}: cannot be written (permission denied); choose another -o path.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def run_record(path: Path) -> Path:
+    """The file beside an output that records which run wrote it (index, model, thresholds), for --resume."""
+    return path.with_name(f".{path.name}.clibd-run.json")
+
+
+def check_same_run(path: Path | None, identity: dict) -> None:
+    """Refuse to --resume ``path`` with a run whose index, model or thresholds differ from the one that wrote
+    it: the file would hold calls of two runs, indistinguishable row by row."""
+    if path is None or not identity or not path.exists() or path.stat().st_size == 0:
+        return
+    record = run_record(path)
+    try:
+        before = json.loads(record.read_text())["identity"] if record.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        before = None
+    if before is None:
+        return  # written by an older clibd: nothing to compare
+    before, now = json.loads(json.dumps(before)), json.loads(json.dumps(identity))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise InputError(f"{path}: was written by another run ({', '.join(changed)} differ), so --resume would "
+                         "mix their calls. Use another -o, or --force to start again.")
+
+
+def prune_hits(path: Path, fmt: str, done: set[str]) -> None:
+    """Keep only hit rows of queries whose result row is in the output (for --resume).
+
+    Hits are written before their row, so a run killed between the two leaves hits of an unfinished query:
+    it is identified again, and its old hits would otherwise appear twice.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    delimiter = "," if fmt == "csv" else "\t"
+    tmp = path.with_name(f".{path.name}.tmp")
+    with path.open(encoding="utf-8", newline="") as src, tmp.open("w", encoding="utf-8", newline="") as dst:
+        text = src.read()
+        if not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        lines = text.splitlines(keepends=True)
+        if lines:
+            dst.write(lines[0])
+        for line, row in zip(lines[1:], csv.reader(lines[1:], delimiter=delimiter), strict=True):
+            if row and restore(row[0]) in done:
+                dst.write(line)
+    os.replace(tmp, path)
 
 
 def completed_ids(path: Path, fmt: str) -> list[dict]:
@@ -125,22 +196,32 @@ def completed_ids(path: Path, fmt: str) -> list[dict]:
 
 
 class RowWriter:
-    """Streams result rows to a file or stdout in one of :data:`FORMATS`."""
+    """Streams result rows to a file or stdout in one of :data:`FORMATS`.
+
+    The file is created with the first row (or when a run with no rows finishes), never before: a run that
+    fails early (a broken model, an unreadable index) leaves no header-only file that its rerun would refuse
+    as "already exists".  ``identity`` (index, model, thresholds…) is recorded beside the file
+    (:func:`run_record`) so that ``--resume`` can refuse to continue it with another run.
+    """
 
     def __init__(self, path: Path | None, fmt: str, columns: list[str], info: dict | None = None,
-                 previous: Iterable[dict] = (), stream: IO[str] | None = None, append: bool = False) -> None:
+                 previous: Iterable[dict] = (), stream: IO[str] | None = None, append: bool = False,
+                 identity: dict | None = None) -> None:
         """`previous`: rows already in `path` (--resume); `append`: continue `path` even without them."""
         self.path, self.fmt, self.columns, self.info = path, fmt, columns, info or {}
         self.rows_for_table: list[dict] = []
         self._first = True
         self._tmp: Path | None = None
-        previous = list(previous)
-        append = (append or bool(previous)) and path is not None and path.exists() and path.stat().st_size > 0
-        if fmt == "table":
-            self.fh = None
-            return
+        self._previous = list(previous)
+        self._append = (append or bool(self._previous)) and path is not None and path.exists() and \
+            path.stat().st_size > 0
+        self._stream, self._identity = stream, identity
+        self.fh: IO[str] | None = None
+
+    def _open(self) -> None:
+        path, fmt, append = self.path, self.fmt, self._append
         if path is None:
-            self.fh = stream or sys.stdout
+            self.fh = self._stream or sys.stdout
         elif fmt == "json" and append:
             # A JSON array cannot be appended to: rewrite the finished rows, then continue.
             self._tmp = path.with_name(f".{path.name}.tmp")
@@ -151,14 +232,17 @@ class RowWriter:
                 if not data.endswith(b"\n"):
                     os.truncate(path, data.rfind(b"\n") + 1)
             self.fh = path.open("a" if append else "w", encoding="utf-8", newline="")
+        if path is not None and self._identity is not None:
+            record = run_record(path)
+            record.write_text(json.dumps({"identity": self._identity}, indent=1) + "\n")
         if fmt in ("csv", "tsv"):
-            self._csv = csv.DictWriter(self.fh, columns, delimiter="," if fmt == "csv" else "\t",
+            self._csv = csv.DictWriter(self.fh, self.columns, delimiter="," if fmt == "csv" else "\t",
                                        extrasaction="ignore", lineterminator="\n")
             if not append:
                 self._csv.writeheader()
         elif fmt == "json":
             self.fh.write('{"info": ' + json.dumps(self.info) + ',\n "results": [\n')
-            for row in previous:
+            for row in self._previous:
                 self.write(row, flush=False)
         self.fh.flush()
 
@@ -167,6 +251,8 @@ class RowWriter:
         if self.fmt == "table":
             self.rows_for_table.append(clean)
             return
+        if self.fh is None:
+            self._open()
         if self.fmt in SPREADSHEET_FORMATS:
             self._csv.writerow({c: neutralise(v) for c, v in clean.items()})
         elif self.fmt == "jsonl":
@@ -177,11 +263,21 @@ class RowWriter:
         if flush:
             self.fh.flush()
 
-    def close(self, console=None) -> None:
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
+    def close(self, console=None, *, failed: bool = False) -> None:
+        """Finish the output.  ``failed``: the run stopped on an error before finishing; a file that has no
+        row yet is then not created at all."""
         if self.fmt == "table":
             if console is not None:
                 console.print(render_table(self.rows_for_table, self.columns))
             return
+        if self.fh is None:
+            if failed:
+                return
+            self._open()
         if self.fmt == "json":
             self.fh.write("\n ]\n}\n")
         self.fh.flush()

@@ -183,11 +183,11 @@ def test_bad_threshold_option(files):
 def test_append_duplicate_ids_leaves_index_unchanged(files, tmp_path):
     target = tmp_path / "index"
     shutil.copytree(files["index"], target)
-    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    before = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
     again = write_fasta(tmp_path / "again.fasta", files["reference_records"][5:8])
     assert_user_error(invoke("build-index", "-b", again, "-o", target, "--append"),
                       files["reference_records"][5].id, "already in the index")
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
 
 
 # ------------------------------------------------------------------------------------------- end to end

@@ -213,3 +213,134 @@ def test_kmer_out_of_range_is_a_usage_error(tmp_path, queries, k):
     fasta, _ = queries
     result = invoke("match", fasta, "-i", fasta, "--kmer", k, "-o", tmp_path / "o.csv")
     assert result.exit_code == 2 and "--kmer" in result.output and not (tmp_path / "o.csv").exists()
+
+
+# ------------------------------------------------------------------------- outputs and resume
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory, batches):
+    """Two indexes built from different references."""
+    (base, first, _), _ = batches
+    folder = tmp_path_factory.mktemp("indexes")
+    for name, fasta in (("a", base), ("b", first)):
+        build(folder / name, fasta)
+    return folder / "a", folder / "b"
+
+
+def test_outputs_that_would_destroy_inputs_are_refused(tmp_path, queries, indexes):
+    fasta, _ = queries
+    index, _ = indexes
+    copy = tmp_path / "q.fasta"
+    copy.write_bytes(fasta.read_bytes())
+    one_error_line(invoke("match", copy, "-i", index, "-o", copy, "--force"), "is an input of this run")
+    assert copy.read_bytes() == fasta.read_bytes()
+    manifest = (index / MANIFEST).read_text()
+    one_error_line(invoke("match", copy, "-i", index, "-o", index / MANIFEST, "--force"), "is an input of this run")
+    assert (index / MANIFEST).read_text() == manifest
+    one_error_line(invoke("match", copy, "-i", index, "-o", tmp_path / "o.csv", "--hits", tmp_path / "o.csv"),
+                   "another output")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_run_that_fails_before_its_first_row_leaves_no_output(tmp_path, queries, indexes, monkeypatch):
+    import clibd_cli.match as match_module
+    from clibd_cli.errors import ClibdError
+
+    fasta, _ = queries
+    index, _ = indexes
+
+    def broken(*args, **kwargs):
+        raise ClibdError("the DNA encoder failed")  # e.g. a model that loads but cannot run
+        yield
+
+    monkeypatch.setattr(match_module, "identify", broken)
+    one_error_line(invoke("match", fasta, "-i", index, "-o", tmp_path / "t.csv", "--hits", tmp_path / "h.csv"),
+                   "the DNA encoder failed")
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "h.csv").exists()
+
+
+def test_resume_refuses_to_mix_runs(tmp_path, queries, indexes):
+    fasta, _ = queries
+    a, b = indexes
+    out = tmp_path / "o.csv"
+    assert invoke("match", fasta, "-i", a, "-o", out).exit_code == 0
+    before = out.read_bytes()
+    one_error_line(invoke("match", fasta, "-i", b, "-o", out, "--resume"), "written by another run",
+                   "index_fingerprint")
+    one_error_line(invoke("match", fasta, "-i", a, "-o", out, "--resume", "--threshold", "species=0.99"),
+                   "thresholds")
+    assert out.read_bytes() == before
+    assert invoke("match", fasta, "-i", a, "-o", out, "--resume").exit_code == 0  # the same run continues
+
+
+def test_hits_survive_kill_and_resume(tmp_path, indexes):
+    """kill -9 during `match -o --hits`, then --resume: every query has its rows and hits, none twice."""
+    import csv
+
+    index, _ = indexes
+    from dataclasses import replace
+
+    related = make_reference(seed=31, orders=2, families=2, genera=3, species=3, specimens=4, id_prefix="FLT")
+    indexed = related[: len(related) // 3]  # the records of index "a"
+    specimens = [replace(indexed[i % len(indexed)], id=f"KIL{i:05d}") for i in range(3000)]
+    fasta = write_fasta(tmp_path / "many.fasta", specimens)
+    out, hits = tmp_path / "o.csv", tmp_path / "h.csv"
+    killed = 0
+    for delay in (3.0, 4.5):
+        process = clibd("match", fasta, "-i", index, "-o", out, "--hits", hits, "--top-k", "3", "--batch-size",
+                        "50", *(["--resume"] if out.exists() else []))
+        time.sleep(delay)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            killed += 1
+        process.communicate()
+    final = clibd("match", fasta, "-i", index, "-o", out, "--hits", hits, "--top-k", "3", "--resume")
+    assert final.communicate(timeout=600) and final.returncode == 0
+    assert killed, "the runs finished before they could be killed; make the workload larger"
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["query_id"] for r in rows) == sorted(s.id for s in specimens)
+    per_query: dict[str, list[str]] = {}
+    for hit in csv.DictReader(hits.open()):
+        per_query.setdefault(hit["query_id"], []).append(hit["hit_rank"])
+    assert {q: ranks for q, ranks in per_query.items() if ranks != ["1", "2", "3"]} == {}
+    assert set(per_query) == {s.id for s in specimens}
+
+
+# ------------------------------------------------------------------------- index files verified
+
+def test_damaged_or_foreign_index_files_are_refused(tmp_path, queries, indexes):
+    """A bit flip in the graph (hnswlib used to crash: rc 139), a graph copied from another index (used to
+    answer no_match for everything) and an edited count (used to change calls) are one line each."""
+    import shutil
+
+    from clibd_cli.checksums import sealed
+
+    fasta, _ = queries
+    a, b = indexes
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(a, target)
+        return target
+
+    def graph(index: Path) -> Path:
+        return index / json.loads((index / MANIFEST).read_text())["parts"]["dna"]["file"]
+
+    flipped = copy("flipped")
+    data = bytearray(graph(flipped).read_bytes())
+    data[20] ^= 0xFF  # in the header: element counts and sizes
+    graph(flipped).write_bytes(bytes(data))
+    one_error_line(invoke("match", fasta, "-i", flipped, "-o", tmp_path / "1.csv"), "does not match the checksum")
+
+    foreign = copy("foreign")
+    graph(foreign).write_bytes(graph(b).read_bytes())
+    one_error_line(invoke("match", fasta, "-i", foreign, "-o", tmp_path / "2.csv"), "does not match the checksum")
+
+    edited = copy("edited")
+    manifest = json.loads((edited / MANIFEST).read_text())
+    manifest["parts"]["dna"]["counts"]["vectors"] -= 1
+    (edited / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    one_error_line(invoke("match", fasta, "-i", edited, "-o", tmp_path / "3.csv"), "modified by hand")
+    (edited / MANIFEST).write_text(json.dumps(sealed(manifest), indent=2))
+    one_error_line(invoke("match", fasta, "-i", edited, "-o", tmp_path / "4.csv"), "vectors but the manifest says")
+    assert not any((tmp_path / f"{i}.csv").exists() for i in range(1, 5))

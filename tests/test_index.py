@@ -11,6 +11,7 @@ from conftest import make_reference, to_records
 
 import clibd_cli.index as index_module
 from clibd_cli.align import CONVENTIONAL
+from clibd_cli.checksums import sealed
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.index import MANIFEST, RECORDS_DB, ReferenceIndex, exact_knn
@@ -283,6 +284,9 @@ def test_load_errors(tmp_path, records, encoder):
     manifest = json.loads((count / MANIFEST).read_text())
     manifest["parts"]["dna"]["counts"]["records"] = 11
     (count / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="modified by hand"):
+        ReferenceIndex.load(count)
+    (count / MANIFEST).write_text(json.dumps(sealed(manifest)))  # consistent, yet wrong about the data
     with pytest.raises(InputError, match="10 dna rows but the manifest says 11"):
         ReferenceIndex.load(count)
 

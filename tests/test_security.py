@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from clibd_cli.app import app
 from clibd_cli.bundle import FORMAT_VERSION, MANIFEST, BundleError, ModelBundle
+from clibd_cli.checksums import sealed
 from clibd_cli.errors import InputError
 from clibd_cli.report import MATCH_COLUMNS, RowWriter
 
@@ -227,7 +228,7 @@ def test_index_file_outside_the_folder_is_refused(small_index, tmp_path, target)
         target = "../../elsewhere/dna.hnsw"
     manifest = json.loads((index / "index.json").read_text())
     manifest["parts"]["dna"]["file"] = target
-    (index / "index.json").write_text(json.dumps(manifest))
+    (index / "index.json").write_text(json.dumps(sealed(manifest)))  # resealed: confinement is checked on its own
     one_error_line(invoke("match", reference, "-i", index, "-o", tmp_path / "out.csv"), "outside the index folder",
                    repr(target))
     assert not (tmp_path / "out.csv").exists()
