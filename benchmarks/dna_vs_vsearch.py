@@ -107,7 +107,8 @@ def clibd_calls(work: Path, queries: Path, threads: int) -> tuple[dict, float]:
                      str(out), "--force", "--threads", str(threads)])
     with out.open() as fh:
         rows = {row["query_id"]: row for row in csv.DictReader(fh)}
-    return {q: {rank: row[rank] for rank in RANKS} for q, row in rows.items()}, seconds
+    return {q: {**{rank: row[rank] for rank in RANKS}, "_flags": row["flags"].split(",")} for q, row in rows.items()},\
+        seconds
 
 
 def vsearch_calls(work: Path, queries: Path, threads: int, taxonomy: dict) -> tuple[dict, float]:
@@ -198,11 +199,17 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
                     cells = f"any call {s['any_call']:.1%} | " + " | ".join(
                         f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order"))
                 lines.append(f"| {tool} | {label} | {cells} |")
-    lines += genus_cutoffs(results[("VSEARCH", "full")], absent)
+    lines += ["", *genus_cutoffs(results[("VSEARCH", "full")], absent)]
     forward = results[("clibd", "full")]
     reverse = results[("clibd", "reverse")]
-    same = np.mean([forward.get(q.id) == reverse.get(q.id) for q in present + absent])
+    def call(calls: dict, q: SequenceRecord) -> list[str]:
+        return [calls.get(q.id, {}).get(rank, "") for rank in RANKS]
+
+    same = np.mean([call(forward, q) == call(reverse, q) for q in present + absent])
+    conflict = np.mean(["conflict" in forward.get(q.id, {}).get("_flags", []) for q in present])
     lines += ["", f"Reverse-complemented queries given the same call as their forward strand: clibd {same:.2%}.",
+              f"Present-species queries whose references above the species threshold name more than one species "
+              f"(flag `conflict`: shared or misfiled barcodes; clibd calls the genus or higher): {conflict:.1%}.",
               f"Index build: clibd {build_clibd:.1f} s (incl. calibration), VSEARCH {build_vsearch:.1f} s. "
               f"Queries/s on the unmodified queries (end-to-end, {threads} threads): clibd {speed['clibd']:,.0f}, "
               f"VSEARCH {speed['VSEARCH']:,.0f} ({speed['clibd'] / speed['VSEARCH']:.2f}×).", ""]
