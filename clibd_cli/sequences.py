@@ -17,11 +17,14 @@ as unknown: lower case or alignment gaps must not silently become missing data.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gzip
 import io
 import re
+import shutil
 import sys
+import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -123,6 +126,35 @@ def complete_taxonomy(taxonomy: dict[str, str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Opening files
+
+
+_SPOOLED: dict[str, Path] = {}
+
+
+def spooled(path: Path) -> Path:
+    """A path that can be opened more than once.
+
+    Format detection opens a file several times (magic bytes, first line, then the records); a pipe can
+    be read only once: ``-`` (standard input), a FIFO or a process substitution (``<(zcat a.gz)``) hung or
+    read as empty.  Such inputs are copied once into a private temporary folder, under their own name
+    (``stdin`` for ``-``) so messages still name them, and removed when clibd exits.  Regular files are
+    returned as they are.
+    """
+    text = str(path)
+    if text != "-" and (not path.exists() or path.is_dir() or path.is_file()):
+        return path
+    if text not in _SPOOLED:
+        folder = Path(tempfile.mkdtemp(prefix="clibd-input-"))
+        atexit.register(shutil.rmtree, folder, True)
+        copy = folder / ("stdin" if text == "-" else path.name)
+        with copy.open("wb") as out:
+            if text == "-":
+                shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+            else:
+                with path.open("rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+        _SPOOLED[text] = copy
+    return _SPOOLED[text]
 
 
 def _check_file(path: Path) -> None:
@@ -442,7 +474,9 @@ class ReadResult:
 
 def iter_raw_records(path: Path, id_column: str | None = None, sequence_column: str | None = None,
                      ) -> Iterator[RawRecord]:
-    """Yield a :class:`RawRecord` (id, taxonomy, BIN, raw sequence, location, marker) from any supported file."""
+    """Yield a :class:`RawRecord` (id, taxonomy, BIN, raw sequence, location, marker) from any supported file
+    (``-`` for standard input)."""
+    path = spooled(Path(path))
     kind = sniff_format(path)
     if kind == "fasta":
         yield from guarded(path, _read_fasta(path))

@@ -344,3 +344,45 @@ def test_damaged_or_foreign_index_files_are_refused(tmp_path, queries, indexes):
     (edited / MANIFEST).write_text(json.dumps(sealed(manifest), indent=2))
     one_error_line(invoke("match", fasta, "-i", edited, "-o", tmp_path / "4.csv"), "vectors but the manifest says")
     assert not any((tmp_path / f"{i}.csv").exists() for i in range(1, 5))
+
+
+# ------------------------------------------------------------------------------- pipes and FIFOs
+
+def test_queries_and_references_from_pipes_are_read_once(tmp_path, queries):
+    """`-` (standard input), a FIFO and a process substitution: each read once, the same rows as the file
+    (a FIFO used to hang, `<(cat q.fasta)` was "empty", `build-index -b <(…)` a traceback)."""
+    import csv
+    import shlex
+    import shutil
+    import threading
+
+    fasta, specimens = queries
+    expected = [s.id for s in specimens]
+
+    def ids(path: Path) -> list[str]:
+        return [row["query_id"] for row in csv.DictReader(path.open())]
+
+    piped = subprocess.run([sys.executable, "-m", "clibd_cli.app", "match", "-", "-i", fasta, "-o",
+                            tmp_path / "stdin.csv"], input=fasta.read_text(), capture_output=True, text=True,
+                           timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert ids(tmp_path / "stdin.csv") == expected
+
+    fifo = tmp_path / "queries.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(fasta.read_bytes()))
+    writer.start()
+    process = clibd("match", fifo, "-i", fasta, "-o", tmp_path / "fifo.csv")
+    _out, err = process.communicate(timeout=300)
+    writer.join(timeout=60)
+    assert process.returncode == 0, err
+    assert ids(tmp_path / "fifo.csv") == expected
+
+    if shutil.which("bash"):
+        clibd_cmd = shlex.join([sys.executable, "-m", "clibd_cli.app"])
+        script = (f"{clibd_cmd} build-index -o {tmp_path / 'idx'} --no-calibrate -b <(cat {fasta}) && "
+                  f"{clibd_cmd} match <(cat {fasta}) -i {tmp_path / 'idx'} -o {tmp_path / 'sub.csv'}")
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert ids(tmp_path / "sub.csv") == expected
+        assert ReferenceIndex.load(tmp_path / "idx").size == len(specimens)
