@@ -101,7 +101,7 @@ def main() -> None:
             write_fasta(work / "queries.fasta", present + absent, taxonomy=False)
             build, build_rss = measured([*clibd, "build-index", "-b", str(work / "ref.fasta"), "-o", str(work / "idx"),
                                          "--threads", str(args.threads)])
-            disk = sum(f.stat().st_size for f in (work / "idx").iterdir()) / 1024**3
+            disk = sum(f.stat().st_size for f in (work / "idx").rglob("*") if f.is_file()) / 1024**3
             seconds, match_rss = measured([*clibd, "match", str(work / "queries.fasta"), "-i", str(work / "idx"),
                                            "-o", str(work / "out.csv"), "--hits", str(work / "hits.csv"),
                                            "--top-k", "10", "--threads", str(args.threads)])
