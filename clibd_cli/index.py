@@ -458,8 +458,10 @@ def _read_manifest(directory: Path) -> dict:
     if not manifest_path.exists():
         raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
     manifest = read_json(manifest_path, InputError, "Rebuild the index.")
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version not in READABLE_VERSIONS or not isinstance(manifest.get("parts"), dict):
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
+        raise InputError(f"{manifest_path}: is not a clibd index manifest (no 'parts'). Rebuild the index.")
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise InputError(f"{directory}: index format version {version}, this clibd reads "
                          f"{FORMAT_VERSION}. Rebuild the index with this version.")
     if version >= 4 and manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):

@@ -386,3 +386,26 @@ def test_queries_and_references_from_pipes_are_read_once(tmp_path, queries):
         assert done.returncode == 0, done.stderr
         assert ids(tmp_path / "sub.csv") == expected
         assert ReferenceIndex.load(tmp_path / "idx").size == len(specimens)
+
+
+def test_unreadable_or_malformed_index_json_is_one_line(tmp_path, queries, indexes, monkeypatch):
+    """An index.json that cannot be read (no permission) or is not a manifest: one line, never a traceback."""
+    import shutil
+
+    fasta, _ = queries
+    index = tmp_path / "idx"
+    shutil.copytree(indexes[0], index)
+    real_read_text = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == MANIFEST:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    one_error_line(invoke("match", fasta, "-i", index, "-o", tmp_path / "1.csv"), MANIFEST)
+    monkeypatch.setattr(Path, "read_text", real_read_text)
+    for broken in ("[1, 2, 3]", '{"format_version": 4}', "null"):
+        (index / MANIFEST).write_text(broken)
+        one_error_line(invoke("match", fasta, "-i", index, "-o", tmp_path / "2.csv"), str(index))
+    assert not (tmp_path / "1.csv").exists() and not (tmp_path / "2.csv").exists()
