@@ -440,10 +440,11 @@ def match(
         raise ClibdError(f"--thresholds {thresholds_from!r}: use calibrated or conventional.")
     overrides = _parse_thresholds(threshold)
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
-    report.check_output(output, resume=resume, force=force, inputs=[*queries, index_path], others=[hits])
+    report.check_output(output, resume=resume, force=force, inputs=[*queries, index_path], others=[hits],
+                        folders=[index_path])
     hits_fmt = report.choose_format(None, hits, False) if hits else None
     if hits is not None:
-        report.check_output(hits, resume=resume, force=force, inputs=[*queries, index_path])
+        report.check_output(hits, resume=resume, force=force, inputs=[*queries, index_path], folders=[index_path])
     from clibd_cli.sequences import QCConfig, SequenceStream
 
     stream = SequenceStream(queries, id_column=id_column, sequence_column=sequence_column,
@@ -562,10 +563,10 @@ def classify(
         raise ClibdError("no photos given: pass files, folders or patterns, or --manifest.")
     overrides = _parse_thresholds(threshold)
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
-    inputs = [*(Path(p) for p in photos or []), *([manifest] if manifest else []), index_path]
-    report.check_output(output, resume=resume, force=force, inputs=inputs, others=[hits])
+    inputs = [*(Path(p) for p in photos or []), *([manifest] if manifest else [])]
+    report.check_output(output, resume=resume, force=force, inputs=inputs, others=[hits], folders=[index_path])
     if hits is not None:
-        report.check_output(hits, resume=resume, force=force, inputs=inputs)
+        report.check_output(hits, resume=resume, force=force, inputs=inputs, folders=[index_path])
     found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by)
     bundle = _bundle(model, device, int8, threads)
     bundle.check("image")

@@ -89,12 +89,13 @@ def restore(value: str) -> str:
 
 
 def check_output(path: Path | None, *, resume: bool, force: bool, inputs: Iterable[Path | str] = (),
-                 others: Iterable[Path | None] = ()) -> None:
+                 others: Iterable[Path | None] = (), folders: Iterable[Path] = ()) -> None:
     """Refuse to overwrite an existing output unless asked; called before any work is done.
 
-    ``inputs`` (query and reference files, index folders) and ``others`` (the run's other outputs) must not
-    be the output: ``-o`` naming a query file or ``INDEX/index.json`` with ``--force`` destroyed it, and
-    ``-o`` equal to ``--hits`` interleaved both tables in one file.
+    ``inputs`` (query and reference files), anything inside ``folders`` (indexes) and ``others`` (the run's
+    other outputs) must not be the output: ``-o`` naming a query file or ``INDEX/index.json`` with
+    ``--force`` destroyed it, and ``-o`` equal to ``--hits`` interleaved both tables in one file.  (A new
+    file inside a folder of photos is fine.)
     """
     if path is None:
         return
@@ -102,10 +103,13 @@ def check_output(path: Path | None, *, resume: bool, force: bool, inputs: Iterab
         if other is not None and _same_file(path, Path(other)):
             raise InputError(f"{path}: is also given as another output (--hits?); give each output its own file.")
     for given in inputs:
-        given = Path(given)
-        if _same_file(path, given) or (given.is_dir() and path.resolve().is_relative_to(given.resolve())):
-            raise InputError(f"{path}: is an input of this run ({given}); writing there would destroy it. "
-                             "Choose another -o/--hits path.")
+        if _same_file(path, Path(given)):
+            raise InputError(f"{path}: is an input of this run; writing there would destroy it. Choose another "
+                             "-o/--hits path.")
+    for folder in folders:
+        if Path(folder).is_dir() and path.resolve().is_relative_to(Path(folder).resolve()):
+            raise InputError(f"{path}: is inside the index {folder}; writing there could destroy it. Choose "
+                             "another -o/--hits path.")
     if path.exists() and path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name for -o.")
     if path.exists() and path.stat().st_size > 0 and not (resume or force):

@@ -235,7 +235,7 @@ def test_outputs_that_would_destroy_inputs_are_refused(tmp_path, queries, indexe
     one_error_line(invoke("match", copy, "-i", index, "-o", copy, "--force"), "is an input of this run")
     assert copy.read_bytes() == fasta.read_bytes()
     manifest = (index / MANIFEST).read_text()
-    one_error_line(invoke("match", copy, "-i", index, "-o", index / MANIFEST, "--force"), "is an input of this run")
+    one_error_line(invoke("match", copy, "-i", index, "-o", index / MANIFEST, "--force"), "is inside the index")
     assert (index / MANIFEST).read_text() == manifest
     one_error_line(invoke("match", copy, "-i", index, "-o", tmp_path / "o.csv", "--hits", tmp_path / "o.csv"),
                    "another output")
@@ -409,3 +409,17 @@ def test_unreadable_or_malformed_index_json_is_one_line(tmp_path, queries, index
         (index / MANIFEST).write_text(broken)
         one_error_line(invoke("match", fasta, "-i", index, "-o", tmp_path / "2.csv"), str(index))
     assert not (tmp_path / "1.csv").exists() and not (tmp_path / "2.csv").exists()
+
+
+def test_an_output_may_go_into_a_folder_of_inputs_but_not_into_an_index(tmp_path):
+    from clibd_cli.errors import InputError
+    from clibd_cli.report import check_output
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"x")
+    check_output(photos / "results.csv", resume=False, force=False, inputs=[photos])  # a new file beside them
+    with pytest.raises(InputError, match="is an input of this run"):
+        check_output(photos / "a.jpg", resume=False, force=True, inputs=[photos / "a.jpg"])
+    with pytest.raises(InputError, match="is inside the index"):
+        check_output(photos / "results.csv", resume=False, force=False, folders=[photos])
