@@ -32,6 +32,7 @@ interrupted build never leaves a half-written index behind.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 from collections.abc import Sequence
@@ -471,6 +472,16 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def _previous_manifest(directory: Path) -> dict | None:
+    """The manifest a write replaces, read leniently: `--force` must be able to replace a damaged or
+    hand-edited index (whose generations it then cleans up), which loading it would refuse."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("parts"), dict) else None
+
+
 def _verify(path: Path, expected: str | None, directory: Path) -> None:
     """Refuse a data file whose sha256 differs from the manifest's (format 3 indexes have none)."""
     if expected is not None and path.exists() and sha256_file(path) != expected:
@@ -507,7 +518,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
         occupied = directory.exists() and any(not ignorable(p.name) for p in directory.iterdir())
         if occupied and not force and all(directory != part.path for part in parts):
             raise ClibdError(f"{directory}: already exists. Use --force to replace it or --append to add to it.")
-        previous = _read_manifest(directory) if (directory / MANIFEST).exists() else None
+        previous = _previous_manifest(directory)
         if occupied and previous is None:
             raise ClibdError(f"{directory}: exists and is not a clibd index; refusing to replace it.")
         with new_generation(directory) as (generation, tmp):

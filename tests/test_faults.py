@@ -344,6 +344,10 @@ def test_damaged_or_foreign_index_files_are_refused(tmp_path, queries, indexes):
     (edited / MANIFEST).write_text(json.dumps(sealed(manifest), indent=2))
     one_error_line(invoke("match", fasta, "-i", edited, "-o", tmp_path / "4.csv"), "vectors but the manifest says")
     assert not any((tmp_path / f"{i}.csv").exists() for i in range(1, 5))
+    # the way out that the lines name: --force rebuilds over a damaged or edited index
+    for damaged in (flipped, edited):
+        assert invoke("build-index", "-b", fasta, "-o", damaged, "--force", "--no-calibrate").exit_code == 0
+        assert ReferenceIndex.load(damaged).size == len(queries[1])
 
 
 # ------------------------------------------------------------------------------- pipes and FIFOs
