@@ -159,7 +159,7 @@ def prune_hits(path: Path, fmt: str, done: set[str]) -> None:
     Hits are written before their row, so a run killed between the two leaves hits of an unfinished query:
     it is identified again, and its old hits would otherwise appear twice.
     """
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.exists() or path.stat().st_size == 0 or fmt not in ("csv", "tsv", "jsonl"):
         return
     delimiter = "," if fmt == "csv" else "\t"
     tmp = path.with_name(f".{path.name}.tmp")
@@ -168,11 +168,14 @@ def prune_hits(path: Path, fmt: str, done: set[str]) -> None:
         if not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
         lines = text.splitlines(keepends=True)
-        if lines:
-            dst.write(lines[0])
-        for line, row in zip(lines[1:], csv.reader(lines[1:], delimiter=delimiter), strict=True):
-            if row and restore(row[0]) in done:
-                dst.write(line)
+        if fmt == "jsonl":
+            dst.writelines(line for line in lines if json.loads(line).get("query_id") in done)
+        else:
+            if lines:
+                dst.write(lines[0])
+            for line, row in zip(lines[1:], csv.reader(lines[1:], delimiter=delimiter), strict=True):
+                if row and restore(row[0]) in done:
+                    dst.write(line)
     os.replace(tmp, path)
 
 
