@@ -100,7 +100,8 @@ def qc_flags(sequence: str, qc: QCConfig = QCConfig()) -> tuple[str, ...]:
 
 
 def clean_label(value: str | None) -> str:
-    value = (value or "").strip()
+    # whitespace runs (a newline or tab inside a quoted cell) become one space: a label is one line of text
+    value = " ".join((value or "").split())
     return "" if value.lower() in MISSING_LABELS else value
 
 
@@ -342,7 +343,8 @@ def _iter_text_table(path: Path) -> Iterator[tuple[int, list[str]]]:
     with open_text(path) as fh:
         first = fh.readline()
         fh.seek(0)
-        reader = csv.reader(fh, delimiter=table_delimiter(path, first))
+        delimiter = table_delimiter(path, first)
+        reader = csv.reader(fh, delimiter=delimiter)
         header = next(reader, None)
         if not header:
             raise InputError(f"{path}: the file is empty; expected a header line with column names.")
@@ -350,9 +352,11 @@ def _iter_text_table(path: Path) -> Iterator[tuple[int, list[str]]]:
         width = len(header)
         line_number = reader.line_num + 1
         for row in reader:
-            if any("\n" in cell or "\r" in cell for cell in row):
-                # A quote opened and never closed swallows the following lines into one cell: ids, taxonomy
-                # and barcodes never span lines, so say where instead of indexing a 50,000-character name.
+            if any(("\n" in cell or "\r" in cell) and (delimiter in cell or cell.count("\n") > 2) for cell in row):
+                # A quote opened and never closed swallows the following rows into one cell (they bring their
+                # delimiters and many lines along): say where instead of indexing a 50,000-character name.  A
+                # quoted cell with a line break of its own (a sequence ending in "\n") is data; labels are
+                # collapsed to one line (clean_label), so outputs never hold a multi-line cell.
                 raise InputError(f"{path}: line {line_number}: a quoted field runs over the following lines (to "
                                  f"line {reader.line_num}); is a '\"' left unclosed? Fix or remove the quote.")
             if row and not (len(row) == 1 and not row[0].strip()):
