@@ -12,6 +12,8 @@ import csv
 import gzip
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,3 +297,35 @@ def clibd_ok(*args):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
+
+
+# ------------------------------------------------------------------------------- the fault suite's CLI checks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    """Run the CLI in-process (typer's runner), arguments as text."""
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def clibd(*args, **kwargs) -> subprocess.Popen:
+    """Start the CLI as its own process (for kills, signals and concurrent writers)."""
+    return subprocess.Popen([sys.executable, "-m", "clibd_cli.app", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
+
+
+def one_error_line(result, *mentions: str) -> str:
+    """Exit code 2, no traceback, a single 'error:' line on stderr that names each of ``mentions``."""
+    assert result.exit_code == 2, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for mention in mentions:
+        assert mention in lines[0], (mention, lines[0])
+    return lines[0]

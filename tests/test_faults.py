@@ -18,15 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_reference, write_fasta
+from conftest import clibd, invoke, make_reference, one_error_line, write_fasta
 
 from clibd_cli.index import MANIFEST, ReferenceIndex
 from clibd_cli.indexdir import LOCK, generations, writing
-
-
-def clibd(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clibd_cli.app", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -133,23 +128,6 @@ def test_kill_during_force_rebuild_leaves_a_usable_index(tmp_path, batches, dela
 
 
 # ------------------------------------------------------------------- bad input: one line, exit 2
-
-def invoke(*args):
-    from typer.testing import CliRunner
-
-    from clibd_cli.app import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, *mentions: str) -> str:
-    assert result.exit_code == 2, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for mention in mentions:
-        assert mention in lines[0], (mention, lines[0])
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def queries(tmp_path_factory):

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_reference, mutate, read_rows, write_fasta
+from conftest import clibd, invoke, make_reference, mutate, one_error_line, read_rows, write_fasta
 from PIL import Image
-from typer.testing import CliRunner
 
 from clibd_cli import report
-from clibd_cli.app import app
 from clibd_cli.preprocess import ImageError, ImagePreprocessing, preprocess_image
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -35,24 +33,7 @@ DEMO_MODEL = EXAMPLES / "demo-model"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
-
-def clibd(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clibd_cli.app", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kwargs)
-
-
-def one_error_line(result, *mentions: str) -> str:
-    """The run failed with exit 2 and a single 'error: …' line naming every mention (no traceback)."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    for mention in mentions:
-        assert mention in lines[0], (mention, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------------- photos (items 16, 17)

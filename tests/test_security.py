@@ -24,30 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_reference, write_fasta
-from typer.testing import CliRunner
+from conftest import invoke, make_reference, one_error_line, write_fasta
 
-from clibd_cli.app import app
 from clibd_cli.bundle import FORMAT_VERSION, MANIFEST, BundleError, ModelBundle
 from clibd_cli.checksums import sealed
 from clibd_cli.errors import InputError
 from clibd_cli.report import MATCH_COLUMNS, RowWriter
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result, *mentions: str) -> str:
-    """Exit code 2, no traceback, a single 'error:' line on stderr that names each of `mentions`."""
-    assert result.exit_code == 2, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for mention in mentions:
-        assert mention in lines[0], (mention, lines[0])
-    return lines[0]
-
 
 # ------------------------------------------------------------------------------ 1. checkpoints
 
