@@ -409,8 +409,9 @@ class ReferenceIndex:
             raise InputError(f"{directory}: holds no {modality} references (it has: {', '.join(parts) or 'none'}). "
                              f"Add them with 'clibd build-index --append'.")
         manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **parts[modality]}
-        _verify(_records_file(directory, manifest), stored.get("records_sha256"), directory)
-        labels = _labels_from_db(_records_file(directory, manifest), modality)
+        records = _records_file(directory, manifest)
+        _verify(records, stored.get("records_sha256"), directory)
+        labels = _labels_from_db(records, modality)
         if len(labels.record_id) != manifest["counts"]["records"]:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
                              f"manifest says {manifest['counts']['records']}. Rebuild the index.")
