@@ -9,8 +9,9 @@ keep the encoder the bottleneck (≥ 90 % of encoder-only photos/s).  This measu
 
 Models are the paper's sizes with random weights (speed does not depend on the values): timm ViT-B/16 at
 224 px and BarcodeBERT (12 layers × 768, 12 heads, FFN 3072, 4-mers, 660 bp → 165 tokens), restricted to
-the image and DNA modalities.  They are exported once with :func:`export.onnx.export_bundle` (which calls
-:func:`export.onnx.export_encoder` per modality and checks parity), int8 via :func:`export.onnx.quantize_int8`
+the image and DNA modalities.  They are exported once with :func:`clibd_export.onnx.export_bundle` (which
+calls :func:`clibd_export.onnx.export_encoder` per modality and checks parity), int8 via
+:func:`clibd_export.onnx.quantize_int8`
 when the bundle rejects its own int8 (likely with random weights).
 
 Other jobs may share this machine, so the backends are timed *interleaved* (one call each per round, the
@@ -85,7 +86,7 @@ class Row:
 
 def paper_model():
     """The paper-size CLIBD model with image and DNA encoders only (no text tokenizer needed), random weights."""
-    from training.models import build_model, paper_config
+    from clibd_training.models import build_model, paper_config
 
     config = dataclasses.replace(paper_config(pretrained=False), modalities=("image", "dna"))
     return build_model(config, None, load_pretrained=False).eval()
@@ -94,7 +95,7 @@ def paper_model():
 def export_models(model, directory: Path) -> tuple[Path, dict[str, dict[str, Path]], dict[str, str]]:
     """Bundle (fp32 + int8 where kept) and, per modality, the fp32/int8 ONNX files and how int8 was obtained."""
     from clibd_cli.preprocess import ImagePreprocessing
-    from export.onnx import ExportSource, export_bundle, quantize_int8
+    from clibd_export.onnx import ExportSource, export_bundle, quantize_int8
 
     bundle = directory / "bundle"
     source = ExportSource(model, preprocessing=ImagePreprocessing(), text_tokenizer=None,

@@ -40,9 +40,9 @@ def synthetic_batch(model, batch: int, image_size: int, device, text_vocab: int)
 def measure(batch: int, steps: int, warmup: int, device_name: str) -> dict:
     import torch
 
-    from training.losses import contrastive_loss
-    from training.models import build_model, paper_config
-    from training.text_tokenizer import train_text_tokenizer
+    from clibd_training.losses import contrastive_loss
+    from clibd_training.models import build_model, paper_config
+    from clibd_training.text_tokenizer import train_text_tokenizer
 
     device = torch.device(device_name)
     names = [f"Order{i % 20} Family{i % 50} Genus{i % 300} Genus{i % 300} sp{i}" for i in range(3000)]

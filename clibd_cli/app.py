@@ -738,7 +738,7 @@ def simulate(
     force: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
 ) -> None:
     """Write honest synthetic specimens (taxonomy, COI-like barcodes, photos, CLIBD HDF5) for tests and demos."""
-    from training.synthetic import write_simulation
+    from clibd_training.synthetic import write_simulation
 
     if output.exists() and any(output.iterdir()) and not force:
         raise ClibdError(f"{output}: is not empty. Use --force or another folder.")
@@ -769,7 +769,7 @@ def train(
     trust_checkpoint: TrustCheckpoint = False,
 ) -> None:
     """Train CLIBD (image, DNA, text encoders) with torchrun/DDP; NCCL on GPUs, gloo on CPU."""
-    from training.train import launch
+    from clibd_training.train import launch
 
     run = launch(config, output=output, data=data, nproc_per_node=nproc_per_node, nnodes=nnodes,
                  node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, resume=resume, overrides=set_, stage=stage,
@@ -893,12 +893,12 @@ def export_command(
     from rich.console import Console
     from rich.table import Table
 
-    from export.onnx import ExportSource, export_bundle, load_checkpoint
+    from clibd_export.onnx import ExportSource, export_bundle, load_checkpoint
 
     console = _stderr()
     samples = _export_samples(sample_images, sample_barcodes)
     if from_official:
-        from export.official import load_official
+        from clibd_export.official import load_official
 
         if trust_checkpoint:  # official checkpoints are plain state dicts, always read as tensors only
             raise ClibdError("--trust-checkpoint applies to 'clibd train' checkpoints; --from-official reads "
@@ -931,7 +931,7 @@ def export_command(
 
 
 def _export_samples(images: list[str] | None, barcodes: Path | None):
-    from export.onnx import Samples
+    from clibd_export.onnx import Samples
 
     samples = Samples()
     if images:
@@ -1008,7 +1008,7 @@ def _embedder(model: str, device: str, workers: int | None, trust_checkpoint: bo
         import tempfile
 
         from clibd_cli.bundle import ModelBundle
-        from export.onnx import export_bundle, load_checkpoint
+        from clibd_export.onnx import export_bundle, load_checkpoint
 
         source = load_checkpoint(path, trust=trust_checkpoint)
         scratch = tempfile.TemporaryDirectory(prefix="clibd-eval-")

@@ -2,7 +2,7 @@
 
 A model only works on pixels prepared exactly as it saw them in training, so the resize, crop, scaling
 and normalisation live here (numpy + pillow, no torch) and both the field runtime and
-:mod:`training.data` call them.  The parameters travel with every model in its manifest as an
+:mod:`clibd_training.data` call them.  The parameters travel with every model in its manifest as an
 :class:`ImagePreprocessing` (``to_dict``/``from_dict``).
 
 Decoding (:func:`load_image`) is defensive because field photos come from anywhere: EXIF orientation is

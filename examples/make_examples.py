@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.synthetic import RANKS, UNSEEN_SPLITS, Specimen, simulate
+from clibd_training.synthetic import RANKS, UNSEEN_SPLITS, Specimen, simulate
 
 HERE = Path(__file__).resolve().parent
 N_REFERENCE_SPECIES = 40

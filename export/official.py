@@ -39,7 +39,7 @@ from transformers import BertTokenizerFast
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.tokenizer import KmerTokenizer
-from training.models import (
+from clibd_training.models import (
     MODALITIES,
     CLIBDModel,
     DNAEncoderConfig,
@@ -51,7 +51,7 @@ from training.models import (
     _text_positions,
     build_model,
 )
-from training.text_tokenizer import load_text_tokenizer
+from clibd_training.text_tokenizer import load_text_tokenizer
 
 __all__ = [
     "OFFICIAL_PREFIXES", "OFFICIAL_PREPROCESSING", "OFFICIAL_TEXT_TOKENIZER", "ImportedModel",

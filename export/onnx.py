@@ -40,7 +40,7 @@ from clibd_cli.bundle import (
 )
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImageError, ImagePreprocessing, preprocess_image
-from training.models import CLIBDModel, build_model
+from clibd_training.models import CLIBDModel, build_model
 
 PARITY_MIN_COSINE = 0.9999
 INT8_MIN_MEAN_COSINE = 0.99
@@ -74,10 +74,10 @@ class Samples:
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> ExportSource:
     """A checkpoint written by `clibd train` (``RUN/checkpoints/*.pt``) as an :class:`ExportSource`.
 
-    Read as plain data (:mod:`training.checkpoint`): a pickle that would import code is refused unless
+    Read as plain data (:mod:`clibd_training.checkpoint`): a pickle that would import code is refused unless
     ``trust`` (--trust-checkpoint) says the user vouches for the file.
     """
-    from training.checkpoint import load_state
+    from clibd_training.checkpoint import load_state
 
     path = Path(path)
     if not path.is_file():
@@ -87,7 +87,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> ExportSource:
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise InputError(f"{path}: not a 'clibd train' checkpoint (no model/model_config). For the published "
                          "CLIBD weights use --from-official.")
-    from training.models import ModelConfig, without_pretrained
+    from clibd_training.models import ModelConfig, without_pretrained
 
     config = without_pretrained(ModelConfig.from_dict(state["model_config"]))
     tokenizer = None
@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> ExportSource:
 
 def _checkpoint_text_tokenizer(path: Path, state: dict):
     """The run's text tokenizer: RUN/text_tokenizer beside RUN/checkpoints/, else the path it recorded."""
-    from training.text_tokenizer import load_text_tokenizer
+    from clibd_training.text_tokenizer import load_text_tokenizer
 
     beside = path.parent.parent / "text_tokenizer"
     recorded = state.get("text_tokenizer")

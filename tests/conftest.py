@@ -237,8 +237,8 @@ def make_checkpoint(run: Path, texts: list[str], image_size: int = 32, seed: int
     """A checkpoint in `clibd train`'s format (model, model_config, config, text tokenizer beside it)."""
     import torch
 
-    from training.models import build_model, tiny_config
-    from training.text_tokenizer import train_text_tokenizer
+    from clibd_training.models import build_model, tiny_config
+    from clibd_training.text_tokenizer import train_text_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = train_text_tokenizer(texts, out_dir=run / "text_tokenizer")
@@ -256,8 +256,8 @@ def make_checkpoint(run: Path, texts: list[str], image_size: int = 32, seed: int
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> TinyModel:
     from clibd_cli.sequences import taxonomy_text
-    from export.onnx import Samples, export_bundle, load_checkpoint
-    from training.synthetic import write_simulation
+    from clibd_export.onnx import Samples, export_bundle, load_checkpoint
+    from clibd_training.synthetic import write_simulation
 
     root = tmp_path_factory.mktemp("tiny_model")
     sim = root / "sim"

@@ -16,7 +16,7 @@ from clibd_cli.bundle import MANIFEST, BundleError, ModelBundle, make_session, s
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import preprocess_image
 from clibd_cli.sequences import taxonomy_text
-from export.onnx import _int8_verdict, load_checkpoint, neighbour_agreement, quantize_int8
+from clibd_export.onnx import _int8_verdict, load_checkpoint, neighbour_agreement, quantize_int8
 
 runner = CliRunner()
 

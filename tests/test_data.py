@@ -19,7 +19,7 @@ from torchvision import transforms as T  # noqa: E402
 from clibd_cli.errors import InputError  # noqa: E402
 from clibd_cli.preprocess import ImagePreprocessing, load_image, preprocess_image  # noqa: E402
 from clibd_cli.tokenizer import KmerTokenizer  # noqa: E402
-from training.data import (  # noqa: E402
+from clibd_training.data import (  # noqa: E402
     HDF5Image,
     ImageTransform,
     ImageTransforms,
@@ -35,7 +35,7 @@ from training.data import (  # noqa: E402
     split_specimens,
     taxonomy_text,
 )
-from training.synthetic import HDF5_GROUPS, KEY_SPLITS, SPLITS, write_simulation  # noqa: E402
+from clibd_training.synthetic import HDF5_GROUPS, KEY_SPLITS, SPLITS, write_simulation  # noqa: E402
 
 BIOSCAN1M = SHARED / "bioscan1m_metadata"
 SHARED_REASON = (f"real BIOSCAN-1M metadata not found at {BIOSCAN1M}; it exists only in the clibd "
@@ -355,7 +355,7 @@ def test_taxonomy_text_skips_empty_ranks_and_collapses_spaces():
 
 
 def test_specimen_defaults():
-    from training.data import Specimen
+    from clibd_training.data import Specimen
 
     specimen = Specimen("X1")
     assert specimen.image is None and specimen.sequence is None and specimen.text == ""

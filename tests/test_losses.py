@@ -25,7 +25,7 @@ import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from training.losses import (  # noqa: E402
+from clibd_training.losses import (  # noqa: E402
     MODALITIES,
     contrastive_loss,
     gather_no_grad,

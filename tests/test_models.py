@@ -16,7 +16,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from clibd_cli.errors import ClibdError  # noqa: E402
 from clibd_cli.sequences import taxonomy_text  # noqa: E402
-from training.models import (  # noqa: E402
+from clibd_training.models import (  # noqa: E402
     CLIBDModel,
     DNAEncoder,
     DNAMaskedLM,
@@ -29,7 +29,7 @@ from training.models import (  # noqa: E402
     count_parameters,
     tiny_config,
 )
-from training.text_tokenizer import load_text_tokenizer, train_text_tokenizer  # noqa: E402
+from clibd_training.text_tokenizer import load_text_tokenizer, train_text_tokenizer  # noqa: E402
 
 LINEAGES = [
     ("Diptera", "Cecidomyiidae", "Lestodiplosis", "Lestodiplosis pallidicornis"),

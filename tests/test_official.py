@@ -28,15 +28,15 @@ from transformers import BertConfig, BertForMaskedLM, BertModel  # noqa: E402
 from clibd_cli.errors import ClibdError, InputError  # noqa: E402
 from clibd_cli.sequences import taxonomy_text  # noqa: E402
 from clibd_cli.tokenizer import KmerTokenizer  # noqa: E402
-from export.official import (  # noqa: E402
+from clibd_export.official import (  # noqa: E402
     OFFICIAL_PREPROCESSING,
     convert_official_state_dict,
     load_official,
     official_config,
     read_official_state_dict,
 )
-from training.models import MissingPretrainedError, ModelConfig, tiny_config  # noqa: E402
-from training.text_tokenizer import train_text_tokenizer  # noqa: E402
+from clibd_training.models import MissingPretrainedError, ModelConfig, tiny_config  # noqa: E402
+from clibd_training.text_tokenizer import train_text_tokenizer  # noqa: E402
 
 IMAGE = "image_encoder.base_image_encoder."
 DNA = "dna_encoder.base_dna_encoder."

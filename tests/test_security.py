@@ -74,8 +74,8 @@ def test_evaluate_refuses_a_checkpoint_that_runs_code(tmp_path):
 
 def test_train_resume_refuses_a_replaced_last_checkpoint(tmp_path):
     """RUN/checkpoints/last.pt swapped for a payload: refused before torchrun starts a worker."""
-    from training.config import load_config, save_config
-    from training.synthetic import write_simulation
+    from clibd_training.config import load_config, save_config
+    from clibd_training.synthetic import write_simulation
 
     sim, run, marker = tmp_path / "sim", tmp_path / "run", tmp_path / "pwned"
     write_simulation(sim, n_species=8, image_size=32, hdf5=False)
@@ -91,8 +91,8 @@ def test_train_resume_refuses_a_replaced_last_checkpoint(tmp_path):
 
 def test_own_checkpoints_restore_every_rng_from_plain_data(tmp_path):
     """What `clibd train` saves for --resume opens as plain data and restores the exact random streams."""
-    from training.checkpoint import load_state
-    from training.train import rng_state, set_rng_state
+    from clibd_training.checkpoint import load_state
+    from clibd_training.train import rng_state, set_rng_state
 
     random.seed(5)
     np.random.seed(6)
@@ -115,7 +115,7 @@ def test_own_checkpoints_restore_every_rng_from_plain_data(tmp_path):
 
 def test_old_format_checkpoint_needs_trust(tiny_model, tmp_path):
     """A checkpoint with a NumPy RNG state inside (clibd before this format) opens only when trusted."""
-    from export.onnx import load_checkpoint
+    from clibd_export.onnx import load_checkpoint
 
     state = torch.load(tiny_model.checkpoint, map_location="cpu", weights_only=True)
     state["rng"] = [{"numpy": np.random.get_state()}]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import synthetic as syn
+from clibd_training import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
-from training.checkpoint import load_state  # plain data only: the project's own checkpoints must pass
+from clibd_training.checkpoint import load_state  # plain data only: the project's own checkpoints must pass
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_resume_gives_identical_parameters(sim: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: Path) -> None:
-    from training.models import DNAEncoder, DNAEncoderConfig
+    from clibd_training.models import DNAEncoder, DNAEncoderConfig
 
     run = tmp_path / "pretrain"
     invoke("train", "--config", "tiny-cpu", "--stage", "dna-pretrain", "--data", str(sim), "--output", str(run),
@@ -101,7 +101,7 @@ def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: 
 
 
 def test_metric_log_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
-    from training.train import MetricLog
+    from clibd_training.train import MetricLog
 
     log = MetricLog(tmp_path, enabled=True)
     log.write({"kind": "train", "step": 3, "epoch": 0, "loss": 1.5})

@@ -4,7 +4,7 @@ A ``.pt`` file is a pickle, and a pickle can name any Python function to call wh
 checkpoint handed over by someone else (or a ``RUN/checkpoints/last.pt`` swapped in a shared run
 folder) would run its payload under `clibd export`, `clibd evaluate --model` or `clibd train
 --resume`.  clibd therefore writes checkpoints that hold only tensors, numbers, strings, lists,
-tuples and dicts (RNG states included, see :func:`training.train.rng_state`) and reads them with
+tuples and dicts (RNG states included, see :func:`clibd_training.train.rng_state`) and reads them with
 PyTorch's restricted unpickler (``weights_only=True``), which refuses to import anything else.
 
 A file that needs more (checkpoints written by clibd before this format, or by other code) is

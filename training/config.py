@@ -46,7 +46,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; `model` is a :class:`training.models.ModelConfig` as a dict."""
+    """Everything a run needs; `model` is a :class:`clibd_training.models.ModelConfig` as a dict."""
 
     name: str = "custom"
     stage: str = "contrastive"

@@ -46,7 +46,7 @@ from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
 from clibd_cli.errors import ClibdError
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
-from training.text_tokenizer import (
+from clibd_training.text_tokenizer import (
     MissingPretrainedError,
     from_local_or_hub,
     hub_reachable,
@@ -657,7 +657,7 @@ def _default_text_tokenizer(config: TextEncoderConfig) -> BertTokenizerFast:
     if config.pretrained:
         return load_text_tokenizer(config.pretrained)
     raise ClibdError("the text encoder is trained from scratch but no text tokenizer was given: build one with "
-                     "training.text_tokenizer.train_text_tokenizer(texts) and pass it as text_tokenizer.")
+                     "clibd_training.text_tokenizer.train_text_tokenizer(texts) and pass it as text_tokenizer.")
 
 
 def build_model(config: ModelConfig | Mapping[str, Any], text_tokenizer: BertTokenizerFast | None = None, *,

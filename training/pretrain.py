@@ -2,7 +2,7 @@
 
 No pretrained BarcodeBERT weights can be downloaded in an offline lab, yet a DNA encoder that has
 seen barcodes before contrastive training learns faster and generalises to unseen species better
-(BarcodeBERT, CLIBD).  This stage trains :class:`training.models.DNAMaskedLM` on any barcode file
+(BarcodeBERT, CLIBD).  This stage trains :class:`clibd_training.models.DNAMaskedLM` on any barcode file
 clibd reads (FASTA, BOLD TSV, BIOSCAN, simulate folders) and saves `RUN/dna_encoder/`, which a
 contrastive config then names as `model.dna.pretrained`.  Same engine as contrastive training:
 torchrun workers, DDP, DistributedSampler with set_epoch, one-cycle AdamW, atomic checkpoints with
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from clibd_cli.errors import ClibdError
-from training.config import TrainConfig
+from clibd_training.config import TrainConfig
 
 VAL_SHARE = 0.02
 
@@ -33,7 +33,7 @@ def read_barcodes(path: str) -> list[str]:
     """Normalised barcodes from a sequence file, or from a simulate folder / training manifest."""
     source = Path(path)
     if source.is_dir() or source.suffix.lower() in (".h5", ".hdf5"):
-        from training.data import load_specimens
+        from clibd_training.data import load_specimens
 
         return [s.sequence for s in load_specimens(source) if s.sequence]
     from clibd_cli.sequences import read_sequences
@@ -43,9 +43,9 @@ def read_barcodes(path: str) -> list[str]:
 
 def run_dna_pretraining(cfg: TrainConfig, output: Path, env, resume: bool, trust_checkpoint: bool = False) -> None:
     """Masked-k-mer training loop on one rank; rank 0 writes `output/dna_encoder` at the end."""
-    from training.checkpoint import load_state
-    from training.models import DNAMaskedLM, ModelConfig
-    from training.train import (
+    from clibd_training.checkpoint import load_state
+    from clibd_training.models import DNAMaskedLM, ModelConfig
+    from clibd_training.train import (
         CHECKPOINTS,
         MetricLog,
         SkipFirst,

@@ -35,7 +35,7 @@ from torch.utils.data.distributed import DistributedSampler
 from clibd_cli.errors import ClibdError
 from clibd_cli.metrics import harmonic_mean, knn_accuracy
 from clibd_cli.sequences import RANKS
-from training.config import TrainConfig, load_config, save_config
+from clibd_training.config import TrainConfig, load_config, save_config
 
 CHECKPOINTS = "checkpoints"
 PAIRS = (("dna", "dna"), ("image", "image"), ("image", "dna"), ("image", "text"), ("dna", "text"))
@@ -59,7 +59,7 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
         if not (output / CHECKPOINTS / "last.pt").exists():
             raise ClibdError(f"{output}: no checkpoints/last.pt to resume from.")
         if not trust_checkpoint:
-            from training.checkpoint import load_state
+            from clibd_training.checkpoint import load_state
 
             load_state(output / CHECKPOINTS / "last.pt", mmap=True)
         summary_file = output / CHECKPOINTS / "last.json"
@@ -88,7 +88,7 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
         argv += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--node-rank={node_rank}"]
     else:
         argv += ["--standalone"]
-    argv += ["-m", "training.train", "--config", str(output / "config.yaml"), "--output", str(output)]
+    argv += ["-m", "clibd_training.train", "--config", str(output / "config.yaml"), "--output", str(output)]
     if resume:
         argv.append("--resume")
     if trust_checkpoint:
@@ -105,7 +105,7 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Worker entry point (`python -m training.train`, started by torchrun)."""
+    """Worker entry point (`python -m clibd_training.train`, started by torchrun)."""
     parser = argparse.ArgumentParser(description="CLIBD training worker (started by torchrun)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--output", required=True, type=Path)
@@ -161,7 +161,7 @@ def rng_state() -> dict:
     """This process's Python, NumPy and torch RNG states as tensors and numbers.
 
     Plain data only, so the checkpoint holding them opens with torch's restricted unpickler
-    (:mod:`training.checkpoint`); a NumPy array inside would need the full, code-running one.
+    (:mod:`clibd_training.checkpoint`); a NumPy array inside would need the full, code-running one.
     """
     version, internal, gauss_next = random.getstate()
     _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
@@ -211,7 +211,7 @@ def worker(cfg: TrainConfig, output: Path, resume: bool = False, trust_checkpoin
     try:
         seed_everything(cfg.seed + env.rank)
         if cfg.stage == "dna-pretrain":
-            from training.pretrain import run_dna_pretraining
+            from clibd_training.pretrain import run_dna_pretraining
 
             run_dna_pretraining(cfg, output, env, resume, trust_checkpoint)
         else:
@@ -225,8 +225,8 @@ class Trainer:
     """Contrastive training of the CLIBD model on one rank."""
 
     def __init__(self, cfg: TrainConfig, output: Path, env: Dist) -> None:
-        from training.data import build_label_maps, load_specimens
-        from training.models import ModelConfig, build_model
+        from clibd_training.data import build_label_maps, load_specimens
+        from clibd_training.models import ModelConfig, build_model
 
         self.cfg, self.output, self.env = cfg, Path(output), env
         self.model_cfg = ModelConfig.from_dict(cfg.model)
@@ -269,7 +269,7 @@ class Trainer:
 
     def _text_tokenizer(self, specimens):
         from clibd_cli.sequences import taxonomy_text
-        from training.text_tokenizer import load_text_tokenizer, train_text_tokenizer
+        from clibd_training.text_tokenizer import load_text_tokenizer, train_text_tokenizer
 
         pretrained = self.model_cfg.text.pretrained
         if pretrained:
@@ -284,7 +284,7 @@ class Trainer:
     def _dataset(self, specimens, train: bool):
         from clibd_cli.preprocess import ImagePreprocessing
         from clibd_cli.tokenizer import KmerTokenizer
-        from training.data import ImageTransforms, SpecimenDataset
+        from clibd_training.data import ImageTransforms, SpecimenDataset
 
         transforms = None
         if "image" in self.modalities:
@@ -296,7 +296,7 @@ class Trainer:
                                text_max_len=self.model_cfg.text.max_len, label_maps=self.label_maps)
 
     def _loader(self, dataset, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
-        from training.data import collate
+        from clibd_training.data import collate
 
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers,
                           collate_fn=collate, pin_memory=self.env.device.type == "cuda", drop_last=drop_last)
@@ -310,7 +310,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self, resume: bool, trust_checkpoint: bool = False) -> None:
-        from training.losses import contrastive_loss
+        from clibd_training.losses import contrastive_loss
 
         cfg, env = self.cfg, self.env
         if resume:
@@ -460,7 +460,7 @@ class Trainer:
 
     def load(self, path: Path, trust: bool = False) -> None:
         """Continue from a checkpoint, read as plain data unless the user trusts it (training/checkpoint.py)."""
-        from training.checkpoint import load_state
+        from clibd_training.checkpoint import load_state
 
         state = load_state(path, trust=trust)
         if state["world_size"] != self.env.world:
