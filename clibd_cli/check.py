@@ -23,7 +23,8 @@ from clibd_cli.classify import ClassifyOptions, Reference, classify_vectors
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.match import assign_vectors
 from clibd_cli.photos import Photo, iter_preprocessed
-from clibd_cli.sequences import RANKS, SequenceRecord
+from clibd_cli.schema import RANKS
+from clibd_cli.sequences import SequenceRecord
 
 CHECK_COLUMNS = ["specimen_id", "verdict", "first_conflict", *(f"photo_{r}" for r in RANKS),
                  *(f"barcode_{r}" for r in RANKS), *(f"agree_{r}" for r in RANKS), "photo_status", "barcode_status",

@@ -20,7 +20,7 @@ against the observed accuracy of the call at that rank.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,35 +30,11 @@ from clibd_cli.assign import DEFAULT_TAU, assign_batch
 from clibd_cli.calibrate import correct_calls, fit_thresholds, score_queries
 from clibd_cli.errors import InputError
 from clibd_cli.metrics import DEFAULT_KS, harmonic_mean, topk_accuracy
-from clibd_cli.sequences import (
-    ID_COLUMNS,
-    MISSING_LABELS,
-    RANK_COLUMNS,
-    RANKS,
-    SEQUENCE_COLUMNS,
-    find_column,
-    iter_table,
-    normalise_sequence,
-    taxonomy_text,
-)
+from clibd_cli.schema import KEY_SPLITS, PAIRS, RANKS, Specimen, taxonomy_text
+from clibd_cli.sequences import SpecimenTable
 
-KEY_SPLITS = ("seen_keys", "val_unseen_keys", "test_unseen_keys")
 QUERY_SPLITS = {"val": ("val_seen", "val_unseen"), "test": ("test_seen", "test_unseen")}
-PAIRS: tuple[tuple[str, str], ...] = (("dna", "dna"), ("image", "image"), ("image", "dna"), ("image", "text"),
-                                      ("dna", "text"))
-IMAGE_COLUMNS = ("image_file", "image", "image_path", "path", "file", "filename")
 NEIGHBOURS = 10
-
-
-@dataclass
-class Specimen:
-    """One row of a split table: what evaluation needs of it."""
-
-    id: str
-    split: str
-    taxonomy: dict[str, str]
-    sequence: str = ""
-    image: Path | None = None
 
 
 class Embedder(Protocol):
@@ -70,32 +46,17 @@ class Embedder(Protocol):
         """(embeddings of the usable specimens, boolean mask of which were usable)."""
 
 
-def read_split_table(path: Path) -> list[Specimen]:
-    """A table with a ``split`` column (from `clibd split` or `clibd simulate`), taxonomy, barcodes and/or photos."""
-    path = Path(path)
-    rows = iter_table(path)
-    try:
-        _, header = next(rows)
-    except StopIteration:
-        raise InputError(f"{path}: empty table.") from None
-    split_col = find_column(header, ("split",), None, "split", path)
-    if split_col is None:
-        raise InputError(f"{path}: no 'split' column. Run 'clibd split' on it first.")
-    id_col = find_column(header, ID_COLUMNS, None, "id", path)
-    seq_col = find_column(header, SEQUENCE_COLUMNS, None, "sequence", path)
-    image_col = find_column(header, IMAGE_COLUMNS, None, "image", path)
-    rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
-    index = {name: i for i, name in enumerate(header)}
-    specimens = []
-    for line, cells in rows:
-        def cell(column: str | None, cells: list[str] = cells) -> str:
-            return cells[index[column]].strip() if column else ""
+def read_split_table(path: Path, *, id_column: str | None = None, sequence_column: str | None = None,
+                     image_column: str | None = None) -> list[Specimen]:
+    """A table with a ``split`` column (from `clibd split` or `clibd simulate`), taxonomy, barcodes and/or photos.
 
-        taxonomy = {rank: "" if cell(col).lower() in MISSING_LABELS else cell(col) for rank, col in rank_cols.items()}
-        image = cell(image_col)
-        specimens.append(Specimen(cell(id_col) or f"line{line}", cell(split_col), taxonomy,
-                                  normalise_sequence(cell(seq_col)), path.parent / image if image else None))
-    return specimens
+    Read with the one table reader (:class:`~clibd_cli.sequences.SpecimenTable`); the ``*_column`` arguments
+    name columns explicitly.  A row without an id is called ``line<N>``.
+    """
+    table = SpecimenTable(path, id_column=id_column, sequence_column=sequence_column, image_column=image_column)
+    if not table.columns.has("split"):
+        raise InputError(f"{path}: no 'split' column. Run 'clibd split' on it first.")
+    return [specimen if specimen.id else replace(specimen, id=f"line{line}") for line, specimen in table.specimens()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +75,7 @@ class Embedded:
     rows: dict[str, list[Specimen]] = field(default_factory=dict)
 
     def labels(self, modality: str) -> dict[str, list[str]]:
-        return {rank: [s.taxonomy[rank] for s in self.rows[modality]] for rank in RANKS}
+        return {rank: [s.label(rank) for s in self.rows[modality]] for rank in RANKS}
 
 
 def embed_group(embedder: Embedder, specimens: Sequence[Specimen], modalities: Sequence[str]) -> Embedded:
@@ -173,7 +134,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 def _neighbours(queries: np.ndarray, keys: np.ndarray, key_labels: dict[str, list[str]],
                 k: int = NEIGHBOURS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Cosines of the k nearest keys and their labels per rank."""
-    from clibd_cli.index import exact_knn
+    from clibd_cli.search import exact_knn
 
     neighbours, sims = exact_knn(queries, keys, min(k, len(keys)))
     return sims, {rank: np.asarray(key_labels[rank], dtype=object)[neighbours] for rank in RANKS}
@@ -278,8 +239,8 @@ def evaluate(specimens: Sequence[Specimen], embedder: Embedder, split: str = "te
                   "unseen": [s for s in specimens if s.split == QUERY_SPLITS[other][1]]}
     calibration = {g: embed_group(embedder, rows, query_mods) for g, rows in cal_groups.items()}
     counts = {"queries_seen": len(groups["seen"]), "queries_unseen": len(groups["unseen"]), "keys": len(keys),
-              "species_seen": len({s.taxonomy["species"] for s in groups["seen"]}),
-              "species_unseen": len({s.taxonomy["species"] for s in groups["unseen"]})}
+              "species_seen": len({s.species for s in groups["seen"]}),
+              "species_unseen": len({s.species for s in groups["unseen"]})}
     return {"split": split, "counts": counts, "pairs": [f"{q}_to_{k}" for q, k in pairs],
             "closed_set": closed_set(embedded, key_emb, pairs, ks),
             "open_set": open_set(calibration, embedded, key_emb, pairs, precision),
@@ -320,12 +281,12 @@ class BundleEmbedder:
             ok = np.array([bool(s.sequence) for s in specimens], dtype=bool)
             return self.bundle.embed_dna([s.sequence for s, good in zip(specimens, ok, strict=True) if good]), ok
         if modality == "text":
-            ok = np.array([any(s.taxonomy.values()) for s in specimens], dtype=bool)
+            ok = np.array([any(s.lineage) for s in specimens], dtype=bool)
             texts = [taxonomy_text(s.taxonomy) for s, good in zip(specimens, ok, strict=True) if good]
             return self.bundle.embed_text(texts), ok
         from clibd_cli.photos import Photo, iter_preprocessed
 
-        photos = [Photo(id=str(i), path=s.image) for i, s in enumerate(specimens) if s.image is not None]
+        photos = [Photo(id=str(i), path=Path(s.image)) for i, s in enumerate(specimens) if s.image is not None]
         ok = np.zeros(len(specimens), dtype=bool)
         chunks = [np.empty((0, self.bundle.dim), np.float32)]
         for batch in iter_preprocessed(photos, self.bundle.preprocessing, workers=self.workers):

@@ -13,9 +13,10 @@ per photo, like any other undecodable one.
 
 Ids are what report rows are keyed by, so they are short and stable: the path relative to the folder
 given (``sp1/IMG_0001.jpg``), the path as given for files and pattern matches, and the id column of a
-table.  The same file reached twice (``photos/ photos/a.jpg``) is listed once; two different files
-that would get the same id (``IMG_0001.jpg`` in two camera folders) keep both, the later one with a
-longer id (the path as given, or ``#2``).
+table (found as every clibd reader finds it, :data:`clibd_cli.schema.ID_COLUMNS`, so a photo and the
+barcode in the same row get the same id).  The same file reached twice (``photos/ photos/a.jpg``) is
+listed once; two different files that would get the same id (``IMG_0001.jpg`` in two camera folders)
+keep both, the later one with a longer id (the path as given, or ``#2``).
 
 Decoding (:func:`iter_preprocessed`).  Decoding and resizing a full-resolution photo costs tens of
 milliseconds, as much as running the image encoder on it, so photos are decoded by a thread pool
@@ -40,14 +41,10 @@ import numpy as np
 
 from clibd_cli.errors import InputError
 from clibd_cli.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImagePreprocessing, preprocess_image
-from clibd_cli.sequences import RANK_COLUMNS, RANKS, complete_taxonomy, find_column, iter_table
+from clibd_cli.schema import RANKS, complete_taxonomy
+from clibd_cli.sequences import SpecimenTable
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
-
-# Manifest columns, tried in order (case-insensitive).
-PATH_COLUMNS: tuple[str, ...] = ("image_file", "image", "image_path", "path", "file", "filename")
-PHOTO_ID_COLUMNS: tuple[str, ...] = ("processid", "sampleid", "id", "specimen_id")
-CHUNK_COLUMN = "chunk_number"  # BIOSCAN-1M: images unpacked as part<chunk_number>/<image_file>
 
 GROUP_BY_FOLDER = "folder"
 
@@ -63,7 +60,7 @@ class Photo:
     """One photo to identify: its report id, where it is, the group it is identified with, its taxonomy.
 
     ``group`` (photos of one specimen, pooled into one call) defaults to the id; ``taxonomy`` has the
-    four :data:`~clibd_cli.sequences.RANKS`, empty strings where unknown.
+    four :data:`~clibd_cli.schema.RANKS`, empty strings where unknown.
     """
 
     id: str
@@ -222,31 +219,26 @@ def _chunk(value: str) -> str:
     return value.split(".")[0] if re.fullmatch(r"\d+\.0*", value) else value
 
 
-def _add_manifest(collector: _Collector, manifest: Path, group_by: str | None) -> None:
-    rows = iter_table(manifest)
-    _, header = next(rows)
+def _add_manifest(collector: _Collector, manifest: Path, group_by: str | None, id_column: str | None = None,
+                  image_column: str | None = None) -> None:
+    table = SpecimenTable(manifest, id_column=id_column, image_column=image_column)
+    header = table.header
     columns = ", ".join(header[:30]) + (" …" if len(header) > 30 else "")
-    path_col = find_column(header, PATH_COLUMNS, None, "image file", manifest)
-    if path_col is None:
-        raise InputError(f"{manifest}: no image file column (looked for {', '.join(PATH_COLUMNS)}); "
-                         f"columns are: {columns}. Rename the column that lists the photos.")
-    id_col = find_column(header, PHOTO_ID_COLUMNS, None, "photo id", manifest)
+    table.columns.require("image", "image file", "Rename the column that lists the photos, or name it with "
+                          "--image-column.")
     group_col = None
     if group_by:
         lowered = {name.strip().lower(): name for name in header}
         group_col = group_by if group_by in header else lowered.get(group_by.strip().lower())
         if group_col is None and group_by != GROUP_BY_FOLDER:
             raise InputError(f"{manifest}: no column {group_by!r} to group photos by; columns are: {columns}.")
-    position = {name: i for i, name in enumerate(header)}
-    rank_i = {rank: position[col] for rank in RANKS
-              if (col := find_column(header, RANK_COLUMNS[rank], None, rank, manifest))}
-    chunk_col = find_column(header, (CHUNK_COLUMN,), None, "chunk", manifest)
-    path_i, id_i = position[path_col], position[id_col] if id_col else None
-    group_i = position[group_col] if group_col else None
-    chunk_i = position[chunk_col] if chunk_col else None
+    at = table.columns.index
+    rank_i = {rank: i for rank in RANKS if (i := at(rank)) is not None}
+    path_i, id_i, chunk_i = at("image"), at("id"), at("chunk")
+    group_i = header.index(group_col) if group_col else None
     folder = manifest.parent
     has_ranks = bool(rank_i)
-    for line, row in rows:
+    for line, row in table:
         written = row[path_i].strip()
         photo_id = row[id_i].strip() if id_i is not None else ""
         if not written:
@@ -269,8 +261,9 @@ def _add_manifest(collector: _Collector, manifest: Path, group_by: str | None) -
         collector.add(photo_id, path, group, taxonomy)
 
 
-def collect_photos(inputs: Sequence[str | Path], *, manifest: Path | None = None,
-                   group_by: str | None = None) -> tuple[list[Photo], list[PhotoProblem]]:
+def collect_photos(inputs: Sequence[str | Path], *, manifest: Path | None = None, group_by: str | None = None,
+                   id_column: str | None = None, image_column: str | None = None,
+                   ) -> tuple[list[Photo], list[PhotoProblem]]:
     """The photos named by ``inputs`` (files, folders, glob patterns) and ``manifest``, and what was unusable.
 
     Manifest photos come first, in table order, then each input in the order given.  A folder is walked
@@ -278,8 +271,9 @@ def collect_photos(inputs: Sequence[str | Path], *, manifest: Path | None = None
     its extension; a pattern (``*``, ``?``, ``[``) is expanded with :func:`glob.glob` (``**`` recursive),
     keeping matched files with an image extension and walking matched folders.  ``group_by`` is
     ``"folder"`` (the photo's folder relative to the folder given, or the folder given for photos at its
-    top) or, with a manifest, one of its columns.  Unreadable folders, broken symbolic links met in a
-    folder (see :func:`_broken_link`) and manifest rows naming no file come back as
+    top) or, with a manifest, one of its columns.  ``id_column`` and ``image_column`` name the manifest's id
+    and photo columns (default: the column map of :mod:`clibd_cli.schema`).  Unreadable folders, broken
+    symbolic links met in a folder (see :func:`_broken_link`) and manifest rows naming no file come back as
     :class:`PhotoProblem`; a path that does not exist, a pattern matching nothing, a manifest without an
     image column and an unknown ``group_by`` raise :class:`InputError`.
     """
@@ -289,7 +283,7 @@ def collect_photos(inputs: Sequence[str | Path], *, manifest: Path | None = None
     by_folder = group_by == GROUP_BY_FOLDER
     collector = _Collector()
     if manifest is not None:
-        _add_manifest(collector, Path(manifest), group_by)
+        _add_manifest(collector, Path(manifest), group_by, id_column, image_column)
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)

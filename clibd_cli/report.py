@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from clibd_cli.errors import InputError, OutputExistsError
-from clibd_cli.sequences import RANKS
+from clibd_cli.schema import RANKS
 
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 COLUMNS = ["query_id", "status", "rank", *RANKS, *(f"{r}_score" for r in RANKS), "top_hit_id",

@@ -27,24 +27,24 @@ import sys
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from clibd_cli.errors import InputError
+from clibd_cli.schema import (
+    RANKS,
+    ColumnMap,
+    Specimen,
+    clean_label,
+    complete_taxonomy,
+    map_columns,
+)
+from clibd_cli.schema import taxonomy_text as taxonomy_text  # re-exported: many modules import it from here
 
-RANKS: tuple[str, ...] = ("order", "family", "genus", "species")
-
-# Column names for each field, tried in order (case-insensitive).
-ID_COLUMNS = ("processid", "id", "record_id", "seqid", "sampleid", "sample_id")
-SEQUENCE_COLUMNS = ("nucleotides", "nuc", "nucraw", "dna_barcode", "barcode", "sequence", "seq", "dna")
-BIN_COLUMNS = ("bin_uri", "dna_bin", "uri", "bin")
-MARKER_COLUMNS = ("marker_code", "markercode", "marker")
 DEFAULT_MARKER = "COI-5P"
 PARQUET_SUFFIXES = (".parquet", ".pq")
-RANK_COLUMNS = {rank: (rank, f"{rank}_name", f"taxon_{rank}") for rank in RANKS}
-MISSING_LABELS = {"", "not_classified", "none", "na", "n/a", "nan", "null", "unknown", "unclassified"}
 
 IUPAC_AMBIGUOUS = "RYSWKMBDHVN"
 _GAP_CHARS = "-.~ \t\r\n*?"
@@ -97,32 +97,6 @@ def qc_flags(sequence: str, qc: QCConfig = QCConfig()) -> tuple[str, ...]:
     if sequence.count("N") / len(sequence) > qc.max_ambiguous:
         flags.append("ambiguous")
     return tuple(flags)
-
-
-def clean_label(value: str | None) -> str:
-    # whitespace runs (a newline or tab inside a quoted cell) become one space: a label is one line of text
-    value = " ".join((value or "").split())
-    return "" if value.lower() in MISSING_LABELS else value
-
-
-def taxonomy_text(taxonomy: Mapping[str, str | None]) -> str:
-    """``"{order} {family} {genus} {species}"`` without empty ranks: the CLIBD text-encoder input.
-
-    Used by training (the text modality and its vocabulary) and by inference (taxonomy strings as
-    references), so both always see the same text.  Whitespace runs inside a label collapse to one.
-    """
-    return " ".join(" ".join(label.split()) for label in (taxonomy.get(rank) or "" for rank in RANKS)
-                    if label.strip())
-
-
-def complete_taxonomy(taxonomy: dict[str, str]) -> dict[str, str]:
-    """Fill the genus from a binomial species name when the genus is missing."""
-    out = {rank: clean_label(taxonomy.get(rank)) for rank in RANKS}
-    if out["species"] and not out["genus"]:
-        first = out["species"].split()[0]
-        if first[:1].isupper():
-            out["genus"] = first
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +304,8 @@ def table_delimiter(path: Path, first_line: str) -> str:
 
 def iter_table(path: Path) -> Iterator[tuple[int, list[str]]]:
     """A CSV/TSV table (gzip or not) or a Parquet file as (line number, cells): the header first, then every
-    non-blank row padded to the header's width.  The one table reader behind barcodes, training manifests
-    and splits.  For Parquet the header is line 0 and data rows count from 1 (see :func:`iter_parquet`)."""
+    non-blank row padded to the header's width: the rows behind :class:`SpecimenTable`, which finds the columns.
+    For Parquet the header is line 0 and data rows count from 1 (see :func:`iter_parquet`)."""
     if is_parquet(path):
         yield from iter_parquet(path)
         return
@@ -416,49 +390,80 @@ def iter_parquet(path: Path, batch_rows: int | None = None) -> Iterator[tuple[in
                              "Is it a complete file?") from exc
 
 
-def find_column(header: list[str], candidates: Iterable[str], explicit: str | None, what: str,
-                path: Path) -> str | None:
-    """The column named `explicit` (case-insensitive), else the first of `candidates` present."""
-    lowered = {name.strip().lower(): name for name in header}
-    if explicit:
-        if explicit in header:
-            return explicit
-        if explicit.strip().lower() in lowered:
-            return lowered[explicit.strip().lower()]
-        raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
-                         f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    return None
+class SpecimenTable:
+    """A specimen table (CSV/TSV, gzip or not, or Parquet) read with the column map of :mod:`clibd_cli.schema`.
+
+    The one table reader behind barcode tables, photo manifests, split tables, `clibd evaluate` and training
+    manifests, so they all find the same id, sequence, photo, taxonomy, BIN, split … columns (see
+    :data:`~clibd_cli.schema.ID_COLUMNS` for which column is the id).  The header is read and resolved when
+    the table is opened (``id_column``, ``sequence_column``, ``image_column``, ``species_column`` and
+    ``split_column`` name a column explicitly: it must exist and wins over the usual names); iterating once
+    then gives (line number, cells) per data row, as :func:`iter_table` does.
+    """
+
+    def __init__(self, path: Path | str, *, id_column: str | None = None, sequence_column: str | None = None,
+                 image_column: str | None = None, species_column: str | None = None,
+                 split_column: str | None = None) -> None:
+        self.path = Path(path)
+        self._rows = iter_table(self.path)
+        _, self.header = next(self._rows)
+        self.columns: ColumnMap = map_columns(self.header, self.path, id=id_column, sequence=sequence_column,
+                                              image=image_column, species=species_column, split=split_column)
+        self.unit = "row" if is_parquet(self.path) else "line"
+        self._at = {field: self.columns.index(field) for field in self.columns.names}
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        return self._rows
+
+    def where(self, line: int) -> str:
+        """``"PATH: line N"`` (``row N`` for Parquet), for messages."""
+        return f"{self.path}: {self.unit} {line}"
+
+    def cell(self, cells: list[str], field: str) -> str:
+        """The stripped cell of a field, ``""`` where the table has no such column."""
+        i = self._at[field]
+        return cells[i].strip() if i is not None else ""
+
+    def taxonomy(self, cells: list[str]) -> dict[str, str]:
+        """The row's ranks, cleaned and completed (:func:`~clibd_cli.schema.complete_taxonomy`)."""
+        return complete_taxonomy({rank: self.cell(cells, rank) for rank in RANKS})
+
+    def image(self, cells: list[str]) -> str | None:
+        """The row's photo as a path (text): ``~`` expanded, relative paths taken from the table's folder."""
+        written = self.cell(cells, "image")
+        if not written:
+            return None
+        path = Path(written).expanduser()
+        return str(path if path.is_absolute() else self.path.parent / path)
+
+    def specimen(self, cells: list[str], **fields: object) -> Specimen:
+        """The row as a :class:`~clibd_cli.schema.Specimen` (barcode normalised, ``None`` when empty); keyword
+        arguments replace fields (a reader that knows better where the photo is)."""
+        values = {"id": self.cell(cells, "id"), **self.taxonomy(cells), "bin": clean_label(self.cell(cells, "bin")),
+                  "sequence": normalise_sequence(self.cell(cells, "sequence")) or None,
+                  "split": self.cell(cells, "split"), "sampleid": self.cell(cells, "sampleid")}
+        if "image" not in fields:
+            values["image"] = self.image(cells)
+        return Specimen(**{**values, **fields})
+
+    def specimens(self) -> Iterator[tuple[int, Specimen]]:
+        """(line number, specimen) for every data row."""
+        for line, cells in self:
+            yield line, self.specimen(cells)
 
 
 def _read_table(path: Path, id_column: str | None, sequence_column: str | None) -> Iterator[RawRecord]:
-    rows = iter_table(path)
-    _, header = next(rows)
-    seq_col = find_column(header, SEQUENCE_COLUMNS, sequence_column, "sequence", path)
-    if seq_col is None:
-        raise InputError(f"{path}: no sequence column (looked for {', '.join(SEQUENCE_COLUMNS)}); "
-                         "name it with --sequence-column.")
-    id_col = find_column(header, ID_COLUMNS, id_column, "record id", path)
-    if id_col is None:
-        raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); "
-                         "name it with --id-column.")
-    bin_col = find_column(header, BIN_COLUMNS, None, "BIN", path)
-    marker_col = find_column(header, MARKER_COLUMNS, None, "marker", path)
-    rank_cols = {rank: find_column(header, RANK_COLUMNS[rank], None, rank, path) for rank in RANKS}
-    position = {name: i for i, name in enumerate(header)}
-    seq_i, id_i = position[seq_col], position[id_col]
-    bin_i = position[bin_col] if bin_col else None
-    marker_i = position[marker_col] if marker_col else None
-    rank_i = {rank: position[col] for rank, col in rank_cols.items() if col}
-    unit = "row" if is_parquet(path) else "line"
-    for line_number, row in rows:
+    table = SpecimenTable(path, id_column=id_column, sequence_column=sequence_column)
+    table.columns.require("sequence")
+    table.columns.require("id")
+    at = table.columns.index
+    seq_i, id_i, bin_i, marker_i = at("sequence"), at("id"), at("bin"), at("marker")
+    rank_i = {rank: i for rank in RANKS if (i := at(rank)) is not None}
+    for line_number, row in table:
         taxonomy = complete_taxonomy({rank: row[i] for rank, i in rank_i.items()})
         bin_uri = clean_label(row[bin_i]) if bin_i is not None else ""
         marker = clean_label(row[marker_i]) if marker_i is not None else ""
-        yield RawRecord(row[id_i].strip(), taxonomy, bin_uri, row[seq_i], f"{path}: {unit} {line_number}",
-                        marker)
+        yield RawRecord(row[id_i].strip(), taxonomy, bin_uri, row[seq_i], table.where(line_number), marker)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 CLIBD (BIOSCAN-1M): records without a species are for contrastive pretraining only (`no_split`).
 Species with at least ``min_seen_records`` records are drawn 80 % "seen", 20 % "unseen".  Seen
 species' records go 70/10/10/10 to `train_seen`, `val_seen`, `test_seen` and `seen_keys` (the keys
-are shared by all evaluations).  Unseen species are divided by species between validation and test,
-and within each species the records 50/50 into queries (`val_unseen`, `test_unseen`) and keys
-(`val_unseen_keys`, `test_unseen_keys`).  Species with 2 to ``min_seen_records - 1`` records join the
-unseen validation/test splits the same way; singletons go to `single_species`.
+are shared by all evaluations; every seen species keeps at least one training record and one key).
+Unseen species are divided by species between validation and test, and within each species the
+records 50/50 into queries (`val_unseen`, `test_unseen`) and keys (`val_unseen_keys`, `test_unseen_keys`).
+Species with 2 to ``min_seen_records - 1`` records join the unseen validation/test splits the same way;
+singletons go to `single_species`.
 
 BIOSCAN-5M ships its own `split` column (pretrain, train, val, test, key_unseen, …); a table that
-has one keeps it unchanged.  Torch-free; the functions return values and never print.
+has one keeps it unchanged.  The split names are :mod:`clibd_cli.schema`'s; the synthetic generator
+(`clibd simulate`) splits its records with :func:`clibd_split` too.  Torch-free; the functions return
+values and never print.
 """
 
 from __future__ import annotations
@@ -19,19 +22,16 @@ import gzip
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from clibd_cli.errors import InputError, OutputExistsError
-from clibd_cli.sequences import clean_label, find_column, iter_table
+from clibd_cli.errors import OutputExistsError
+from clibd_cli.schema import SEEN_SPLITS, SPLIT_NAMES, clean_label
+from clibd_cli.schema import UNSEEN_SPLITS as UNSEEN_SPLITS  # re-exported beside SEEN_SPLITS
+from clibd_cli.sequences import SpecimenTable
 
-SEEN_SPLITS = ("train_seen", "val_seen", "test_seen", "seen_keys")
-UNSEEN_SPLITS = ("val_unseen", "val_unseen_keys", "test_unseen", "test_unseen_keys")
-SPLIT_NAMES = ("no_split", *SEEN_SPLITS, *UNSEEN_SPLITS, "single_species")
-SPECIES_COLUMNS = ("species", "species_name", "taxon_species")
-SPLIT_COLUMNS = ("split",)
 # BIOSCAN-5M's own split values that hold species not used for training.
 _UNSEEN_WORD = "unseen"
 _SEEN_5M = {"train", "val", "test"}
@@ -53,14 +53,23 @@ def _allocate(n: int, fractions: Sequence[float], carry: np.ndarray) -> list[int
     if counts[-1] == 0 and n >= 1:  # every seen species needs at least one key
         counts[int(np.argmax(counts[:-1]))] -= 1
         counts[-1] += 1
+    if counts[0] == 0 and n >= 2 and counts[1:-1].any():  # … and one training record (matters below ~5 records)
+        counts[1 + int(np.argmax(counts[1:-1]))] -= 1
+        counts[0] += 1
     carry[:] = quota - counts
     return counts.tolist()
 
 
 def clibd_split(species: Sequence[str], seed: int = 0, *, unseen_share: float = 0.2,
                 min_seen_records: int = 10,
-                seen_fractions: Sequence[float] = (0.7, 0.1, 0.1, 0.1)) -> list[str]:
-    """One CLIBD split name per record (see the module docstring); deterministic for a ``seed``."""
+                seen_fractions: Sequence[float] = (0.7, 0.1, 0.1, 0.1),
+                unseen: Collection[str] | None = None) -> list[str]:
+    """One CLIBD split name per record (see the module docstring); deterministic for a ``seed``.
+
+    ``unseen`` names the species to hold out as unseen instead of drawing ``unseen_share`` of the eligible
+    ones (the synthetic generator picks species whose genus stays seen); the records are allocated as
+    usual, and passing the species a draw would pick gives the same splits as the draw.
+    """
     if not 0.0 <= unseen_share <= 1.0:
         raise ValueError(f"unseen_share must be between 0 and 1, got {unseen_share}")
     if min_seen_records < 2:
@@ -83,12 +92,19 @@ def clibd_split(species: Sequence[str], seed: int = 0, *, unseen_share: float = 
             out[idx[0]] = "single_species"
 
     order = [eligible[i] for i in rng.permutation(len(eligible))]
-    n_unseen = round(unseen_share * len(eligible))
-    if unseen_share > 0 and len(eligible) >= 2:
-        n_unseen = max(n_unseen, 1)
-    if unseen_share < 1 and len(eligible) >= 2:
-        n_unseen = min(n_unseen, len(eligible) - 1)
-    unseen, seen = order[:n_unseen], sorted(order[n_unseen:])
+    if unseen is None:
+        n_unseen = round(unseen_share * len(eligible))
+        if unseen_share > 0 and len(eligible) >= 2:
+            n_unseen = max(n_unseen, 1)
+        if unseen_share < 1 and len(eligible) >= 2:
+            n_unseen = min(n_unseen, len(eligible) - 1)
+        held_out, seen = order[:n_unseen], sorted(order[n_unseen:])
+    else:
+        chosen = {clean_label(s) for s in unseen}
+        absent = sorted(chosen - set(members))
+        if absent:
+            raise ValueError(f"unseen species not among the records: {', '.join(absent[:5])}")
+        held_out, seen = [s for s in order if s in chosen], sorted(s for s in eligible if s not in chosen)
 
     carry = np.zeros(4)
     for s in seen:
@@ -100,7 +116,7 @@ def clibd_split(species: Sequence[str], seed: int = 0, *, unseen_share: float = 
             start += count
 
     extra_to_queries = True  # odd-sized species alternate their extra record between queries and keys
-    for group in (sorted(unseen), small):
+    for group in (sorted(held_out), small):
         shuffled = [group[i] for i in rng.permutation(len(group))]
         half = (len(shuffled) + 1) // 2 if rng.random() < 0.5 else len(shuffled) // 2
         for position, s in enumerate(shuffled):
@@ -143,12 +159,6 @@ def summarise(species: Sequence[str], splits: Sequence[str]) -> dict:
     }
 
 
-def _read(path: Path) -> tuple[list[str], list[list[str]]]:
-    rows = iter_table(path)
-    _, header = next(rows)
-    return header, [row for _, row in rows]
-
-
 def _write(out: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write atomically: a temporary file next to ``out``, then ``os.replace``."""
     delimiter = "," if out.name.lower().removesuffix(".gz").endswith(".csv") else "\t"
@@ -178,14 +188,12 @@ def split_table(path: Path | str, out: Path | str, seed: int = 0, species_column
     path, out = Path(path), Path(out)
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists. Use --force to replace it, or another name.")
-    header, rows = _read(path)
-    species_col = find_column(header, SPECIES_COLUMNS, species_column, "species", path)
-    if species_col is None:
-        raise InputError(f"{path}: no species column (looked for {', '.join(SPECIES_COLUMNS)}); "
-                         "name it with --species-column.")
+    table = SpecimenTable(path, species_column=species_column, split_column=split_column)
+    header, rows = table.header, [row for _, row in table]
+    species_col = table.columns.require("species")
     species_i = header.index(species_col)
     species = [row[species_i] for row in rows]
-    existing = find_column(header, SPLIT_COLUMNS, split_column, "split", path)
+    existing = table.columns.names["split"]
     if existing is not None:
         split_i = header.index(existing)
         splits = [row[split_i].strip() for row in rows]

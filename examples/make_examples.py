@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clibd_training.synthetic import RANKS, UNSEEN_SPLITS, Specimen, simulate
+from clibd_cli.schema import RANKS, UNSEEN_SPLITS, Specimen
+from clibd_training.synthetic import simulate
 
 HERE = Path(__file__).resolve().parent
 N_REFERENCE_SPECIES = 40
@@ -35,7 +36,7 @@ def _by_species(specimens: Sequence[Specimen]) -> dict[str, list[Specimen]]:
     groups: dict[str, list[Specimen]] = {}
     for specimen in specimens:
         if specimen.species:
-            groups.setdefault(specimen.bin_uri, []).append(specimen)
+            groups.setdefault(specimen.bin, []).append(specimen)
     return groups
 
 
@@ -49,7 +50,7 @@ def select(seed: int = 0) -> tuple[list[Specimen], list[Specimen], set[str]]:
                          seed=seed)
     rng = np.random.default_rng([seed, 4242])
     groups = _by_species(specimens)
-    unseen = sorted({s.bin_uri for s in specimens if s.split in UNSEEN_SPLITS})
+    unseen = sorted({s.bin for s in specimens if s.split in UNSEEN_SPLITS})
     absent = {unseen[i] for i in rng.choice(len(unseen), size=N_ABSENT_SPECIES, replace=False)}
     present = sorted(set(groups) - absent)
     queried = {present[i] for i in rng.choice(len(present), size=N_PRESENT_QUERIES, replace=False)}
@@ -65,23 +66,23 @@ def select(seed: int = 0) -> tuple[list[Specimen], list[Specimen], set[str]]:
     for bin_uri, extra in zip(sorted(absent), absent_counts, strict=True):
         queries.extend(groups[bin_uri][: 1 + int(extra)])
     queries = [queries[i] for i in rng.permutation(len(queries))]
-    reference.sort(key=lambda s: (*(getattr(s, rank) for rank in RANKS), s.processid))
+    reference.sort(key=lambda s: (*(getattr(s, rank) for rank in RANKS), s.id))
     return reference, queries, absent
 
 
 def reference_fasta(records: Sequence[Specimen]) -> str:
-    return "".join(f">{s.processid}|{s.order}|{s.family}|{s.genus}|{s.species}|{s.bin_uri}\n{s.nucleotides}\n"
+    return "".join(f">{s.id}|{s.order}|{s.family}|{s.genus}|{s.species}|{s.bin}\n{s.sequence}\n"
                    for s in records)
 
 
 def queries_fasta(records: Sequence[Specimen]) -> str:
-    return "".join(f">{s.processid}\n{s.nucleotides}\n" for s in records)
+    return "".join(f">{s.id}\n{s.sequence}\n" for s in records)
 
 
 def truth_tsv(records: Sequence[Specimen], absent: set[str]) -> str:
     lines = ["query_id\torder\tfamily\tgenus\tspecies\tin_reference"]
-    lines += [f"{s.processid}\t{s.order}\t{s.family}\t{s.genus}\t{s.species}\t"
-              f"{'no' if s.bin_uri in absent else 'yes'}" for s in records]
+    lines += [f"{s.id}\t{s.order}\t{s.family}\t{s.genus}\t{s.species}\t"
+              f"{'no' if s.bin in absent else 'yes'}" for s in records]
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clibd_cli.sequences import RANKS, SequenceRecord
+from clibd_cli.schema import RANKS, Specimen
+from clibd_cli.sequences import SequenceRecord
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_REASON = (f"real BOLD/BIOSCAN samples not found at {SHARED}; they exist only in the clibd "
@@ -68,23 +69,6 @@ def png_header_only(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-@dataclass(frozen=True)
-class Specimen:
-    """One synthetic barcode with its full lineage."""
-
-    id: str
-    order: str
-    family: str
-    genus: str
-    species: str
-    bin: str
-    sequence: str
-
-    @property
-    def lineage(self) -> tuple[str, str, str, str]:
-        return (self.order, self.family, self.genus, self.species)
-
-
 def random_sequence(rng: np.random.Generator, length: int) -> str:
     return "".join(rng.choice(list(BASES), size=length))
 
@@ -123,7 +107,8 @@ def make_reference(seed: int = 0, *, orders: int = 2, families: int = 2, genera:
                    specimens: int = 4, length: int = 600, family_rate: float = 0.08,
                    genus_rate: float = 0.05, species_rate: float = 0.05, specimen_rate: float = 0.005,
                    id_prefix: str = "SYN") -> list[Specimen]:
-    """A synthetic reference: orders × families × genera × species × specimens barcodes."""
+    """A synthetic reference: orders × families × genera × species × specimens barcodes, as
+    :class:`~clibd_cli.schema.Specimen` records ``Specimen(id, order, family, genus, species, bin, sequence)``."""
     rng = np.random.default_rng(seed)
     names = _Names(rng)
     out: list[Specimen] = []

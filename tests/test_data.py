@@ -18,6 +18,7 @@ from torchvision import transforms as T  # noqa: E402
 
 from clibd_cli.errors import InputError  # noqa: E402
 from clibd_cli.preprocess import ImagePreprocessing, load_image, preprocess_image  # noqa: E402
+from clibd_cli.schema import taxonomy_text  # noqa: E402
 from clibd_cli.tokenizer import KmerTokenizer  # noqa: E402
 from clibd_training.data import (  # noqa: E402
     HDF5Image,
@@ -33,7 +34,6 @@ from clibd_training.data import (  # noqa: E402
     read_clibd_hdf5,
     read_manifest,
     split_specimens,
-    taxonomy_text,
 )
 from clibd_training.synthetic import HDF5_GROUPS, KEY_SPLITS, SPLITS, write_simulation  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_real_bioscan1m_metadata(bioscan1m_files, tmp_path):
         assert detect_kind(path) == "bioscan1m"
         specimens = load_specimens(path, image_root=tmp_path)
         assert len(specimens) == expected_rows[path.stem.rsplit("_", 1)[1]]
-        assert len({s.processid for s in specimens}) == len(specimens)
+        assert len({s.id for s in specimens}) == len(specimens)
         assert all(s.sequence is None for s in specimens)
         assert all(s.bin.startswith("BOLD:") for s in specimens)
         assert all(s.taxonomy["order"] for s in specimens)
@@ -181,12 +181,12 @@ def test_manifest_errors(tmp_path):
 
 
 def test_synthetic_tsv_and_hdf5_give_the_same_records(simulation):
-    from_tsv = {s.processid: s for s in load_specimens(simulation / "specimens.tsv")}
+    from_tsv = {s.id: s for s in load_specimens(simulation / "specimens.tsv")}
     from_hdf5 = load_specimens(simulation / "clibd.hdf5")  # all disjoint split groups
     assert detect_kind(simulation / "clibd.hdf5") == "hdf5"
-    assert len(from_hdf5) == len(from_tsv) and {s.processid for s in from_hdf5} == set(from_tsv)
+    assert len(from_hdf5) == len(from_tsv) and {s.id for s in from_hdf5} == set(from_tsv)
     for record in from_hdf5:
-        twin = from_tsv[record.processid]
+        twin = from_tsv[record.id]
         assert record.sequence == twin.sequence and record.sequence and set(record.sequence) <= set("ACGTN")
         assert record.taxonomy == twin.taxonomy
         assert record.split == twin.split
@@ -197,7 +197,7 @@ def test_synthetic_tsv_and_hdf5_give_the_same_records(simulation):
 
 def test_simulation_folder_is_accepted(simulation, tmp_path):
     from_folder = load_specimens(simulation)
-    assert [s.processid for s in from_folder] == [s.processid for s in load_specimens(simulation / "specimens.tsv")]
+    assert [s.id for s in from_folder] == [s.id for s in load_specimens(simulation / "specimens.tsv")]
     assert isinstance(load_specimens(simulation, kind="hdf5")[0].image, bytes)
     with pytest.raises(InputError, match="is a folder without"):
         load_specimens(tmp_path)
@@ -207,11 +207,11 @@ def test_hdf5_groups_lazy_images_and_errors(simulation):
     path = simulation / "clibd.hdf5"
     keys = read_clibd_hdf5(path, "all_keys")
     assert {s.split for s in keys} == {"all_keys"}
-    assert sorted(s.processid for s in keys) == sorted(
-        s.processid for s in read_clibd_hdf5(path, list(KEY_SPLITS)))
+    assert sorted(s.id for s in keys) == sorted(
+        s.id for s in read_clibd_hdf5(path, list(KEY_SPLITS)))
     eager = read_clibd_hdf5(path, ["train_seen", "val_unseen"])
     lazy = read_clibd_hdf5(path, ["train_seen", "val_unseen"], lazy_images=True)
-    assert [s.processid for s in lazy] == [s.processid for s in eager]
+    assert [s.id for s in lazy] == [s.id for s in eager]
     assert all(isinstance(s.image, HDF5Image) and s.image.read() == e.image for s, e in zip(lazy, eager, strict=True))
     assert all(s.sampleid.startswith("SYNS-") for s in eager)
     with pytest.raises(InputError, match=r"no group 'seen_val'; groups are: .*train_seen"):
@@ -265,7 +265,7 @@ def test_dataset_and_collate_with_missing_modalities(simulation, text_tokenizer)
     specimens = load_specimens(simulation / "specimens.tsv")[:6]
     specimens[1] = replace(specimens[1], image=None)
     specimens[2] = replace(specimens[2], sequence=None)
-    specimens[3] = replace(specimens[3], taxonomy={**specimens[3].taxonomy, "species": "", "genus": ""})
+    specimens[3] = replace(specimens[3], species="", genus="")
     tokenizer = KmerTokenizer(k=4)
     dataset = SpecimenDataset(specimens, tokenizer, text_tokenizer, ImageTransforms(SMALL).train, text_max_len=20)
     assert dataset[0]["text_input_ids"].shape == (20,)
@@ -297,7 +297,7 @@ def test_dataset_and_collate_with_missing_modalities(simulation, text_tokenizer)
     assert batch["species_index"][3] == -1 and batch["genus_index"][3] == -1
     assert batch["bin_index"].tolist() == [-1] * 6  # the synthetic TSV has no BIN column
     assert batch["index"].tolist() == list(range(6))
-    assert batch["processid"] == [s.processid for s in specimens]
+    assert batch["processid"] == [s.id for s in specimens]
 
 
 def test_dataset_from_hdf5_bytes_and_lazy_refs_and_without_images(simulation):

@@ -25,14 +25,14 @@ import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from clibd_cli.schema import CONTRASTIVE_PAIRS as PAIRS  # noqa: E402
+from clibd_cli.schema import MODALITIES  # noqa: E402
 from clibd_training.losses import (  # noqa: E402
-    MODALITIES,
     contrastive_loss,
     gather_no_grad,
     gather_with_grad,
 )
 
-PAIRS = (("image", "dna"), ("image", "text"), ("dna", "text"))
 SCALE = 1 / 0.07  # CLIP's initial exp(logit_scale)
 WORLD = 2
 LOCALHOST = "127.0.0.1"

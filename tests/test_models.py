@@ -15,7 +15,7 @@ import yaml  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from clibd_cli.errors import ClibdError  # noqa: E402
-from clibd_cli.sequences import taxonomy_text  # noqa: E402
+from clibd_cli.schema import RANKS, taxonomy_text  # noqa: E402
 from clibd_training.models import (  # noqa: E402
     CLIBDModel,
     DNAEncoder,
@@ -38,8 +38,7 @@ LINEAGES = [
     ("Coleoptera", "Carabidae", "Carabus", "Carabus auratus"),
     ("Hymenoptera", "Formicidae", "Formica", ""),
 ]
-RANK_NAMES = ("order", "family", "genus", "species")
-TEXTS = [taxonomy_text(dict(zip(RANK_NAMES, lineage, strict=True))) for lineage in LINEAGES]
+TEXTS = [taxonomy_text(dict(zip(RANKS, lineage, strict=True))) for lineage in LINEAGES]
 DNA = ["ACGT" * 150, "TTGACC" * 60, "ACGTNACGTA" * 20, "GATTACA" * 94]
 
 

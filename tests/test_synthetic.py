@@ -52,7 +52,7 @@ def test_simulate_is_deterministic_per_seed() -> None:
     assert [s.image_seed for s in first] == [s.image_seed for s in second]
     assert first[0].jpeg() == second[0].jpeg()
     other = syn.simulate(n_species=12, seed=4, image_size=64)
-    assert [s.nucleotides for s in other] != [s.nucleotides for s in first]
+    assert [s.sequence for s in other] != [s.sequence for s in first]
 
 
 def test_write_simulation_is_byte_identical_per_seed(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def _p_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_barcodes_look_like_insect_coi() -> None:
     specimens = syn.simulate(n_species=30, seed=5, image_size=64)
-    sequences = [s.nucleotides for s in specimens]
+    sequences = [s.sequence for s in specimens]
     assert all(set(seq) <= set("ACGTN") for seq in sequences)
     joined = "".join(sequences)
     at = (joined.count("A") + joined.count("T")) / (len(joined) - joined.count("N"))
@@ -175,13 +175,13 @@ def test_barcodes_look_like_insect_coi() -> None:
 
 def test_barcode_distances_follow_taxonomy() -> None:
     specimens = [s for s in syn.simulate(n_species=30, seed=6, image_size=64)
-                 if len(s.nucleotides) == syn.BARCODE_LENGTH]
-    seqs = [np.frombuffer(s.nucleotides.encode(), dtype=np.uint8) for s in specimens]
+                 if len(s.sequence) == syn.BARCODE_LENGTH]
+    seqs = [np.frombuffer(s.sequence.encode(), dtype=np.uint8) for s in specimens]
     buckets: dict[str, list[float]] = defaultdict(list)
     for i in range(len(specimens)):
         for j in range(i + 1, len(specimens)):
             a, b = specimens[i], specimens[j]
-            if a.bin_uri == b.bin_uri:
+            if a.bin == b.bin:
                 kind = "species"
             elif a.genus == b.genus:
                 kind = "genus"
@@ -214,9 +214,9 @@ def test_same_species_images_are_more_alike_than_other_genera() -> None:
     per_species: dict[str, list[np.ndarray]] = defaultdict(list)
     genus_of: dict[str, str] = {}
     for s in specimens:
-        if len(per_species[s.bin_uri]) < 4:
-            per_species[s.bin_uri].append(_hue_histogram(s.render()))
-            genus_of[s.bin_uri] = s.genus
+        if len(per_species[s.bin]) < 4:
+            per_species[s.bin].append(_hue_histogram(s.render()))
+            genus_of[s.bin] = s.genus
     distances: dict[str, list[float]] = defaultdict(list)
     keys = sorted(per_species)
     for x, a in enumerate(keys):

@@ -1,6 +1,7 @@
 """Training data: read specimens from every format CLIBD data comes in, and serve them to the model.
 
-Readers (all return ``list[Specimen]``):
+Readers (all return ``list[Specimen]``, the one specimen record of :mod:`clibd_cli.schema`; tables are read
+with :class:`clibd_cli.sequences.SpecimenTable` and its column map, like every table clibd reads):
 
 * :func:`read_clibd_hdf5` – the HDF5 files the official CLIBD trainer reads (one group per split).
 * :func:`read_bioscan1m` – BIOSCAN-1M metadata TSV (+ its image folder).
@@ -15,16 +16,17 @@ dataset flags what is missing (``has_image``/``has_dna``) instead of dropping th
 Pixels are made by :mod:`clibd_cli.preprocess` – the same code the field runtime uses – and DNA is
 tokenised by :class:`clibd_cli.tokenizer.KmerTokenizer`, so a model never meets inputs in the field
 that were prepared differently from its training inputs.  Labels are cleaned with
-:func:`clibd_cli.sequences.clean_label` (``not_classified``, ``NA``… → ``''``) and barcodes with
-:func:`clibd_cli.sequences.normalise_sequence`, as everywhere else in clibd.
+:func:`clibd_cli.schema.complete_taxonomy` (``not_classified``, ``NA``… → ``''``; a missing genus taken from
+a binomial species name) and barcodes with :func:`clibd_cli.sequences.normalise_sequence`, as everywhere
+else in clibd.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +48,25 @@ from clibd_cli.preprocess import (
     resize_short_side,
     to_rgb,
 )
-from clibd_cli.sequences import (
+from clibd_cli.schema import (
     BIN_COLUMNS,
-    ID_COLUMNS,
-    RANK_COLUMNS,
     RANKS,
-    SEQUENCE_COLUMNS,
+    SEEN_SPLITS,
+    UNSEEN_SPLITS,
+    Specimen,
     clean_label,
-    iter_table,
-    normalise_sequence,
-    taxonomy_text,
+    complete_taxonomy,
+    find_column,
 )
+from clibd_cli.sequences import SpecimenTable, iter_table, normalise_sequence
 from clibd_cli.tokenizer import KmerTokenizer
 
 KINDS: tuple[str, ...] = ("auto", "hdf5", "bioscan1m", "bioscan5m", "manifest")
 # Disjoint CLIBD HDF5 groups: together they hold every record once.  `all_keys` and
 # `no_split_and_seen_train` are unions of these and would duplicate records if read as well.
-HDF5_DISJOINT_GROUPS: tuple[str, ...] = (
-    "no_split", "train_seen", "val_seen", "test_seen", "seen_keys",
-    "val_unseen", "val_unseen_keys", "test_unseen", "test_unseen_keys")
+HDF5_DISJOINT_GROUPS: tuple[str, ...] = ("no_split", *SEEN_SPLITS, *UNSEEN_SPLITS)
 HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5", ".hdf", ".he5")
 LABEL_KEYS: tuple[str, ...] = (*RANKS, "bin")
-IMAGE_COLUMNS: tuple[str, ...] = ("image_file", "image", "image_path")
 SIMULATION_FILES: tuple[str, ...] = ("specimens.tsv", "clibd.hdf5")  # what `clibd simulate` writes
 _HDF5_BLOCK = 512  # rows of the padded image matrix read at once: bounded memory, few HDF5 calls
 
@@ -109,36 +108,6 @@ def _hdf5_handle(path: str) -> Any:
     return handle
 
 
-@dataclass
-class Specimen:
-    """One record: an id, optionally an image and a barcode, its taxonomy, BIN and split.
-
-    ``image`` is a file path (str), the encoded bytes, an :class:`HDF5Image` reference or ``None``;
-    ``sequence`` is normalised (upper-case ACGTN) or ``None``; ``taxonomy`` maps every rank in
-    :data:`RANKS` to a label, ``''`` when unknown.
-    """
-
-    processid: str
-    image: str | bytes | HDF5Image | None = None
-    sequence: str | None = None
-    taxonomy: dict[str, str] = field(default_factory=lambda: dict.fromkeys(RANKS, ""))
-    bin: str = ""
-    split: str = ""
-    sampleid: str = ""
-
-    def label(self, key: str) -> str:
-        """A rank's label or the BIN (``key='bin'``); ``''`` when unknown."""
-        return self.bin if key == "bin" else self.taxonomy.get(key, "")
-
-    @property
-    def text(self) -> str:
-        return taxonomy_text(self.taxonomy)
-
-
-def _taxonomy(values: Mapping[str, str | None]) -> dict[str, str]:
-    return {rank: clean_label(values.get(rank)) for rank in RANKS}
-
-
 def _sequence(raw: str | None) -> str | None:
     sequence = normalise_sequence(raw or "")
     return sequence or None
@@ -148,34 +117,19 @@ def _sequence(raw: str | None) -> str | None:
 # Tables
 
 
-def _clean_header(header: Sequence[str]) -> list[str]:
-    return [h.strip().lstrip("\ufeff").lower() for h in header]
-
-
 def _read_header(path: Path) -> list[str]:
     """The lower-cased column names (a UTF-8 byte-order mark is dropped)."""
     rows = iter_table(path)
     try:
-        return _clean_header(next(rows)[1])
+        return [h.strip().lstrip("\ufeff").lower() for h in next(rows)[1]]
     finally:
         rows.close()
 
 
-def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row dict keyed by lower-cased column) for every non-blank data line."""
-    rows = iter_table(path)
-    header = _clean_header(next(rows)[1])
-    for line, row in rows:
-        yield line, dict(zip(header, row, strict=False))
-
-
-def _first_column(header: Sequence[str], candidates: Iterable[str]) -> str | None:
-    return next((name for name in candidates if name in header), None)
-
-
-def _require(header: Sequence[str], column: str, path: Path, what: str) -> None:
-    if column not in header:
-        raise InputError(f"{path}: no {column!r} column, so it is not a {what} file; columns are: "
+def _require(table: SpecimenTable, column: str, what: str) -> None:
+    if find_column(table.header, (column,), None, column, table.path) is None:
+        header = table.header
+        raise InputError(f"{table.path}: no {column!r} column, so it is not a {what} file; columns are: "
                          f"{', '.join(header[:25])}{' …' if len(header) > 25 else ''}.")
 
 
@@ -188,12 +142,22 @@ def _chunk(value: str) -> str:
 def _check_unique(specimens: Sequence[Specimen], lines: Sequence[int], path: Path) -> None:
     seen: dict[str, int] = {}
     for specimen, line in zip(specimens, lines, strict=True):
-        if not specimen.processid:
+        if not specimen.id:
             raise InputError(f"{path}: line {line}: the record has no id. Give every record an id.")
-        if specimen.processid in seen:
-            raise InputError(f"{path}: line {line}: duplicate id {specimen.processid!r} (first at line "
-                             f"{seen[specimen.processid]}). Ids must be unique.")
-        seen[specimen.processid] = line
+        if specimen.id in seen:
+            raise InputError(f"{path}: line {line}: duplicate id {specimen.id!r} (first at line "
+                             f"{seen[specimen.id]}). Ids must be unique.")
+        seen[specimen.id] = line
+
+
+def _read_rows(table: SpecimenTable, image: Callable[[list[str]], str | None] | None = None) -> list[Specimen]:
+    """Every row of `table` as a specimen (the photo from ``image(cells)`` when given), ids checked unique."""
+    specimens, lines = [], []
+    for line, cells in table:
+        specimens.append(table.specimen(cells, image=image(cells)) if image else table.specimen(cells))
+        lines.append(line)
+    _check_unique(specimens, lines, table.path)
+    return specimens
 
 
 def read_bioscan1m(tsv: Path | str, image_root: Path | str | None = None) -> list[Specimen]:
@@ -205,27 +169,21 @@ def read_bioscan1m(tsv: Path | str, image_root: Path | str | None = None) -> lis
     file has no chunk numbers (the small-dataset metadata lists tar names in ``image_tar`` instead);
     without ``image_root`` records carry no image, since the metadata alone does not say where the
     photos were unpacked.  ``split`` is taken from a ``split`` column if there is one, else ``''``.
+    Columns are found with the column map of :mod:`clibd_cli.schema`, like every other table.
     """
-    path = Path(tsv)
-    header = _read_header(path)
-    _require(header, "processid", path, "BIOSCAN-1M metadata")
+    table = SpecimenTable(tsv)
+    _require(table, "processid", "BIOSCAN-1M metadata")
     root = Path(image_root) if image_root is not None else None
-    has_chunks = "chunk_number" in header
-    specimens, lines = [], []
-    for line, row in _iter_rows(path):
-        image = None
-        image_file = row.get("image_file", "").strip()
-        if root is not None and image_file:
-            chunk = _chunk(row["chunk_number"]) if has_chunks else ""
-            image = str(root / f"part{chunk}" / image_file) if chunk else str(root / image_file)
-        specimens.append(Specimen(
-            processid=row["processid"].strip(), image=image,
-            sequence=_sequence(row["nucraw"]) if "nucraw" in row else None,
-            taxonomy=_taxonomy(row), bin=clean_label(row.get("uri")), split=row.get("split", "").strip(),
-            sampleid=row.get("sampleid", "").strip()))
-        lines.append(line)
-    _check_unique(specimens, lines, path)
-    return specimens
+    image_i, chunk_i = table.columns.index("image"), table.columns.index("chunk")
+
+    def image(cells: list[str]) -> str | None:
+        image_file = cells[image_i].strip() if image_i is not None else ""
+        if root is None or not image_file:
+            return None
+        chunk = _chunk(cells[chunk_i]) if chunk_i is not None else ""
+        return str(root / f"part{chunk}" / image_file) if chunk else str(root / image_file)
+
+    return _read_rows(table, image)
 
 
 def read_bioscan5m(csv_path: Path | str, image_root: Path | str | None = None) -> list[Specimen]:
@@ -236,64 +194,37 @@ def read_bioscan5m(csv_path: Path | str, image_root: Path | str | None = None) -
     ``image_root/images/cropped_256/<split>/<chunk>/<processid>.jpg`` (no chunk folder when ``chunk``
     is empty); without it records carry no image.
     """
-    path = Path(csv_path)
-    header = _read_header(path)
-    _require(header, "processid", path, "BIOSCAN-5M metadata")
+    table = SpecimenTable(csv_path)
+    _require(table, "processid", "BIOSCAN-5M metadata")
     root = Path(image_root) if image_root is not None else None
-    specimens, lines = [], []
-    for line, row in _iter_rows(path):
-        processid = row["processid"].strip()
-        split = row.get("split", "").strip()
-        image = None
-        if root is not None:
-            folder = root / "images" / "cropped_256" / split
-            chunk = _chunk(row.get("chunk", ""))
-            image = str((folder / chunk if chunk else folder) / f"{processid}.jpg")
-        specimens.append(Specimen(
-            processid=processid, image=image, sequence=_sequence(row.get("dna_barcode")),
-            taxonomy=_taxonomy(row), bin=clean_label(row.get("dna_bin")), split=split,
-            sampleid=row.get("sampleid", "").strip()))
-        lines.append(line)
-    _check_unique(specimens, lines, path)
-    return specimens
+    chunk_column = find_column(table.header, ("chunk",), None, "chunk", table.path)
+    chunk_i = table.header.index(chunk_column) if chunk_column else None
+
+    def image(cells: list[str]) -> str | None:
+        if root is None:
+            return None
+        folder = root / "images" / "cropped_256" / table.cell(cells, "split")
+        chunk = _chunk(cells[chunk_i]) if chunk_i is not None else ""
+        return str((folder / chunk if chunk else folder) / f"{table.cell(cells, 'id')}.jpg")
+
+    return _read_rows(table, image)
 
 
-def read_manifest(path: Path | str) -> list[Specimen]:
+def read_manifest(path: Path | str, *, id_column: str | None = None, sequence_column: str | None = None,
+                  image_column: str | None = None) -> list[Specimen]:
     """Read a generic CSV/TSV manifest (e.g. the synthetic generator's ``specimens.tsv``).
 
-    Columns (case-insensitive): an id (``processid``, ``id``, …), optionally an image
-    (``image_file``/``image``/``image_path``, relative paths resolved against the manifest's folder),
-    a barcode (``nucleotides``/``dna_barcode``/``sequence``/…), the ranks, ``split``, a BIN
+    Columns are found with the column map of :mod:`clibd_cli.schema` (case-insensitive; the ``*_column``
+    arguments name them explicitly): an id (``processid``, ``id``, …), optionally a photo
+    (``image_file``/``image``/``image_path``/…, relative paths resolved against the manifest's folder), a
+    barcode (``nucleotides``/``dna_barcode``/``sequence``/…), the ranks, ``split``, a BIN
     (``bin_uri``/``dna_bin``/``uri``/``bin``) and ``sampleid``.  Empty cells mean "missing".
     """
-    path = Path(path)
-    header = _read_header(path)
-    id_col = _first_column(header, ID_COLUMNS)
-    if id_col is None:
-        raise InputError(f"{path}: no id column (looked for {', '.join(ID_COLUMNS)}); columns are: "
-                         f"{', '.join(header[:25])}.")
-    image_col = _first_column(header, IMAGE_COLUMNS)
-    seq_col = _first_column(header, SEQUENCE_COLUMNS)
-    bin_col = _first_column(header, BIN_COLUMNS)
-    rank_cols = {rank: _first_column(header, RANK_COLUMNS[rank]) for rank in RANKS}
-    sample_col = "sampleid" if "sampleid" in header and id_col != "sampleid" else None
-    folder = path.parent
-    specimens, lines = [], []
-    for line, row in _iter_rows(path):
-        image = None
-        if image_col and row[image_col].strip():
-            image_path = Path(row[image_col].strip()).expanduser()
-            image = str(image_path if image_path.is_absolute() else folder / image_path)
-        specimens.append(Specimen(
-            processid=row[id_col].strip(), image=image,
-            sequence=_sequence(row[seq_col]) if seq_col else None,
-            taxonomy={rank: clean_label(row[col]) if col else "" for rank, col in rank_cols.items()},
-            bin=clean_label(row[bin_col]) if bin_col else "", split=row.get("split", "").strip(),
-            sampleid=row[sample_col].strip() if sample_col else ""))
-        lines.append(line)
+    table = SpecimenTable(path, id_column=id_column, sequence_column=sequence_column, image_column=image_column)
+    table.columns.require("id", hint="Add one (e.g. processid) or name it with id_column.")
+    specimens = _read_rows(table)
     if not specimens:
         raise InputError(f"{path}: the manifest has a header but no records.")
-    _check_unique(specimens, lines, path)
     return specimens
 
 
@@ -367,7 +298,7 @@ def read_clibd_hdf5(path: Path | str, groups: str | Sequence[str], *, lazy_image
             barcodes = _group_strings(group, "barcode", n, where) if "barcode" in group else None
             ranks = {rank: _group_strings(group, rank, n, where) for rank in RANKS}
             sampleids = _group_strings(group, "sampleid", n, where)
-            bin_name = _first_column(list(group.keys()), BIN_COLUMNS)
+            bin_name = next((name for name in BIN_COLUMNS if name in group), None)
             bins = _group_strings(group, bin_name, n, where) if bin_name else [""] * n
             images: list[str | bytes | HDF5Image | None] = [None] * n
             if "image" in group and n:
@@ -383,10 +314,9 @@ def read_clibd_hdf5(path: Path | str, groups: str | Sequence[str], *, lazy_image
                             images[start + offset] = row[:length].tobytes() if length else None
             for i in range(n):
                 specimens.append(Specimen(
-                    processid=ids[i].strip(), image=images[i],
-                    sequence=_sequence(barcodes[i]) if barcodes is not None else None,
-                    taxonomy={rank: clean_label(ranks[rank][i]) for rank in RANKS}, bin=clean_label(bins[i]),
-                    split=name, sampleid=sampleids[i].strip()))
+                    ids[i].strip(), **complete_taxonomy({rank: ranks[rank][i] for rank in RANKS}),
+                    bin=clean_label(bins[i]), sequence=_sequence(barcodes[i]) if barcodes is not None else None,
+                    image=images[i], split=name, sampleid=sampleids[i].strip()))
     return specimens
 
 
@@ -639,10 +569,10 @@ class SpecimenDataset(Dataset):
             return torch.zeros(self.image_shape), False
         try:
             if isinstance(source, HDF5Image):
-                name = f"record {specimen.processid} ({source.path}[{source.group}] row {source.row})"
+                name = f"record {specimen.id} ({source.path}[{source.group}] row {source.row})"
                 image = load_image(source.read(), name=name, draft_min_side=self._draft_min_side)
             elif isinstance(source, bytes):
-                image = load_image(source, name=f"record {specimen.processid}", draft_min_side=self._draft_min_side)
+                image = load_image(source, name=f"record {specimen.id}", draft_min_side=self._draft_min_side)
             else:
                 image = load_image(source, draft_min_side=self._draft_min_side)
         except ImageError:
@@ -659,7 +589,7 @@ class SpecimenDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         specimen = self.specimens[index]
-        item: dict[str, Any] = {"index": int(index), "processid": specimen.processid}
+        item: dict[str, Any] = {"index": int(index), "processid": specimen.id}
         if self.image_transform is not None:
             item["pixel_values"], item["has_image"] = self._pixels(specimen)
         else:

@@ -14,7 +14,9 @@ pipeline that cannot learn from it is broken, and one that learns from it is at 
 * Photos are rendered with PIL from traits inherited down the same tree: the order fixes the body
   plan, the family the palette, the genus the pattern, the species a variant of pattern and colours;
   pose, scale, position, lighting and background noise vary per specimen.
-* Records are split with the CLIBD scheme and written as a TSV, JPEG files and the CLIBD HDF5 layout.
+* Records are split by :func:`clibd_cli.split.clibd_split`, the CLIBD split of `clibd split` (unseen
+  species chosen in genera that keep a seen species), and written as a TSV, JPEG files and the CLIBD HDF5
+  layout.  Each record is a :class:`clibd_cli.schema.Specimen` that knows how to draw its photo.
 
 Everything is deterministic per seed and torch-free (numpy + pillow; h5py only when writing HDF5).
 """
@@ -34,13 +36,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
-RANKS: tuple[str, ...] = ("order", "family", "genus", "species")
-TSV_COLUMNS: tuple[str, ...] = ("processid", "image_file", "nucleotides", "order", "family", "genus",
-                                "species", "split")
-SEEN_SPLITS: tuple[str, ...] = ("train_seen", "val_seen", "test_seen", "seen_keys")
-UNSEEN_SPLITS: tuple[str, ...] = ("val_unseen", "val_unseen_keys", "test_unseen", "test_unseen_keys")
-SPLITS: tuple[str, ...] = (*SEEN_SPLITS, *UNSEEN_SPLITS, "no_split")
-KEY_SPLITS: tuple[str, ...] = ("seen_keys", "val_unseen_keys", "test_unseen_keys")
+from clibd_cli.schema import KEY_SPLITS, RANKS, SEEN_SPLITS, UNSEEN_SPLITS, Specimen
+from clibd_cli.split import clibd_split
+
+TSV_COLUMNS: tuple[str, ...] = ("processid", "image_file", "nucleotides", *RANKS, "split")
+SPLITS: tuple[str, ...] = (*SEEN_SPLITS, *UNSEEN_SPLITS, "no_split")  # the splits a simulation fills
 HDF5_GROUPS: tuple[str, ...] = (*SPLITS, "all_keys")
 HDF5_STRING_FIELDS: tuple[str, ...] = ("barcode", "order", "family", "genus", "species", "sampleid",
                                        "processid", "image_file")
@@ -50,7 +50,6 @@ BARCODE_LENGTH = 658
 BRANCH_DIVERGENCE: dict[str, tuple[float, float]] = {
     "order": (0.15, 0.20), "family": (0.08, 0.12), "genus": (0.06, 0.08), "species": (0.03, 0.05)}
 SPECIMEN_DIVERGENCE_MAX = 0.015
-SEEN_FRACTIONS: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # train_seen, val_seen, test_seen, seen_keys
 UNSEEN_SPECIES_FRACTION = 0.2
 NO_SPLIT_FRACTION = 0.05
 MIN_SPECIES = 5
@@ -721,20 +720,11 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
 # Specimens and splits
 
 
-@dataclass
-class Specimen:
-    """One synthetic record; `render()` draws its photo on demand (deterministic per specimen)."""
+@dataclass(frozen=True)
+class SimulatedSpecimen(Specimen):
+    """A synthetic record (:class:`~clibd_cli.schema.Specimen`: id, ranks, BIN, barcode, photo file, split,
+    sample id) that draws its photo on demand with :meth:`render` (deterministic per specimen)."""
 
-    processid: str
-    image_file: str
-    nucleotides: str
-    order: str
-    family: str
-    genus: str
-    species: str
-    split: str
-    sampleid: str = ""
-    bin_uri: str = ""
     look: Look | None = field(default=None, repr=False, compare=False)
     image_seed: int = field(default=0, repr=False)
     image_size: int = field(default=224, repr=False)
@@ -742,7 +732,7 @@ class Specimen:
     def render(self, image_size: int | None = None) -> Image.Image:
         """The specimen's photo; the same seed gives the same photo at a given size."""
         if self.look is None:
-            raise ValueError(f"{self.processid}: no look attached; build specimens with simulate()")
+            raise ValueError(f"{self.id}: no look attached; build specimens with simulate()")
         return photograph(self.look, image_size or self.image_size, np.random.default_rng(self.image_seed))
 
     def jpeg(self, quality: int = 90) -> bytes:
@@ -751,7 +741,8 @@ class Specimen:
 
     def row(self) -> dict[str, str]:
         """The TSV row (columns :data:`TSV_COLUMNS`)."""
-        return {column: getattr(self, column) for column in TSV_COLUMNS}
+        return {"processid": self.id, "image_file": self.image, "nucleotides": self.sequence or "",
+                **self.taxonomy, "split": self.split}
 
 
 def _choose_unseen(rng: np.random.Generator, taxonomy: Sequence[SpeciesNode], count: int) -> set[int]:
@@ -772,22 +763,6 @@ def _choose_unseen(rng: np.random.Generator, taxonomy: Sequence[SpeciesNode], co
     return unseen
 
 
-def _seen_counts(rng: np.random.Generator, n: int) -> list[int]:
-    """Records per seen split for one species: ~70/10/10/10, with ≥1 train and ≥1 key record."""
-    expected = np.array(SEEN_FRACTIONS) * n
-    counts = np.floor(expected).astype(int)
-    remainder = n - counts.sum()
-    if remainder:
-        frac = expected - counts
-        extra = rng.choice(len(counts), size=remainder, replace=False, p=frac / frac.sum())
-        counts[extra] += 1
-    if counts[3] == 0 and n >= 2:  # floor(0.7 n) ≥ 1 here, so train keeps a record either way
-        donor = int(np.argmax(counts[1:3])) + 1 if counts[1:3].max() > 0 else 0
-        counts[donor] -= 1
-        counts[3] += 1
-    return [int(c) for c in counts]
-
-
 def _choose_unlabelled(rng: np.random.Generator, groups: Sequence[Sequence[int]], count: int) -> set[int]:
     """Records to strip of their species label; each species keeps ≥ 2/3 of its records (≥ 2)."""
     allowed = {i: max(0, (len(group) - 2) // 3) for i, group in enumerate(groups)}
@@ -805,44 +780,32 @@ def assign_splits(species_of_record: Sequence[int], taxonomy: Sequence[SpeciesNo
                   ) -> tuple[list[str], list[bool]]:
     """CLIBD splits per record, and which records lose their species label (the `no_split` ones).
 
-    80 % of species are seen (records ~70/10/10/10 → train_seen/val_seen/test_seen/seen_keys); the
-    other 20 % are unseen, divided by species between validation and test, each species' records half
-    queries, half keys (at least one of each).  ~5 % of records, taken from seen species that keep
-    enough records, have no species label and go to `no_split` (pretraining only).
+    The simulation decides what real data would already have: which 20 % of species are unseen (preferring
+    genera that keep a seen species, so their genus can be evaluated) and which ~5 % of records, taken from
+    seen species that keep enough records, have no species label.  The records are then split by
+    :func:`clibd_cli.split.clibd_split` exactly as `clibd split` splits a real table: seen species ~70/10/10/10
+    → train_seen/val_seen/test_seen/seen_keys (at least one training record and one key each), unseen
+    species divided between validation and test, each species' records half queries, half keys.
     """
     rng = _rng(seed, "splits")
     by_species: dict[int, list[int]] = {}
     for record, species in enumerate(species_of_record):
         by_species.setdefault(int(species), []).append(record)
     n_unseen = min(len(taxonomy) - 1, max(2, round(UNSEEN_SPECIES_FRACTION * len(taxonomy))))
-    unseen = sorted(_choose_unseen(rng, taxonomy, n_unseen))
-    unseen = [unseen[i] for i in rng.permutation(len(unseen))]
-    splits = [""] * len(species_of_record)
-    for position, species in enumerate(unseen):
-        prefix = "val_unseen" if position < (len(unseen) + 1) // 2 else "test_unseen"
-        records = [by_species[species][i] for i in rng.permutation(len(by_species[species]))]
-        half = len(records) // 2 + int(rng.integers(0, len(records) % 2 + 1))  # odd counts: round either way
-        n_queries = min(len(records) - 1, max(1, half))
-        for k, record in enumerate(records):
-            splits[record] = prefix if k < n_queries else f"{prefix}_keys"
-    seen = [s for s in range(len(taxonomy)) if s not in set(unseen)]
+    unseen = _choose_unseen(rng, taxonomy, n_unseen)
+    seen = [s for s in range(len(taxonomy)) if s not in unseen]
     unlabelled = _choose_unlabelled(rng, [by_species[s] for s in seen],
                                     round(NO_SPLIT_FRACTION * len(species_of_record)))
-    for species in seen:
-        records = [r for r in by_species[species] if r not in unlabelled]
-        records = [records[i] for i in rng.permutation(len(records))]
-        names = [name for name, c in zip(SEEN_SPLITS, _seen_counts(rng, len(records)), strict=True)
-                 for _ in range(c)]
-        for record, name in zip(records, names, strict=True):
-            splits[record] = name
-    for record in unlabelled:
-        splits[record] = "no_split"
+    labels = ["" if record in unlabelled else taxonomy[int(species)].species
+              for record, species in enumerate(species_of_record)]
+    splits = clibd_split(labels, seed, min_seen_records=2, unseen={taxonomy[s].species for s in unseen})
     return splits, [r in unlabelled for r in range(len(species_of_record))]
 
 
 def simulate(n_species: int = 60, specimens_per_species: tuple[int, int] = (6, 14), seed: int = 0,
-             image_size: int = 224) -> list[Specimen]:
-    """Synthetic specimens sorted by processid; images are drawn on demand by :meth:`Specimen.render`.
+             image_size: int = 224) -> list[SimulatedSpecimen]:
+    """Synthetic specimens sorted by id (the TSV's processid); images are drawn on demand by
+    :meth:`SimulatedSpecimen.render`.
 
     `specimens_per_species` is an inclusive (min, max) range drawn per species; the minimum must be
     ≥ 2 so every unseen species can have both a query and a key.
@@ -866,19 +829,18 @@ def simulate(n_species: int = 60, specimens_per_species: tuple[int, int] = (6, 1
     for i, s in enumerate(species_of_record):
         node = taxonomy[s]
         pid = f"SYN{numbers[i]:06d}"
-        specimens.append(Specimen(
-            processid=pid, image_file=f"images/{pid}.jpg", nucleotides=barcodes[i], order=node.order,
-            family=node.family, genus=node.genus, species="" if unlabelled[i] else node.species,
-            split=splits[i], sampleid=f"SYNS-{numbers[i]:06d}", bin_uri=node.bin_uri, look=looks[s],
-            image_seed=int(image_seeds[i]), image_size=image_size))
-    return sorted(specimens, key=lambda sp: sp.processid)
+        specimens.append(SimulatedSpecimen(
+            pid, node.order, node.family, node.genus, "" if unlabelled[i] else node.species, node.bin_uri,
+            sequence=barcodes[i], image=f"images/{pid}.jpg", split=splits[i], sampleid=f"SYNS-{numbers[i]:06d}",
+            look=looks[s], image_seed=int(image_seeds[i]), image_size=image_size))
+    return sorted(specimens, key=lambda sp: sp.id)
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 
 
-def write_tsv(path: Path, specimens: Sequence[Specimen]) -> None:
+def write_tsv(path: Path, specimens: Sequence[SimulatedSpecimen]) -> None:
     """`specimens.tsv`: exactly :data:`TSV_COLUMNS`, tab-separated, one row per specimen."""
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=TSV_COLUMNS, delimiter="\t", lineterminator="\n")
@@ -893,8 +855,11 @@ def _byte_strings(values: Sequence[str]) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}")
 
 
+_HDF5_ATTRIBUTES = {"barcode": "sequence", "processid": "id", "image_file": "image"}
+
+
 def _hdf5_field(specimen: Specimen, name: str) -> str:
-    return specimen.nucleotides if name == "barcode" else getattr(specimen, name)
+    return getattr(specimen, _HDF5_ATTRIBUTES.get(name, name)) or ""
 
 
 def write_hdf5(path: Path, specimens: Sequence[Specimen], jpegs: dict[str, bytes]) -> None:
@@ -910,21 +875,21 @@ def write_hdf5(path: Path, specimens: Sequence[Specimen], jpegs: dict[str, bytes
             records = members[name]
             images = np.zeros((len(records), width), dtype=np.uint8)
             for row, specimen in enumerate(records):
-                data = jpegs[specimen.processid]
+                data = jpegs[specimen.id]
                 images[row, : len(data)] = np.frombuffer(data, dtype=np.uint8)
             group.create_dataset("image", data=images)
             group.create_dataset("image_mask", data=np.array(
-                [len(jpegs[s.processid]) for s in records], dtype=np.int64))
+                [len(jpegs[s.id]) for s in records], dtype=np.int64))
             for name_ in HDF5_STRING_FIELDS:
                 group.create_dataset(name_, data=_byte_strings([_hdf5_field(s, name_) for s in records]))
 
 
-def _encode(job: tuple[Specimen, int]) -> bytes:
+def _encode(job: tuple[SimulatedSpecimen, int]) -> bytes:
     specimen, quality = job
     return specimen.jpeg(quality)
 
 
-def encode_images(specimens: Sequence[Specimen], jpeg_quality: int = 90, workers: int = 1) -> list[bytes]:
+def encode_images(specimens: Sequence[SimulatedSpecimen], jpeg_quality: int = 90, workers: int = 1) -> list[bytes]:
     """JPEG bytes per specimen; rendering is seeded per specimen, so `workers` never changes the bytes."""
     jobs = [(specimen, jpeg_quality) for specimen in specimens]
     if workers <= 1 or len(jobs) < 2 * workers:
@@ -948,8 +913,8 @@ def write_simulation(out_dir: Path | str, n_species: int = 60, seed: int = 0, im
     specimens = simulate(n_species, specimens_per_species, seed, image_size)
     jpegs: dict[str, bytes] = {}
     for specimen, data in zip(specimens, encode_images(specimens, jpeg_quality, workers), strict=True):
-        (out / specimen.image_file).write_bytes(data)
-        jpegs[specimen.processid] = data
+        (out / specimen.image).write_bytes(data)
+        jpegs[specimen.id] = data
     write_tsv(out / "specimens.tsv", specimens)
     if hdf5:
         write_hdf5(out / "clibd.hdf5", specimens, jpegs)
@@ -960,7 +925,7 @@ def write_simulation(out_dir: Path | str, n_species: int = 60, seed: int = 0, im
     return {
         "out_dir": str(out),
         "records": len(specimens),
-        "species": len({s.bin_uri for s in specimens}),
+        "species": len({s.bin for s in specimens}),
         "seen_species": len(seen),
         "unseen_species": len(unseen),
         "genera": len({s.genus for s in specimens}),
