@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from clibd_cli import __version__
+from clibd_cli import __version__, schema
 from clibd_cli.errors import ClibdError
 
 app = typer.Typer(
@@ -220,8 +220,14 @@ def _calibrate_index(index, precision: float, console, seed: int = 0) -> None:
     index.set_thresholds(calibration.thresholds, calibration.report)
 
 
-IdColumn = Annotated[str | None, typer.Option(help="Column holding record ids (tables only).")]
-SeqColumn = Annotated[str | None, typer.Option(help="Column holding the sequences (tables only).")]
+# Table columns, declared once for every command that reads a table; by default each is found with the column map
+# of clibd_cli.schema, the same for barcodes, photos and splits.
+IdColumn = Annotated[str | None, typer.Option(help="Column holding specimen/record ids in tables (default: the first "
+                                              f"present of {', '.join(schema.ID_COLUMNS)}).")]
+SeqColumn = Annotated[str | None, typer.Option(help="Column holding the barcodes in tables (default: the first "
+                                               f"present of {', '.join(schema.SEQUENCE_COLUMNS)}).")]
+ImageColumn = Annotated[str | None, typer.Option(help="Column holding the photo files in tables (default: the first "
+                                                 f"present of {', '.join(schema.IMAGE_COLUMNS)}).")]
 MinLength = Annotated[int, typer.Option(help="Flag sequences shorter than this (bp) as 'short'.")]
 Marker = Annotated[str, typer.Option(help="Which marker to keep from BOLD packages that mix markers "
                                      "(e.g. COI-5P, ITS, rbcLa); 'all' keeps every row.")]
@@ -272,6 +278,7 @@ def build_index(
     precision: Annotated[float, typer.Option(help="Target precision for calibrated thresholds.")] = 0.95,
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
+    image_column: ImageColumn = None,
     min_length: MinLength = 200,
     marker: Marker = "COI-5P",
     device: Device = "auto",
@@ -301,19 +308,20 @@ def build_index(
     bundle = _bundle(model, device)
     with writing(output, notify=console.print):
         _build_index_locked(output, barcodes, images, text_keys, bundle, append, force, kmer, calibrate, precision,
-                            id_column, sequence_column, min_length, marker, workers, threads, console)
+                            id_column, sequence_column, min_length, marker, workers, threads, console, image_column)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
 
 
 def _build_index_locked(output, barcodes, images, text_keys, bundle, append, force, kmer, calibrate, precision,
-                        id_column, sequence_column, min_length, marker, workers, threads, console) -> None:
+                        id_column, sequence_column, min_length, marker, workers, threads, console,
+                        image_column=None) -> None:
     """build-index's read-modify-write, run while holding the index's write lock."""
     from clibd_cli.encoders import KmerProfileEncoder
     from clibd_cli.index import ReferenceIndex, index_modalities, save_parts
 
     existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if append else {}
     inputs = _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
-                               marker)
+                               marker, image_column)
     parts = dict(existing)
     for modality, records in inputs.items():
         if bundle is not None:
@@ -346,7 +354,8 @@ def _build_index_locked(output, barcodes, images, text_keys, bundle, append, for
         if what == "kmer-profile":
             what += f" k={part.encoder_description.get('k')}"
         console.print(f"[green]wrote[/green] {output} \\[{modality}]: {counts['records']:,} records, "
-                      f"{counts['species']:,} species, {counts['genus']:,} genera ({what})")
+                      f"{counts['species']:,} species, {counts['genus']:,} genera ({what}; search: "
+                      f"{part.manifest.get('search', 'exact')})")
         thresholds = part.thresholds
         if modality != "text":  # taxonomy strings are references, never queries
             console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANK_NAMES
@@ -358,7 +367,7 @@ def _build_index_locked(output, barcodes, images, text_keys, bundle, append, for
 
 
 def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, min_length, console,
-                      marker="COI-5P") -> dict:
+                      marker="COI-5P", image_column=None) -> dict:
     """Reference records per modality, read and checked before anything is embedded."""
     from clibd_cli.photos import collect_photos
     from clibd_cli.references import photo_records, text_records
@@ -367,13 +376,21 @@ def _reference_inputs(barcodes, images, text_keys, id_column, sequence_column, m
     if barcodes:
         inputs["dna"] = _reference_records(barcodes, id_column, sequence_column, min_length, console, marker)
     if images is not None:
-        photos, problems = collect_photos([], manifest=images)
+        photos, problems = collect_photos([], manifest=images, id_column=id_column, image_column=image_column)
         if problems:
             raise ClibdError(f"{images}: {problems[0].reason}. Fix the manifest.")
         inputs["image"] = photo_records(photos, str(images))
     if text_keys:
         inputs["text"] = text_records([r for records in inputs.values() for r in records])
     return inputs
+
+
+def _search_note(index, console) -> None:
+    """Say once when a large index is searched exactly for want of hnswlib (results are the same)."""
+    from clibd_cli.index import EXACT_MAX
+
+    if index.search_engine != "hnswlib" and index.size > EXACT_MAX:
+        console.print(f"[yellow]note:[/yellow] search: {index.search_description()}.")
 
 
 def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_length, console, bundle=None,
@@ -384,6 +401,7 @@ def _open_index(path: Path, kmer: int | None, id_column, sequence_column, min_le
 
     if path.is_dir():
         index = ReferenceIndex.load(path, "dna")
+        _search_note(index, console)
         if bundle is not None:
             encoder = bundle.encoder("dna")
         else:
@@ -467,7 +485,7 @@ def match(
             "encoder_fingerprint": encoder.fingerprint, "index_fingerprint": index.fingerprint,
             "index": str(index_path), "thresholds": thresholds, "thresholds_from": provenance,
             "overrides": overrides, "score": "alignment identity over the overlap (fraction)",
-            "neighbours": neighbours, "candidates": candidates}
+            "neighbours": neighbours, "candidates": candidates, "search": index.search_description()}
     identity = {k: info[k] for k in ("encoder_fingerprint", "index_fingerprint", "thresholds", "neighbours",
                                      "candidates")}
     if resume:
@@ -533,6 +551,8 @@ def classify(
                                                   "optional id and grouping columns).")] = None,
     group_by: Annotated[str | None, typer.Option(help="Fuse photos of one specimen into one call: a manifest "
                                                  "column, or 'folder'.")] = None,
+    id_column: IdColumn = None,
+    image_column: ImageColumn = None,
     output: Output = None,
     fmt: Format = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
@@ -567,7 +587,8 @@ def classify(
     report.check_output(output, resume=resume, force=force, inputs=inputs, others=[hits], folders=[index_path])
     if hits is not None:
         report.check_output(hits, resume=resume, force=force, inputs=inputs, folders=[index_path])
-    found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by)
+    found, problems = collect_photos(photos or [], manifest=manifest, group_by=group_by, id_column=id_column,
+                                     image_column=image_column)
     bundle = _bundle(model, device, int8, threads)
     bundle.check("image")
     modalities = index_modalities(index_path)
@@ -575,6 +596,7 @@ def classify(
         raise ClibdError(f"{index_path}: has no {against} references (it has: {', '.join(modalities)}). "
                          "Choose --against accordingly or add them with 'clibd build-index --append'.")
     parts = {m: ReferenceIndex.load(index_path, m) for m in modalities}
+    _search_note(max(parts.values(), key=lambda part: part.size), console)
     refs = references(parts, bundle, against, overrides)
     for modality, ref in refs.items():
         if not ref.calibrated:
@@ -588,7 +610,8 @@ def classify(
     info = {"clibd_version": __version__, "model": bundle.name, "model_fingerprint": bundle.fingerprint,
             "index": str(index_path), "against": against, "neighbours": neighbours,
             "thresholds": {m: ref.thresholds for m, ref in refs.items()},
-            "calibrated": {m: ref.calibrated for m, ref in refs.items()}}
+            "calibrated": {m: ref.calibrated for m, ref in refs.items()},
+            "search": {m: parts[m].search_description() for m in refs}}
     identity = {"model_fingerprint": bundle.fingerprint, "against": against, "neighbours": neighbours,
                 "thresholds": info["thresholds"], "index_fingerprints": {m: p.fingerprint for m, p in parts.items()}}
     hits_fmt = report.choose_format(None, hits, False) if hits else None
@@ -630,6 +653,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Seed of the leave-species-out sample.")] = 0,
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
+    image_column: ImageColumn = None,
     images: Annotated[Path | None, typer.Option(help="Labelled photos (manifest with taxonomy): calibrate photo "
                                                 "queries against --against references (needs --model).")] = None,
     against: Annotated[str, typer.Option(help="With --images: the reference modality to calibrate.")] = "dna",
@@ -648,7 +672,7 @@ def calibrate(
     with writing(index_path, notify=_stderr().print):  # one writer at a time: an --append now would be lost
         if images is not None:
             calibration = _calibrate_photos(index_path, images, against, model, device, precision, seed,
-                                            novel_share)
+                                            novel_share, id_column, image_column)
         else:
             calibration = _calibrate_barcodes(index_path, queries, precision, sample, novel_share, neighbours,
                                               seed, id_column, sequence_column, _bundle(model, device))
@@ -668,7 +692,8 @@ def calibrate(
 
 
 def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path | None, device: str,
-                      precision: float, seed: int, novel_share: float):
+                      precision: float, seed: int, novel_share: float, id_column: str | None = None,
+                      image_column: str | None = None):
     """Photo → `against` thresholds from labelled photos, held out by specimen and species."""
     from clibd_cli.calibrate import calibrate_held_out
     from clibd_cli.index import ReferenceIndex
@@ -681,7 +706,7 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
     part = ReferenceIndex.load(index_path, against)
     encoder = bundle.encoder("image")
     part.check_encoder(encoder)
-    photos, _ = collect_photos([], manifest=images)
+    photos, _ = collect_photos([], manifest=images, id_column=id_column, image_column=image_column)
     records = photo_records(photos, str(images))
     vectors = encoder.encode_photos([Path(r.sequence) for r in records])
     truth = {rank: [r.label(rank) for r in records] for rank in RANK_NAMES}
@@ -791,6 +816,9 @@ def check(
     fmt: Format = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")] = 10,
+    id_column: IdColumn = None,
+    sequence_column: SeqColumn = None,
+    image_column: ImageColumn = None,
     device: Device = "auto",
     int8: Int8 = False,
     workers: Workers = None,
@@ -807,8 +835,8 @@ def check(
     console = _stderr()
     fmt = report.choose_format(fmt, output, sys.stdout.isatty())
     report.check_output(output, resume=False, force=force)
-    photos, problems = collect_photos([], manifest=manifest)
-    barcodes = {r.id: r for r in _read([manifest], None, None, 0).records}
+    photos, problems = collect_photos([], manifest=manifest, id_column=id_column, image_column=image_column)
+    barcodes = {r.id: r for r in _read([manifest], id_column, sequence_column, 0).records}
     bundle = _bundle(model, device, int8)
     bundle.check("image", "dna")
     parts = {m: ReferenceIndex.load(index_path, m) for m in index_modalities(index_path)}
@@ -961,6 +989,9 @@ def evaluate(
     plots: Annotated[Path | None, typer.Option(help="Folder for accuracy.png and reliability.png.")] = None,
     precision: Annotated[float, typer.Option(min=0.5, max=1.0, help="Target precision of the open-set "
                                              "thresholds.")] = 0.95,
+    id_column: IdColumn = None,
+    sequence_column: SeqColumn = None,
+    image_column: ImageColumn = None,
     device: Device = "auto",
     workers: Workers = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --output.")] = False,
@@ -976,7 +1007,8 @@ def evaluate(
 
     if output is not None and output.exists() and not force:
         raise ClibdError(f"{output}: already exists. Use --force to overwrite it.")
-    specimens = read_split_table(data)
+    specimens = read_split_table(data, id_column=id_column, sequence_column=sequence_column,
+                                 image_column=image_column)
     embedder = _embedder(model, device, workers, trust_checkpoint)
     report = run_evaluation(specimens, embedder, split=split, precision=precision)
     report["model"] = embedder.name

@@ -182,3 +182,23 @@ def test_small_groups_and_singletons():
     assert splits[16:18] == ["no_split", "no_split"]
     unseen_large = {s for s, split in zip(species, splits, strict=True) if split in UNSEEN_SPLITS} - {"b"}
     assert len(unseen_large) == 2  # round(0.2 * 11 eligible species)
+
+
+def test_named_unseen_species():
+    species = [f"s{i}" for i in range(12) for _ in range(10 + i % 3)]
+    drawn = clibd_split(species, seed=5)
+    held_out = {s for s, split in zip(species, drawn, strict=True) if split in UNSEEN_SPLITS}
+    assert clibd_split(species, seed=5, unseen=held_out) == drawn  # naming the drawn species changes nothing
+    chosen = clibd_split(species, seed=5, unseen={"s0", "s1", "s2"})
+    assert {s for s, split in zip(species, chosen, strict=True) if split in UNSEEN_SPLITS} == {"s0", "s1", "s2"}
+    with pytest.raises(ValueError, match="s99"):
+        clibd_split(species, seed=5, unseen={"s99"})
+
+
+def test_every_small_seen_species_trains_and_has_a_key():
+    species = [f"s{i}" for i in range(40) for _ in range(2 + i % 3)]
+    splits = clibd_split(species, seed=0, min_seen_records=2)
+    for label in set(species):
+        assigned = [split for s, split in zip(species, splits, strict=True) if s == label]
+        if assigned[0] in SEEN_SPLITS:
+            assert "train_seen" in assigned and "seen_keys" in assigned, (label, assigned)
