@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from clibd_cli.assign import DEFAULT_TAU, assign_batch
-from clibd_cli.index import ReferenceIndex, exact_knn
+from clibd_cli.index import ReferenceIndex
+from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
 
 DEFAULT_PRECISION = 0.95

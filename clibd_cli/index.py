@@ -10,7 +10,9 @@ Layout (format version 3; version 2 stored k-mer-cosine thresholds for barcodes 
                          barcode, image path or taxonomy text; source): the single source of truth for
                          metadata; `vector` is the graph label of its embedding in its modality's graph
     DIR/<modality>.hnsw  hnswlib graph (inner product on L2-normalised vectors = cosine), one per
-                         modality; it also holds the vectors, so nothing is stored twice
+                         modality; it also holds the vectors, so nothing is stored twice; built
+                         without hnswlib, the part stores DIR/<modality>.npy (the vectors) instead
+                         and is searched exactly (:mod:`clibd_cli.search`: both open everywhere)
 
 A :class:`ReferenceIndex` object is one part (one modality).  A DNA-only index built with the k-mer
 profile has just the ``dna`` part; an index built with a model bundle may hold barcodes, photos and
@@ -24,7 +26,8 @@ order: inserted sorted by taxonomy, as reference files usually are, the graph mi
 neighbour of ~1 % of queries on this clustered data.
 
 Small indexes (≤ ``EXACT_MAX`` vectors) are searched exactly with a matrix product over the vectors
-read back from the graph, which is both fast and exact there; ``exact=True`` forces it on any size.
+read back from the graph, which is both fast and exact there; ``exact=True`` forces it on any size,
+and so does a machine without hnswlib.
 Every write goes to a temporary sibling directory that replaces the target in one rename, so an
 interrupted build never leaves a half-written index behind.
 """
@@ -49,6 +52,24 @@ from clibd_cli.confine import confined
 from clibd_cli.encoders import Encoder, encoder_from_description
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
 from clibd_cli.indexdir import MANIFEST, clean, ignorable, new_generation, switch, writing
+from clibd_cli.search import (
+    GRAPH_SUFFIX,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    HNSWLIB,
+    INSTALL_HINT,
+    VECTORS_SUFFIX,
+    build_graph,
+    engine,
+    exact_knn,
+    hnswlib_module,
+    load_graph,
+    load_vectors,
+    read_hnsw_vectors,
+    rescore,
+    save_vectors,
+)
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
 
 FORMAT_VERSION = 4  # 4: generation folders (3: flat layout, still read); 3: barcode thresholds are identities
@@ -56,9 +77,6 @@ READABLE_VERSIONS = (3, 4)
 GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw", "records")
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 128
 
 _SCHEMA = """
 CREATE TABLE records (
@@ -104,12 +122,6 @@ class SearchResult:
     similarities: np.ndarray
 
 
-def _hnsw():
-    import hnswlib
-
-    return hnswlib
-
-
 class ReferenceIndex:
     """Reference embeddings plus their metadata, searchable by cosine similarity."""
 
@@ -120,6 +132,7 @@ class ReferenceIndex:
         self.path = path
         self._vectors = vectors
         self._graph = graph
+        self._stored = False  # True while the part's file on disk holds exactly these vectors
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
@@ -196,12 +209,33 @@ class ReferenceIndex:
                 f"(fingerprint {self.encoder_fingerprint}) but the queries use {encoder.name} "
                 f"(fingerprint {encoder.fingerprint}). Rebuild the index with the same encoder/model.")
 
+    @property
+    def search_engine(self) -> str:
+        """What answers :meth:`search` beyond ``EXACT_MAX`` vectors: ``hnswlib`` or ``exact``."""
+        return HNSWLIB if self._graph is not None else "exact"
+
+    def search_description(self) -> str:
+        """One line for output ``info`` and notes: which search this index gets here, and why."""
+        n_vectors = int(self.manifest["counts"]["vectors"])
+        if self._graph is not None:
+            if n_vectors <= EXACT_MAX:
+                return f"exact ({n_vectors:,} distinct vectors ≤ {EXACT_MAX:,}; hnswlib graph beyond)"
+            return f"hnswlib HNSW graph (M {HNSW_M}, ef_search ≥ {HNSW_EF_SEARCH})"
+        if str(self.manifest.get("file", "")).endswith(VECTORS_SUFFIX):
+            return "exact (index built without hnswlib; rebuild it with --force where hnswlib is installed)"
+        if self.path is None:
+            return "exact (in-memory reference)"
+        return f"exact (hnswlib is not installed; {INSTALL_HINT})"
+
     def vectors(self) -> np.ndarray:
         """The distinct reference vectors (row j ↔ graph label j), loaded on first use."""
         if self._vectors is None:
-            count = self._graph.get_current_count()
-            self._vectors = np.ascontiguousarray(self._graph.get_items(np.arange(count), return_type="numpy"),
-                                                 dtype=np.float32)
+            if self._stored:  # NumPy reads the graph file ~10x faster than hnswlib's get_items
+                self._vectors = read_hnsw_vectors(_part_file(self.path, self.manifest), self._graph.dim)
+            else:
+                count = self._graph.get_current_count()
+                self._vectors = np.ascontiguousarray(self._graph.get_items(np.arange(count), return_type="numpy"),
+                                                     dtype=np.float32)
         return self._vectors
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
@@ -230,10 +264,11 @@ class ReferenceIndex:
         if exact is None:
             exact = self._graph is None or n_vectors <= EXACT_MAX
         if exact:
-            return exact_knn(queries, self.vectors(), k_vec)
-        self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
-        vec_labels, distances = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)
-        return vec_labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+            vec_labels = exact_knn(queries, self.vectors(), k_vec)[0]
+        else:
+            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
+            vec_labels = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)[0].astype(np.int64)
+        return rescore(np.asarray(queries, dtype=np.float32), self.vectors(), vec_labels)
 
     def members(self, vector: int) -> np.ndarray:
         """Record rows (0-based) that share distinct vector ``vector``, in record order."""
@@ -419,15 +454,21 @@ class ReferenceIndex:
         if not file.exists():
             raise InputError(f"{directory}: {manifest['file']} is missing. Rebuild the index.")
         _verify(file, manifest.get("sha256"), directory)  # hnswlib crashes on a damaged file: check first
-        graph = _hnsw().Index(space="ip", dim=int(manifest["encoder"]["dim"]))
-        try:
-            graph.load_index(str(file))
-        except RuntimeError as exc:
-            raise InputError(f"{file}: cannot be loaded ({exc}). Rebuild the index.") from exc
-        if graph.get_current_count() != manifest["counts"]["vectors"]:
-            raise InputError(f"{file}: holds {graph.get_current_count()} vectors but the manifest says "
+        dim = int(manifest["encoder"]["dim"])
+        graph = vectors = None
+        if file.suffix == VECTORS_SUFFIX:
+            vectors = load_vectors(file, dim)
+        elif hnswlib_module() is not None:
+            graph = load_graph(file, dim)
+        else:
+            vectors = read_hnsw_vectors(file, dim)
+        count = graph.get_current_count() if graph is not None else len(vectors)
+        if count != manifest["counts"]["vectors"]:
+            raise InputError(f"{file}: holds {count} vectors but the manifest says "
                              f"{manifest['counts']['vectors']}. Rebuild the index.")
-        return cls(manifest, labels, graph=graph, path=directory)
+        index = cls(manifest, labels, vectors=vectors, graph=graph, path=directory)
+        index._stored = True
+        return index
 
     def set_thresholds(self, thresholds: dict[str, float], calibration: dict) -> None:
         """Store calibrated thresholds in the manifest (written on the next save)."""
@@ -535,12 +576,17 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                 db.close()
             stored["records_sha256"] = sha256_file(tmp / RECORDS_DB)
             for part in parts:
-                filename = f"{part.modality}.hnsw"
-                if part._graph is not None and part.path is not None:  # loaded and unchanged: keep its graph
+                if part._stored and part.path is not None:  # loaded and unchanged: keep its file
+                    filename = Path(part.manifest["file"]).name
                     shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
+                elif engine() == HNSWLIB:
+                    filename = part.modality + GRAPH_SUFFIX
+                    build_graph(part.vectors(), threads).save_index(str(tmp / filename))
                 else:
-                    _build_graph(part.vectors(), threads).save_index(str(tmp / filename))
+                    filename = part.modality + VECTORS_SUFFIX
+                    save_vectors(part.vectors(), tmp / filename)
                 part.manifest.update(file=f"{generation}/{filename}", records=stored["records"],
+                                     search=HNSWLIB if filename.endswith(GRAPH_SUFFIX) else "exact",
                                      format_version=FORMAT_VERSION, sha256=sha256_file(tmp / filename))
                 stored["parts"][part.modality] = _part_entry(part.manifest)
         switch(directory, stored)
@@ -560,33 +606,6 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
 
 # ------------------------------------------------------------------------------------ helpers
 
-def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 512,
-              exclude: np.ndarray | None = None, columns: np.ndarray | None = None,
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product (cosine on normalised vectors); returns 0-based indices.
-
-    `columns`, if given, maps each candidate to its row of `vectors` (records sharing a vector);
-    `exclude` is then a boolean matrix [n_queries, n_candidates] of candidates to skip (used by
-    leave-species-out calibration).
-    """
-    n = len(queries)
-    labels = np.empty((n, k), dtype=np.int64)
-    sims = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, chunk):
-        block = queries[start : start + chunk] @ vectors.T
-        if columns is not None:
-            block = block[:, columns]
-        if exclude is not None:
-            block[exclude[start : start + chunk]] = -np.inf
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < block.shape[1] else \
-            np.tile(np.arange(block.shape[1]), (len(block), 1))
-        top_sims = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        labels[start : start + chunk] = np.take_along_axis(top, order, axis=1)
-        sims[start : start + chunk] = np.take_along_axis(top_sims, order, axis=1)
-    return labels, sims
-
-
 def _embed(encoder: Encoder, items: list[str], batch_size: int, progress) -> np.ndarray:
     out = np.empty((len(items), encoder.dim), dtype=np.float32)
     for start in range(0, len(items), batch_size):
@@ -595,15 +614,6 @@ def _embed(encoder: Encoder, items: list[str], batch_size: int, progress) -> np.
         if progress is not None:
             progress(len(batch))
     return out
-
-
-def _build_graph(vectors: np.ndarray, threads: int | None):
-    graph = _hnsw().Index(space="ip", dim=vectors.shape[1])
-    graph.init_index(max_elements=len(vectors), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
-                     random_seed=100)
-    order = np.random.default_rng(0).permutation(len(vectors))
-    graph.add_items(vectors[order], order, num_threads=threads or -1)
-    return graph
 
 
 def _new_manifest(encoder: Encoder) -> dict:

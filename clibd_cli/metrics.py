@@ -19,7 +19,7 @@ DEFAULT_KS = (1, 3, 5)
 
 def nearest_keys(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     """Indices [n_queries, k] of the k nearest keys by inner product (cosine on normalised vectors)."""
-    from clibd_cli.index import exact_knn
+    from clibd_cli.search import exact_knn
 
     return exact_knn(queries, keys, min(k, len(keys)))[0]
 

@@ -14,8 +14,9 @@ from clibd_cli.align import CONVENTIONAL
 from clibd_cli.checksums import sealed
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.errors import ClibdError, IndexMismatchError, InputError
-from clibd_cli.index import MANIFEST, RECORDS_DB, ReferenceIndex, exact_knn
+from clibd_cli.index import MANIFEST, RECORDS_DB, ReferenceIndex
 from clibd_cli.indexdir import LOCK
+from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
 
 
@@ -235,7 +236,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, records, encoder, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(index_module, "_build_graph", broken)
+    monkeypatch.setattr(index_module, "build_graph", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ReferenceIndex.from_records(records, encoder).save(target, force=True)
     assert files() == before

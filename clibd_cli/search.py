@@ -1,0 +1,178 @@
+"""Nearest-neighbour search engines: an hnswlib graph where hnswlib is installed, exact NumPy otherwise.
+
+hnswlib publishes no binary wheels, so installing it needs a C++ compiler, which most field laptops
+(Windows above all) lack.  It is therefore an extra (``pip install 'clibd[hnsw]'``), and without it
+every search is exact: a matrix product over the reference vectors, which is what the graph
+approximates.  Both engines read one index format, so an index built on either machine opens on the
+other:
+
+* built with hnswlib, a part stores its vectors inside the graph file (``dna.hnsw``); without
+  hnswlib they are read straight out of that file with NumPy (:func:`read_hnsw_vectors`) — the
+  level-0 block of hnswlib's format holds every vector and its label at fixed offsets;
+* built without hnswlib, a part stores its vectors as ``dna.npy`` (float32, no pickle); with hnswlib
+  it is searched exactly too (correct, and the note says how to get the graph: rebuild with --force).
+
+``CLIBD_SEARCH=exact`` forces exact search where hnswlib is installed (for comparisons); the
+default, ``auto``, uses hnswlib when it imports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from clibd_cli.errors import ClibdError, InputError
+
+HNSWLIB = "hnswlib"
+EXACT = "exact"
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+GRAPH_SUFFIX = ".hnsw"
+VECTORS_SUFFIX = ".npy"
+INSTALL_HINT = "pip install 'clibd[hnsw]' (needs a C++ compiler) for the faster graph search"
+
+# hnswlib's saveIndex header (hnswalg.h): offsetLevel0_, max_elements_, cur_element_count,
+# size_data_per_element_, label_offset_, offsetData_ (size_t), maxlevel_ (int), enterpoint_node_
+# (unsigned int), maxM_, maxM0_, M_ (size_t), mult_ (double), ef_construction_ (size_t).
+_HNSW_HEADER = np.dtype([("offset_level0", "<u8"), ("max_elements", "<u8"), ("count", "<u8"),
+                         ("size_per_element", "<u8"), ("label_offset", "<u8"), ("offset_data", "<u8"),
+                         ("max_level", "<i4"), ("entry_point", "<u4"), ("max_m", "<u8"), ("max_m0", "<u8"),
+                         ("m", "<u8"), ("mult", "<f8"), ("ef_construction", "<u8")])
+
+
+def hnswlib_module():
+    """The hnswlib module, or None where it is not installed (or CLIBD_SEARCH=exact)."""
+    choice = os.environ.get("CLIBD_SEARCH", "auto").strip().lower()
+    if choice not in ("auto", EXACT, HNSWLIB):
+        raise ClibdError(f"CLIBD_SEARCH={choice!r}: use auto, exact or hnswlib.")
+    if choice == EXACT:
+        return None
+    try:
+        import hnswlib
+    except ImportError:
+        if choice == HNSWLIB:
+            raise ClibdError(f"CLIBD_SEARCH=hnswlib but hnswlib is not installed: {INSTALL_HINT}.") from None
+        return None
+    return hnswlib
+
+
+def engine() -> str:
+    """The engine new graphs are built with here: ``hnswlib`` or ``exact``."""
+    return HNSWLIB if hnswlib_module() is not None else EXACT
+
+
+def build_graph(vectors: np.ndarray, threads: int | None):
+    """An hnswlib inner-product graph over `vectors` (labels = row numbers).
+
+    Vectors go in in a seeded random order: inserted sorted by taxonomy, as reference files usually
+    are, the graph misses the true nearest neighbour of ~1 % of queries on clustered data.
+    """
+    hnswlib = hnswlib_module()
+    graph = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    graph.init_index(max_elements=len(vectors), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=100)
+    order = np.random.default_rng(0).permutation(len(vectors))
+    graph.add_items(vectors[order], order, num_threads=threads or -1)
+    return graph
+
+
+def load_graph(path: Path, dim: int):
+    """An hnswlib graph from its file (the caller has checked the file's sha256: hnswlib crashes on damage)."""
+    graph = hnswlib_module().Index(space="ip", dim=dim)
+    try:
+        graph.load_index(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot be loaded ({exc}). Rebuild the index.") from exc
+    return graph
+
+
+def read_hnsw_vectors(path: Path, dim: int) -> np.ndarray:
+    """The vectors an hnswlib graph file holds, by label, read with NumPy alone (no hnswlib needed).
+
+    Each element of the level-0 block is [links | dim float32 | label (size_t)]; rows are returned in
+    label order, so row j is what ``graph.get_items([j])`` gives.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    if len(raw) < _HNSW_HEADER.itemsize:
+        raise InputError(f"{path}: is too short for an hnswlib graph. Rebuild the index.")
+    head = raw[: _HNSW_HEADER.itemsize].view(_HNSW_HEADER)[0]
+    count, size = int(head["count"]), int(head["size_per_element"])
+    offset_data, label_offset = int(head["offset_data"]), int(head["label_offset"])
+    if label_offset - offset_data != 4 * dim or label_offset + 8 > size or \
+            len(raw) < _HNSW_HEADER.itemsize + count * size:
+        raise InputError(f"{path}: is not an hnswlib graph of {dim}-dimensional vectors. Rebuild the index.")
+    block = raw[_HNSW_HEADER.itemsize : _HNSW_HEADER.itemsize + count * size].reshape(count, size)
+    data = np.ascontiguousarray(block[:, offset_data:label_offset]).view("<f4")
+    labels = np.ascontiguousarray(block[:, label_offset : label_offset + 8]).view("<u8").ravel()
+    if count and (labels.max() >= count or len(np.unique(labels)) != count):
+        raise InputError(f"{path}: its labels are not 0..{count - 1}. Rebuild the index.")
+    vectors = np.empty((count, dim), dtype=np.float32)
+    vectors[labels.astype(np.int64)] = data
+    return vectors
+
+
+def save_vectors(vectors: np.ndarray, path: Path) -> None:
+    """The exact engine's part file: the vectors as a float32 .npy (plain data, no pickle)."""
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+
+
+def load_vectors(path: Path, dim: int) -> np.ndarray:
+    """Vectors saved by :func:`save_vectors`, refusing anything that is not a float32 [n, dim] array."""
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as vectors ({exc}). Rebuild the index.") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"{path}: holds {vectors.dtype} {vectors.shape}, not float32 [n, {dim}]. "
+                         "Rebuild the index.")
+    return vectors
+
+
+def exact_knn(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 512,
+              exclude: np.ndarray | None = None, columns: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (cosine on normalised vectors); returns 0-based indices.
+
+    `columns`, if given, maps each candidate to its row of `vectors` (records sharing a vector);
+    `exclude` is then a boolean matrix [n_queries, n_candidates] of candidates to skip (used by
+    leave-species-out calibration).  Ties are broken by the lower row, so results do not depend
+    on how a partial sort happened to order equal values.
+    """
+    n = len(queries)
+    labels = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, chunk):
+        block = queries[start : start + chunk] @ vectors.T
+        if columns is not None:
+            block = block[:, columns]
+        if exclude is not None:
+            block[exclude[start : start + chunk]] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < block.shape[1] else \
+            np.tile(np.arange(block.shape[1]), (len(block), 1))
+        top.sort(axis=1)
+        top_sims = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        labels[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+        sims[start : start + chunk] = np.take_along_axis(top_sims, order, axis=1)
+    return labels, sims
+
+
+def rescore(queries: np.ndarray, vectors: np.ndarray, labels: np.ndarray, chunk: int = 128,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The cosines of found neighbours recomputed in float64, then ordered by (similarity, row).
+
+    hnswlib's SIMD kernels and BLAS sum in different orders, so the same neighbour scored 0.49585 by
+    one and 0.49586 by the other (a different printed score, perhaps a different call at a threshold).
+    Recomputed here, a neighbour gets one score whichever engine — or processor — found it.
+    """
+    sims = np.empty(labels.shape, dtype=np.float32)
+    for start in range(0, len(labels), chunk):
+        rows = labels[start : start + chunk]
+        found = vectors[rows].astype(np.float64)
+        sims[start : start + chunk] = np.einsum("qd,qkd->qk", queries[start : start + chunk].astype(np.float64),
+                                                found)
+    order = np.lexsort((labels, -sims), axis=-1)
+    return np.take_along_axis(labels, order, axis=1), np.take_along_axis(sims, order, axis=1)
