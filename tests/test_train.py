@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
@@ -101,7 +103,7 @@ def test_dna_pretraining_feeds_the_contrastive_dna_encoder(sim: Path, tmp_path: 
 
 
 def test_metric_log_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
-    from clibd_training.train import MetricLog
+    from clibd_training.metrics_log import MetricLog
 
     log = MetricLog(tmp_path, enabled=True)
     log.write({"kind": "train", "step": 3, "epoch": 0, "loss": 1.5})
@@ -111,3 +113,40 @@ def test_metric_log_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
     assert log.tb is not None and any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     MetricLog(tmp_path / "other", enabled=False).write({"kind": "train", "step": 1})
     assert not (tmp_path / "other" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(("override", "mentions"), [
+    ("epochs=ten", ("--set epochs=ten", "epochs", "'ten'", "an integer")),
+    ("optim.lr=fast", ("optim.lr", "'fast'", "a number")),
+    ("optim.betas=[0.9]", ("optim.betas", "[0.9]", "a list of 2 numbers")),
+    ("data.train_splits=train_seen", ("data.train_splits", "'train_seen'", "a list of strings")),
+    ("max_steps=2.5", ("max_steps", "2.5", "an integer or null")),
+    ("model.embed_dim=big", ("model.embed_dim", "'big'", "an integer")),
+    ("precision=fp16", ("precision", "'fp16'", "auto, bf16, fp32")),
+    ("batch_size=0", ("batch_size", "at least 1")),
+    ("data.nope=1", ("--set data.nope=1", "unknown keys in 'data': nope")),
+])
+def test_train_refuses_an_ill_typed_override_in_one_line(tmp_path: Path, override: str, mentions: tuple) -> None:
+    """`--set epochs=ten` used to be written to config.yaml and fail later inside a worker."""
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--output", str(run), "--set", override])
+    one_error_line(result, *mentions)
+    assert not run.exists()  # refused before anything was written or any worker started
+
+
+def test_config_file_fields_are_type_checked(tmp_path: Path) -> None:
+    from clibd_cli.errors import ClibdError
+    from clibd_training.config import PRESETS_DIR, load_config
+
+    raw = yaml.safe_load((PRESETS_DIR / "tiny-cpu.yaml").read_text())
+    raw["data"]["num_workers"] = "two"
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ClibdError, match=r"bad\.yaml: data\.num_workers must be an integer, not 'two' \(text\)"):
+        load_config(str(config))
+    result = runner.invoke(app, ["train", "--config", str(config), "--data", str(tmp_path), "--output",
+                                 str(tmp_path / "run")])
+    one_error_line(result, "bad.yaml", "data.num_workers", "'two'", "an integer")
+    # Numbers YAML 1.1 leaves as text where a float belongs are read as numbers; nothing else is converted.
+    loaded = load_config("tiny-cpu", ["optim.lr=1e-4", "max_steps=3", "name=2024"])
+    assert loaded.optim.lr == 1e-4 and loaded.max_steps == 3 and loaded.name == "2024"

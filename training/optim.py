@@ -1,0 +1,32 @@
+"""The optimiser and learning-rate schedule of every clibd training stage.
+
+One recipe for contrastive training and DNA pretraining alike: AdamW with the CLIBD paper's
+one-cycle schedule.  Its state is saved in each checkpoint, so a resumed run continues the same
+schedule rather than restarting it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+
+from clibd_training.config import TrainConfig
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int,
+                    world: int) -> tuple[torch.optim.AdamW, OneCycleLR]:
+    """AdamW and the paper's one-cycle schedule (initial_lr → max → final_lr, cosine).
+
+    Like the official code, the peak rate scales with the global batch / 500 unless switched off, so
+    a recipe keeps its meaning when run on more or fewer GPUs.
+    """
+    global_batch = cfg.batch_size * world * cfg.grad_accum
+    max_lr = cfg.optim.lr * (global_batch / 500 if cfg.optim.scale_lr_with_batch else 1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=max_lr, weight_decay=cfg.optim.weight_decay,
+                                  betas=tuple(cfg.optim.betas))
+    scheduler = OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=cfg.optim.pct_start, anneal_strategy="cos",
+        div_factor=max_lr / cfg.optim.initial_lr, final_div_factor=cfg.optim.initial_lr / cfg.optim.final_lr,
+        cycle_momentum=False)
+    return optimizer, scheduler
