@@ -22,6 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 from clibd_cli.errors import ClibdError
 from clibd_cli.metrics import harmonic_mean, knn_accuracy
 from clibd_cli.preprocess import ImagePreprocessing
+from clibd_cli.schema import PAIRS  # the paper's query → key pairs, shared with clibd evaluate
 from clibd_cli.sequences import RANKS, taxonomy_text
 from clibd_cli.tokenizer import KmerTokenizer
 from clibd_training.config import TrainConfig
@@ -38,8 +39,6 @@ from clibd_training.engine import CHECKPOINTS, Task
 from clibd_training.losses import contrastive_loss
 from clibd_training.models import ModelConfig, build_model
 from clibd_training.text_tokenizer import load_text_tokenizer, train_text_tokenizer
-
-PAIRS = (("dna", "dna"), ("image", "image"), ("image", "dna"), ("image", "text"), ("dna", "text"))
 
 
 class ContrastiveTask(Task):
