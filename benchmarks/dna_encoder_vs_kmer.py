@@ -31,11 +31,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
+from clibd_cli.schema import RANKS
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/bold_insect_coi_dev.tsv.gz"
 MODEL = ["--set", "model.modalities=[dna, text]", "--set", "model.embed_dim=128",
          "--set", "model.dna={hidden_size: 128, num_layers: 4, num_heads: 4, intermediate_size: 512, k: 4, "
          "layout: current, max_len: 660}"]
-RANKS = ("order", "family", "genus", "species")
 
 
 def clibd(*args: object) -> float:

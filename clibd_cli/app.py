@@ -16,6 +16,7 @@ import typer
 
 from clibd_cli import __version__, schema
 from clibd_cli.errors import ClibdError
+from clibd_cli.schema import RANKS
 
 app = typer.Typer(
     name="clibd",
@@ -27,7 +28,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-RANK_NAMES = ("order", "family", "genus", "species")
 
 
 def _stderr():
@@ -170,9 +170,9 @@ def _parse_thresholds(values: list[str] | None) -> dict[str, float]:
             number = float(value)
         except ValueError:
             number = float("nan")
-        if not sep or rank not in RANK_NAMES or not 0.0 <= number <= 1.01:
+        if not sep or rank not in RANKS or not 0.0 <= number <= 1.01:
             raise ClibdError(f"--threshold {item!r}: use RANK=VALUE with RANK one of "
-                             f"{', '.join(RANK_NAMES)} and VALUE between 0 and 1, e.g. species=0.95.")
+                             f"{', '.join(RANKS)} and VALUE between 0 and 1, e.g. species=0.95.")
         out[rank] = number
     return out
 
@@ -358,11 +358,11 @@ def _build_index_locked(output, barcodes, images, text_keys, bundle, append, for
                       f"{part.manifest.get('search', 'exact')})")
         thresholds = part.thresholds
         if modality != "text":  # taxonomy strings are references, never queries
-            console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANK_NAMES
+            console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANKS
                                                                  if r in thresholds)
                           + f" ({part.manifest['calibration'].get('method')})")
         for query, entry in part.manifest.get("cross_thresholds", {}).items():
-            console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANK_NAMES)
+            console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANKS)
                           + " (leave-species-out)")
 
 
@@ -683,7 +683,7 @@ def calibrate(
                if open_set else ("rank", "threshold", "precision", "coverage"))
     for column in columns:
         table.add_column(column)
-    for rank in RANK_NAMES:
+    for rank in RANKS:
         info = calibration.report["ranks"][rank]
         keys = ("right_present", "false_calls_present", "false_calls_absent") if open_set else ("precision", "coverage")
         table.add_row(rank, f"{calibration.thresholds[rank]:.3f}",
@@ -709,7 +709,7 @@ def _calibrate_photos(index_path: Path, images: Path, against: str, model: Path 
     photos, _ = collect_photos([], manifest=images, id_column=id_column, image_column=image_column)
     records = photo_records(photos, str(images))
     vectors = encoder.encode_photos([Path(r.sequence) for r in records])
-    truth = {rank: [r.label(rank) for r in records] for rank in RANK_NAMES}
+    truth = {rank: [r.label(rank) for r in records] for rank in RANKS}
     try:
         calibration = calibrate_held_out(part, vectors, [r.id for r in records], truth, target=precision,
                                          seed=seed, novel_share=novel_share)
@@ -1064,7 +1064,7 @@ def _paper_table(report: dict):
     pairs = [p for p in report["pairs"] if report["closed_set"].get(p)]
     for pair in pairs:
         table.add_column(pair.replace("_to_", "→"), justify="right")
-    for rank in RANK_NAMES:
+    for rank in RANKS:
         cells = []
         for pair in pairs:
             entry = report["closed_set"][pair]

@@ -42,12 +42,12 @@ from clibd_cli.checksums import MANIFEST_CHECKSUM, manifest_checksum, sha256_fil
 from clibd_cli.confine import confined
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
+from clibd_cli.schema import MODALITIES
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
 
 MANIFEST = "clibd-model.json"
 FORMAT = "clibd-model"
 FORMAT_VERSION = 2  # 2: the manifest carries MANIFEST_CHECKSUM over its own content
-MODALITIES: tuple[str, ...] = ("image", "dna", "text")
 TEXT_TEMPLATE = "{order} {family} {genus} {species}"
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_BATCH = {"image": 32, "dna": 256, "text": 512}

@@ -45,7 +45,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-MODALITIES: tuple[str, ...] = ("image", "dna", "text")
+from clibd_cli.schema import MODALITIES
+
 POSITIVES: tuple[str, ...] = ("sample", "species", "bin")
 
 __all__ = ["MODALITIES", "POSITIVES", "contrastive_loss", "gather_no_grad", "gather_with_grad", "is_distributed",

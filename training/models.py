@@ -45,6 +45,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFa
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
 from clibd_cli.errors import ClibdError
+from clibd_cli.schema import MODALITIES
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
 from clibd_training.text_tokenizer import (
     MissingPretrainedError,
@@ -64,7 +65,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("image", "dna", "text")
 DNA_POOLINGS: tuple[str, ...] = ("mean", "softmax_mean")  # see DNAEncoder
 DNA_TOKENIZER_FILE = "clibd_dna_tokenizer.json"  # written next to a DNAMaskedLM's weights
 TEXT_MAX_POSITIONS = 512  # BERT-small's table, so hub weights load into a from-scratch architecture unchanged
