@@ -29,7 +29,7 @@ HNSWLIB = "hnswlib"
 EXACT = "exact"
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH = 256  # measured: benchmarks/search_engines.py (calls agree with exact search)
 GRAPH_SUFFIX = ".hnsw"
 VECTORS_SUFFIX = ".npy"
 INSTALL_HINT = "pip install 'clibd[hnsw]' (needs a C++ compiler) for the faster graph search"
@@ -57,6 +57,13 @@ def hnswlib_module():
             raise ClibdError(f"CLIBD_SEARCH=hnswlib but hnswlib is not installed: {INSTALL_HINT}.") from None
         return None
     return hnswlib
+
+
+def exact_reason() -> str:
+    """Why this machine searches exactly: for notes and output info."""
+    if os.environ.get("CLIBD_SEARCH", "").strip().lower() == EXACT:
+        return "CLIBD_SEARCH=exact"
+    return f"hnswlib is not installed; {INSTALL_HINT}"
 
 
 def engine() -> str:
