@@ -14,9 +14,11 @@ Layout (format version 2; version 1 had no manifest checksum and is refused)::
 
 Every file is checked against its sha256 when a bundle is loaded: a truncated copy or an edited file
 would otherwise give quietly wrong embeddings.  The manifest is checked against its own checksum (an
-edited image mean/std or `embed_dim` changes every call just as quietly), and every file it names must
-lie inside the bundle folder (:mod:`clibd_cli.confine`).  The checksum catches edits and damage, not a
-forger who recomputes it: whoever can rewrite a bundle can also replace its ONNX files.
+edited image mean/std or `embed_dim` changes every call just as quietly), then validated against
+:class:`clibd_cli.manifests.BundleManifest` (a field of the wrong type or missing is refused in one line
+that names it), and every file it names must lie inside the bundle folder (:mod:`clibd_cli.confine`).
+The checksum catches edits and damage, not a forger who recomputes it: whoever can rewrite a bundle can
+also replace its ONNX files.
 
 All modalities of a bundle share one embedding space and so one *fingerprint*; an index built with a
 bundle refuses queries embedded by another one.  int8 variants are approximations of the same space
@@ -33,7 +35,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +46,9 @@ from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.schema import MODALITIES
 from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
+
+if TYPE_CHECKING:  # clibd_cli.manifests (pydantic) is imported when a manifest is first read
+    from clibd_cli.manifests import BundleManifest, EncoderFile
 
 MANIFEST = "clibd-model.json"
 FORMAT = "clibd-model"
@@ -64,7 +69,12 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The bundle's manifest, with its format, version and own checksum checked."""
+    """The bundle's manifest, with its format, version and own checksum checked and its fields validated."""
+    return _read_manifest(directory)[0]
+
+
+def _read_manifest(directory: Path) -> tuple[dict[str, Any], BundleManifest]:
+    """The manifest as read (what :attr:`ModelBundle.manifest` holds) and typed."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.exists():
@@ -72,6 +82,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise BundleError(f"{directory}: not a clibd model bundle (no {MANIFEST}). Make one with 'clibd export'.")
     manifest = read_json(path, BundleError, "Re-export or re-copy the bundle.")
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: is not a clibd model manifest (not a JSON object). Re-export the bundle.")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format {manifest.get('format')} version {manifest.get('format_version')}; "
                           f"this clibd reads {FORMAT} version {FORMAT_VERSION}. Re-export the model with it.")
@@ -79,19 +91,25 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: bundle manifest was modified (checksum mismatch with its {MANIFEST_CHECKSUM}), "
                           "so its preprocessing, dimensions or file list cannot be trusted. Re-export the model "
                           "with 'clibd export' or re-copy the bundle.")
-    return manifest
+    return manifest, _typed(manifest, path)
 
 
-def bundle_files(manifest: dict[str, Any], modalities: Sequence[str] | None = None) -> dict[str, str]:
+def _typed(manifest: dict[str, Any], path: Path) -> BundleManifest:
+    from clibd_cli.manifests import BundleManifest, validated
+
+    return validated(BundleManifest, manifest, path=path, remedy="Re-export the bundle.", error=BundleError)
+
+
+def bundle_files(manifest: BundleManifest, modalities: Sequence[str] | None = None) -> dict[str, str]:
     """The files the manifest lists for ``modalities`` (default: all) as relative path → sha256."""
     files: dict[str, str] = {}
-    for modality, spec in manifest["modalities"].items():
+    for modality, spec in manifest.modalities.items():
         if modalities is not None and modality not in modalities:
             continue
-        files[spec["file"]] = spec["sha256"]
-        if spec.get("int8"):
-            files[spec["int8"]["file"]] = spec["int8"]["sha256"]
-        files.update(spec.get("tokenizer", {}).get("files", {}))
+        files[spec.file] = spec.sha256
+        if spec.int8:
+            files[spec.int8.file] = spec.int8.sha256
+        files.update(getattr(getattr(spec, "tokenizer", None), "files", {}))  # the text tokenizer's files
     return files
 
 
@@ -101,7 +119,7 @@ def bundle_path(directory: Path, name: object) -> Path:
                     error=BundleError)
 
 
-def verify_bundle(directory: Path, manifest: dict[str, Any], modalities: Sequence[str] | None = None, *,
+def verify_bundle(directory: Path, manifest: BundleManifest, modalities: Sequence[str] | None = None, *,
                   checksums: bool = True) -> None:
     """Refuse a bundle whose files are missing or (``checksums``) differ from the manifest's sha256."""
     for name, expected in bundle_files(manifest, modalities).items():
@@ -187,7 +205,11 @@ def make_session(model_path: Path, device: str = "auto", threads: int | None = N
 
 @dataclass
 class ModelBundle:
-    """A loaded, verified model bundle; embeds photos (as preprocessed pixels), barcodes and taxonomy text."""
+    """A loaded, verified model bundle; embeds photos (as preprocessed pixels), barcodes and taxonomy text.
+
+    ``manifest`` is the manifest as a dict (as read, or as `clibd export` is writing it); ``spec`` is the
+    same manifest typed (:class:`clibd_cli.manifests.BundleManifest`), validated when the bundle is made.
+    """
 
     path: Path
     manifest: dict[str, Any]
@@ -200,6 +222,11 @@ class ModelBundle:
     _dna_tokenizer: KmerTokenizer | None = field(default=None, repr=False)
     _verified: set[str] = field(default_factory=set, repr=False)
     used_device: str | None = None
+    spec: BundleManifest = field(default=None, repr=False)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = _typed(self.manifest, Path(self.path) / MANIFEST)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", int8: bool = False, threads: int | None = None,
@@ -211,66 +238,67 @@ class ModelBundle:
         (hundreds of MB each at paper size: a second of start-up saved).
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        verify_bundle(path, manifest, checksums=False)
+        manifest, spec = _read_manifest(path)
+        verify_bundle(path, spec, checksums=False)
         if device not in DEVICES:
             raise ClibdError(f"--device {device!r}: use one of {', '.join(DEVICES)}.")
-        bundle = cls(path, manifest, device, int8, threads, verify=verify)
+        bundle = cls(path, manifest, device, int8, threads, verify=verify, spec=spec)
         if int8:
-            lacking = [m for m, spec in manifest["modalities"].items() if not spec.get("int8")]
-            if len(lacking) == len(manifest["modalities"]):
+            encoders = spec.modalities.items()
+            if not any(encoder.int8 for _, encoder in encoders):
                 raise BundleError(f"{path}: has no int8 models. Export with 'clibd export --int8', or drop --int8.")
         return bundle
 
     # ---------------------------------------------------------------------------------- facts
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITIES if m in self.manifest["modalities"])
+        return tuple(m for m in MODALITIES if self.spec.modalities.get(m) is not None)
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.spec.embed_dim
 
     @property
     def fingerprint(self) -> str:
         """The embedding space's fingerprint, shared by every modality and precision of this model."""
-        return str(self.manifest["fingerprint"])
+        return self.spec.fingerprint
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name", self.path.name))
+        return self.path.name if self.spec.name is None else self.spec.name
 
     @property
     def preprocessing(self) -> ImagePreprocessing:
-        return ImagePreprocessing.from_dict(self._spec("image")["preprocessing"])
+        return ImagePreprocessing.from_dict(self._encoder_entry("image").preprocessing)
 
-    def _spec(self, modality: str) -> dict[str, Any]:
-        try:
-            return self.manifest["modalities"][modality]
-        except KeyError:
+    def _encoder_entry(self, modality: str) -> Any:
+        """The typed manifest entry of ``modality`` (an :class:`clibd_cli.manifests.EncoderFile` subclass)."""
+        spec = self.spec.modalities.get(modality)
+        if spec is None:
             raise ClibdError(f"model {self.name} has no {modality} encoder (it has: "
-                             f"{', '.join(self.modalities)}).") from None
+                             f"{', '.join(self.modalities)}).")
+        return spec
 
     def check(self, *modalities: str) -> None:
         """Checksum these modalities' files now (commands call it before writing any output)."""
         for modality in modalities:
             self._checked(modality)
 
-    def _checked(self, modality: str) -> dict[str, Any]:
+    def _checked(self, modality: str) -> EncoderFile:
         """The modality's manifest entry, its files checksummed once before first use."""
-        spec = self._spec(modality)
+        spec = self._encoder_entry(modality)
         if self.verify and modality not in self._verified:
-            verify_bundle(self.path, self.manifest, [modality])
+            verify_bundle(self.path, self.spec, [modality])
             self._verified.add(modality)
         return spec
 
     def precision(self, modality: str) -> str:
-        return "int8" if self.int8 and self._spec(modality).get("int8") else "fp32"
+        return "int8" if self.int8 and self._encoder_entry(modality).int8 else "fp32"
 
     def session(self, modality: str):
         if modality not in self._sessions:
             spec = self._checked(modality)
-            file = spec["int8"]["file"] if self.precision(modality) == "int8" else spec["file"]
+            file = spec.int8.file if self.precision(modality) == "int8" else spec.file
             session, used = make_session(bundle_path(self.path, file), self.device, self.threads)
             self._sessions[modality] = session
             self.used_device = used
@@ -287,7 +315,7 @@ class ModelBundle:
     def dna_tokenizer(self) -> KmerTokenizer:
         """The trainer's k-mer tokenizer with this model's layout (built once: index builds call per batch)."""
         if self._dna_tokenizer is None:
-            self._dna_tokenizer = KmerTokenizer(TokenizerConfig(**self._spec("dna")["tokenizer"]))
+            self._dna_tokenizer = KmerTokenizer(TokenizerConfig(**self._encoder_entry("dna").tokenizer))
         return self._dna_tokenizer
 
     def embed_dna(self, sequences: Sequence[str], batch_size: int | None = None) -> np.ndarray:
@@ -300,11 +328,10 @@ class ModelBundle:
         if self._text_tokenizer is None:
             from tokenizers import Tokenizer
 
-            spec = self._checked("text")["tokenizer"]
-            tokenizer = Tokenizer.from_file(str(bundle_path(self.path, spec["tokenizer_json"])))
-            tokenizer.enable_truncation(max_length=int(spec["max_len"]))
-            tokenizer.enable_padding(length=int(spec["max_len"]), pad_id=int(spec["pad_id"]),
-                                     pad_token=str(spec["pad_token"]))
+            spec = self._checked("text").tokenizer
+            tokenizer = Tokenizer.from_file(str(bundle_path(self.path, spec.tokenizer_json)))
+            tokenizer.enable_truncation(max_length=spec.max_len)
+            tokenizer.enable_padding(length=spec.max_len, pad_id=spec.pad_id, pad_token=spec.pad_token)
             self._text_tokenizer = tokenizer
         return self._text_tokenizer
 
@@ -329,7 +356,7 @@ class ModelBundle:
         return out
 
     def encoder(self, modality: str) -> BundleEncoder:
-        self._spec(modality)
+        self._encoder_entry(modality)
         return BundleEncoder(self, modality)
 
 

@@ -5,7 +5,8 @@ Layout (format version 3; version 2 stored k-mer-cosine thresholds for barcodes 
     DIR/index.json       manifest: format version, metric, HNSW parameters, and one *part* per modality
                          (dna, image, text): its encoder description and fingerprint, calibrated
                          thresholds (per query modality; for barcode queries against barcodes they
-                         are alignment identities), counts, part fingerprint
+                         are alignment identities), counts, part fingerprint; validated on load
+                         against :class:`clibd_cli.manifests.IndexManifest`
     DIR/records.sqlite   one row per reference record and modality (taxonomy, BIN, the embedded input:
                          barcode, image path or taxonomy text; source): the single source of truth for
                          metadata; `vector` is the graph label of its embedding in its modality's graph
@@ -41,6 +42,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -71,6 +73,9 @@ from clibd_cli.search import (
     save_vectors,
 )
 from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
+
+if TYPE_CHECKING:  # clibd_cli.manifests (pydantic) is imported when a manifest is first read
+    from clibd_cli.manifests import IndexManifest, IndexPart
 
 FORMAT_VERSION = 4  # 4: generation folders (3: flat layout, still read); 3: barcode thresholds are identities
 READABLE_VERSIONS = (3, 4)
@@ -127,7 +132,8 @@ class ReferenceIndex:
 
     def __init__(self, manifest: dict, labels: Labels, vectors: np.ndarray | None = None,
                  graph=None, path: Path | None = None) -> None:
-        self.manifest = manifest
+        self.manifest = manifest  # the part's entry (plus the global keys) as a dict, as index.json holds it
+        self._spec: IndexPart | None = None
         self.labels = labels
         self.path = path
         self._vectors = vectors
@@ -143,13 +149,23 @@ class ReferenceIndex:
 
     # ----------------------------------------------------------------------------------- facts
     @property
+    def spec(self) -> IndexPart:
+        """:attr:`manifest` typed (:class:`clibd_cli.manifests.IndexPart`): validated when the index was
+        read, rebuilt after a change made through this class (change the manifest only that way)."""
+        if self._spec is None:
+            from clibd_cli.manifests import IndexPart
+
+            self._spec = IndexPart.model_validate(self.manifest, strict=False)  # strict on reading index.json
+        return self._spec
+
+    @property
     def records_db(self) -> Path:
         """The SQLite file of a saved index (in its current generation folder)."""
         return _records_file(self.path, self.manifest)
 
     @property
     def size(self) -> int:
-        return int(self.manifest["counts"]["records"])
+        return self.spec.counts.records
 
     @property
     def encoder_description(self) -> dict:
@@ -157,19 +173,19 @@ class ReferenceIndex:
 
     @property
     def encoder_fingerprint(self) -> str:
-        return self.manifest["encoder"]["fingerprint"]
+        return self.spec.encoder.fingerprint
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
+        return self.spec.fingerprint
 
     @property
     def modality(self) -> str:
-        return str(self.manifest["encoder"].get("modality", "dna"))
+        return self.spec.encoder.modality
 
     @property
     def thresholds(self) -> dict[str, float]:
-        return dict(self.manifest.get("thresholds", {}))
+        return dict(self.spec.thresholds)
 
     def thresholds_for(self, query_modality: str) -> dict[str, float] | None:
         """Calibrated thresholds for queries of ``query_modality`` (None if that pair was never calibrated).
@@ -179,13 +195,14 @@ class ReferenceIndex:
         """
         if query_modality == self.modality:
             return self.thresholds
-        cross = self.manifest.get("cross_thresholds", {}).get(query_modality)
-        return dict(cross["thresholds"]) if cross else None
+        cross = self.spec.cross_thresholds.get(query_modality)
+        return dict(cross.thresholds) if cross else None
 
     def set_cross_thresholds(self, query_modality: str, thresholds: dict[str, float], calibration: dict) -> None:
         """Store thresholds calibrated for queries of another modality (written on the next save)."""
         self.manifest.setdefault("cross_thresholds", {})[query_modality] = {
             "thresholds": {rank: float(thresholds[rank]) for rank in RANKS}, "calibration": calibration}
+        self._spec = None
 
     def encoder(self) -> Encoder:
         """The encoder this index was built with (weight-free encoders are rebuilt from the manifest)."""
@@ -193,19 +210,19 @@ class ReferenceIndex:
             return encoder_from_description(self.encoder_description)
         except ValueError:
             where = self.path or "this index"
-            raise ClibdError(f"{where}: built with model {self.encoder_description.get('model')!r}; pass that "
+            raise ClibdError(f"{where}: built with model {self.spec.encoder.model!r}; pass that "
                              "model bundle with --model.") from None
 
     def encoder_defaults(self) -> dict[str, float]:
         """Default thresholds of the index's encoder (floors for calibration)."""
-        return dict(self.manifest["encoder"].get("default_thresholds", {}))
+        return dict(self.spec.encoder.default_thresholds)
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Refuse an encoder whose embedding space differs from the index's."""
         if encoder.fingerprint != self.encoder_fingerprint:
             where = self.path or "the reference"
             raise IndexMismatchError(
-                f"{where}: index was built with encoder {self.encoder_description.get('name')} "
+                f"{where}: index was built with encoder {self.spec.encoder.name} "
                 f"(fingerprint {self.encoder_fingerprint}) but the queries use {encoder.name} "
                 f"(fingerprint {encoder.fingerprint}). Rebuild the index with the same encoder/model.")
 
@@ -216,12 +233,12 @@ class ReferenceIndex:
 
     def search_description(self) -> str:
         """One line for output ``info`` and notes: which search this index gets here, and why."""
-        n_vectors = int(self.manifest["counts"]["vectors"])
+        n_vectors = self.spec.counts.vectors
         if self._graph is not None:
             if n_vectors <= EXACT_MAX:
                 return f"exact ({n_vectors:,} distinct vectors ≤ {EXACT_MAX:,}; hnswlib graph beyond)"
             return f"hnswlib HNSW graph (M {HNSW_M}, ef_search ≥ {HNSW_EF_SEARCH})"
-        if str(self.manifest.get("file", "")).endswith(VECTORS_SUFFIX):
+        if (self.spec.file or "").endswith(VECTORS_SUFFIX):
             return "exact (index built without hnswlib; rebuild it with --force where hnswlib is installed)"
         if self.path is None:
             return "exact (in-memory reference)"
@@ -259,7 +276,7 @@ class ReferenceIndex:
     def search_vectors(self, queries: np.ndarray, k: int, exact: bool | None = None,
                        threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """k nearest *distinct* reference vectors (0-based rows of :meth:`vectors`) and their cosines."""
-        n_vectors = int(self.manifest["counts"]["vectors"])
+        n_vectors = self.spec.counts.vectors
         k_vec = min(k, n_vectors)
         if exact is None:
             exact = self._graph is None or n_vectors <= EXACT_MAX
@@ -436,25 +453,26 @@ class ReferenceIndex:
     def load(cls, directory: Path, modality: str | None = None) -> ReferenceIndex:
         """Open one modality of a saved index (default: dna, or the only one), checking format and files."""
         directory = Path(directory)
-        stored = _read_manifest(directory)
-        parts = stored["parts"]
+        stored, typed = _read_manifest(directory)
+        parts = typed.parts
         if modality is None:
             modality = "dna" if "dna" in parts or len(parts) != 1 else next(iter(parts))
         if modality not in parts:
             raise InputError(f"{directory}: holds no {modality} references (it has: {', '.join(parts) or 'none'}). "
                              f"Add them with 'clibd build-index --append'.")
-        manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **parts[modality]}
+        part = parts[modality]
+        manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **stored["parts"][modality]}
         records = _records_file(directory, manifest)
-        _verify(records, stored.get("records_sha256"), directory)
+        _verify(records, typed.records_sha256, directory)
         labels = _labels_from_db(records, modality)
-        if len(labels.record_id) != manifest["counts"]["records"]:
+        if len(labels.record_id) != part.counts.records:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
-                             f"manifest says {manifest['counts']['records']}. Rebuild the index.")
+                             f"manifest says {part.counts.records}. Rebuild the index.")
         file = _part_file(directory, manifest)
         if not file.exists():
-            raise InputError(f"{directory}: {manifest['file']} is missing. Rebuild the index.")
-        _verify(file, manifest.get("sha256"), directory)  # hnswlib crashes on a damaged file: check first
-        dim = int(manifest["encoder"]["dim"])
+            raise InputError(f"{directory}: {part.file} is missing. Rebuild the index.")
+        _verify(file, part.sha256, directory)  # hnswlib crashes on a damaged file: check first
+        dim = part.encoder.dim
         graph = vectors = None
         if file.suffix == VECTORS_SUFFIX:
             vectors = load_vectors(file, dim)
@@ -463,26 +481,28 @@ class ReferenceIndex:
         else:
             vectors = read_hnsw_vectors(file, dim)
         count = graph.get_current_count() if graph is not None else len(vectors)
-        if count != manifest["counts"]["vectors"]:
+        if count != part.counts.vectors:
             raise InputError(f"{file}: holds {count} vectors but the manifest says "
-                             f"{manifest['counts']['vectors']}. Rebuild the index.")
+                             f"{part.counts.vectors}. Rebuild the index.")
         index = cls(manifest, labels, vectors=vectors, graph=graph, path=directory)
         index._stored = True
+        index._spec = part
         return index
 
     def set_thresholds(self, thresholds: dict[str, float], calibration: dict) -> None:
         """Store calibrated thresholds in the manifest (written on the next save)."""
         self.manifest["thresholds"] = {rank: float(thresholds[rank]) for rank in RANKS}
         self.manifest["calibration"] = calibration
+        self._spec = None
 
     def save_manifest(self) -> None:
         """Rewrite only this part's entry in index.json (atomically, under the write lock), e.g. after
         calibration.  Refused if another writer replaced the part since it was loaded: the entry would
         describe records the index no longer holds."""
         with writing(self.path):
-            stored = _read_manifest(self.path)
-            current = stored["parts"].get(self.modality, {})
-            if current.get("file") != self.manifest.get("file") or current.get("counts") != self.manifest.get("counts"):
+            stored, typed = _read_manifest(self.path)
+            current = typed.parts.get(self.modality)
+            if current is None or current.file != self.spec.file or current.counts != self.spec.counts:
                 raise ClibdError(f"{self.path}: the index changed while this command ran (another build-index "
                                  "--append?); run it again.")
             stored["parts"][self.modality] = _part_entry(self.manifest)
@@ -493,10 +513,14 @@ class ReferenceIndex:
 
 def index_modalities(directory: Path) -> list[str]:
     """The modalities (parts) a saved index holds."""
-    return list(_read_manifest(Path(directory))["parts"])
+    return list(_read_manifest(Path(directory))[1].parts)
 
 
-def _read_manifest(directory: Path) -> dict:
+def _read_manifest(directory: Path) -> tuple[dict, IndexManifest]:
+    """index.json as read (the dict written back on a change) and validated
+    (:class:`clibd_cli.manifests.IndexManifest`), after its format version and checksum are checked."""
+    from clibd_cli.manifests import IndexManifest, validated
+
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         raise InputError(f"{directory}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
@@ -511,7 +535,7 @@ def _read_manifest(directory: Path) -> dict:
         raise InputError(f"{manifest_path}: was modified by hand (its {MANIFEST_CHECKSUM} does not match its "
                          "content), so its thresholds and counts cannot be trusted. Change thresholds with "
                          "'clibd calibrate' or --threshold; otherwise rebuild the index.")
-    return manifest
+    return manifest, validated(IndexManifest, manifest, path=manifest_path, remedy="Rebuild the index.")
 
 
 def _previous_manifest(directory: Path) -> dict | None:
@@ -588,6 +612,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                 part.manifest.update(file=f"{generation}/{filename}", records=stored["records"],
                                      search=HNSWLIB if filename.endswith(GRAPH_SUFFIX) else "exact",
                                      format_version=FORMAT_VERSION, sha256=sha256_file(tmp / filename))
+                part._spec = None
                 stored["parts"][part.modality] = _part_entry(part.manifest)
         switch(directory, stored)
         keep = {generation}
