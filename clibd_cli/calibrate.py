@@ -9,19 +9,30 @@ species is absent, as for a new species in the field).  The share of such "absen
 ``novel_share``, is an assumption about the field: 0.25 (a quarter of specimens belong to species
 missing from the reference) by default.  Precision depends on it: a higher share gives stricter
 species thresholds.
+
+:func:`calibrate_index` is the `clibd calibrate` workflow for any caller: it refits an index folder's
+stored thresholds (barcodes from the reference itself or labelled queries, or photo queries from
+labelled photos) under the folder's write lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clibd_cli.assign import DEFAULT_TAU, assign_batch
+from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
+from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes
+
+if TYPE_CHECKING:
+    from clibd_cli.bundle import ModelBundle
 
 DEFAULT_PRECISION = 0.95
 DEFAULT_NOVEL_SHARE = 0.25
@@ -320,4 +331,100 @@ def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, targe
     calibration.report.update({"method": "labelled queries (alignment identity)", "queries": len(usable),
                                "absent_species_queries": int(sum(s not in known for s in truth["species"])),
                                "k": k, "score": "identity"})
+    return calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow: refit an index folder's thresholds
+
+
+@dataclass
+class CalibrateOptions:
+    """Settings of :func:`calibrate_index`.  ``sample``: barcodes, taxa drawn per leave-out level (default
+    :data:`OPEN_SET_SAMPLE`); photos, labelled records used (default 1000).  ``novel_share``: photos only,
+    the assumed share of field specimens whose species is absent from the reference."""
+
+    precision: float = DEFAULT_PRECISION
+    sample: int | None = None
+    novel_share: float = DEFAULT_NOVEL_SHARE
+    neighbours: int = 10
+    seed: int = 0
+    reading: ReadOptions = field(default_factory=lambda: ReadOptions(min_length=0))
+
+
+def calibrate_index(index: str | Path, *, queries: str | Path | None = None, images: str | Path | None = None,
+                    against: str = "dna", model: str | Path | ModelBundle | None = None, device: str = "auto",
+                    options: CalibrateOptions | None = None, notify: Notes | Listener | None = None) -> Calibration:
+    """Fit per-rank thresholds of the index folder ``index`` for a target precision and store them there.
+
+    Barcode queries: from labelled ``queries`` (ideally including species absent from the reference), else
+    from the reference itself by leaving out records, species, genera, families and orders.  With
+    ``images`` (labelled photos; needs ``model``): photo queries against the ``against`` references.
+    Holds the folder's write lock meanwhile (an --append running now would otherwise be lost).
+    """
+    from clibd_cli.index import MANIFEST
+    from clibd_cli.indexdir import writing
+    from clibd_cli.models import load_model
+
+    options, notes, index = options or CalibrateOptions(), as_notes(notify), Path(index)
+    if not (index / MANIFEST).exists():
+        raise ClibdError(f"{index}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
+    with writing(index, notify=notes.info):
+        if images is not None:
+            if model is None:
+                raise ClibdError("--images needs the model bundle the index was built with: add --model BUNDLE.")
+            return calibrate_photos(index, Path(images), against, load_model(model, device), options)
+        return calibrate_barcodes(index, queries, load_model(model, device), options, notes)
+
+
+def calibrate_photos(index: Path, images: Path, against: str, bundle: ModelBundle,
+                     options: CalibrateOptions = CalibrateOptions()) -> Calibration:
+    """Photo → ``against`` thresholds from labelled photos, held out by specimen and species; stored."""
+    from clibd_cli.photos import collect_photos
+    from clibd_cli.references import photo_records
+
+    part = ReferenceIndex.load(index, against)
+    encoder = bundle.encoder("image")
+    part.check_encoder(encoder)
+    photos, _ = collect_photos([], manifest=images, id_column=options.reading.id_column,
+                               image_column=options.reading.image_column)
+    records = photo_records(photos, str(images))
+    vectors = encoder.encode_photos([Path(r.sequence) for r in records])
+    truth = {rank: [r.label(rank) for r in records] for rank in RANKS}
+    try:
+        calibration = calibrate_held_out(part, vectors, [r.id for r in records], truth, target=options.precision,
+                                         seed=options.seed, novel_share=options.novel_share)
+    except ValueError as exc:
+        raise ClibdError(f"{images}: {exc}; give at least 40 labelled photos.") from exc
+    calibration.report["method"] = "leave-species-out (labelled photos)"
+    part.set_cross_thresholds("image", calibration.thresholds, calibration.report)
+    part.save_manifest()
+    return calibration
+
+
+def calibrate_barcodes(index: Path, queries: str | Path | None = None, bundle: ModelBundle | None = None,
+                       options: CalibrateOptions = CalibrateOptions(), notes: Notes | None = None) -> Calibration:
+    """The index's own thresholds, from labelled ``queries`` or by leaving out parts of the reference; stored."""
+    from clibd_cli.references import reference_records
+
+    part = ReferenceIndex.load(index)
+    if queries is not None:
+        records = reference_records([queries], options.reading, notes)
+        encoder = bundle.encoder("dna") if bundle is not None else part.encoder()
+        part.check_encoder(encoder)
+        calibration = calibrate_dna_with_queries(part, records, encoder, target=options.precision,
+                                                 k=options.neighbours)
+    else:
+        try:
+            if part.modality == "dna":
+                calibration = calibrate_open_set(part, target=options.precision, k=options.neighbours,
+                                                 sample=options.sample or OPEN_SET_SAMPLE, seed=options.seed)
+            else:
+                calibration = calibrate_leave_species_out(part, target=options.precision, k=options.neighbours,
+                                                          sample=options.sample or 1000, seed=options.seed,
+                                                          novel_share=options.novel_share)
+        except ValueError as exc:
+            raise ClibdError(f"{index}: {exc}; give labelled --queries instead.") from exc
+    part.set_thresholds(calibration.thresholds, calibration.report)
+    part.save_manifest()
     return calibration

@@ -15,6 +15,10 @@ absent-species queries, the share wrongly given a species name and the share cor
 genus or family; for present species, the share still named and how often rightly; and a
 threshold-free AUROC of the species score for "species absent".  Reliability: per rank, score bins
 against the observed accuracy of the call at that rank.
+
+:func:`evaluate_model` is the `clibd evaluate` workflow for any caller: a split table read, the model
+loaded (a bundle, a training checkpoint exported to a temporary bundle, or the k-mer profile), the report
+returned; :func:`write_report` saves it as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from clibd_cli.errors import InputError
 from clibd_cli.metrics import DEFAULT_KS, harmonic_mean, topk_accuracy
 from clibd_cli.schema import KEY_SPLITS, PAIRS, RANKS, Specimen, taxonomy_text
 from clibd_cli.sequences import SpecimenTable
+from clibd_cli.workflow import ReadOptions
 
 QUERY_SPLITS = {"val": ("val_seen", "val_unseen"), "test": ("test_seen", "test_unseen")}
 NEIGHBOURS = 10
@@ -293,3 +298,50 @@ class BundleEmbedder:
             ok[[int(p.id) for p in batch.photos]] = True
             chunks.append(self.bundle.embed_pixels(batch.pixels))
         return np.concatenate(chunks), ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow
+
+
+def load_embedder(model: str | Path, *, device: str = "auto", workers: int | None = None,
+                  trust_checkpoint: bool = False) -> KmerEmbedder | BundleEmbedder:
+    """``kmer`` or ``kmer:K`` (the weight-free profile), a model bundle folder, or a `clibd train` checkpoint
+    file (exported to a temporary bundle first, kept as long as the embedder)."""
+    from clibd_cli.errors import ClibdError
+    from clibd_cli.models import checkpoint_bundle, load_model
+
+    model = str(model)
+    if model == "kmer" or model.startswith("kmer:"):
+        k = model.partition(":")[2]
+        if k and not k.isdigit():
+            raise ClibdError(f"--model {model!r}: write kmer or kmer:K with an integer K, e.g. kmer:5.")
+        return KmerEmbedder(int(k) if k else 5)
+    path = Path(model)
+    if path.is_file():
+        bundle, scratch = checkpoint_bundle(path, device=device, trust_checkpoint=trust_checkpoint)
+        return BundleEmbedder(bundle, workers, scratch)
+    return BundleEmbedder(load_model(path, device), workers)
+
+
+def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", precision: float = 0.95,
+                   reading: ReadOptions = ReadOptions(), device: str = "auto", workers: int | None = None,
+                   trust_checkpoint: bool = False) -> dict[str, Any]:
+    """The full report (closed and open set, see the module docstring) of ``model`` on the split table
+    ``data`` (from `clibd split` or `clibd simulate`), with the model's name and the table's path."""
+    specimens = read_split_table(Path(data), id_column=reading.id_column, sequence_column=reading.sequence_column,
+                                 image_column=reading.image_column)
+    embedder = load_embedder(model, device=device, workers=workers, trust_checkpoint=trust_checkpoint)
+    report = evaluate(specimens, embedder, split=split, precision=precision)
+    report["model"] = embedder.name
+    report["data"] = str(data)
+    return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """The report as indented JSON (NumPy numbers as floats)."""
+    import json
+
+    path = Path(path)
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return path

@@ -12,6 +12,10 @@ identity only above ~95 %.  Reads shorter than :data:`FRAGMENT_LENGTH` also get 
 share the most exact 12-mers with them (:mod:`clibd_cli.anchors`): a composition profile of a 200 bp
 read misses its species among the nearest profiles ~5 % of the time on real BOLD data.  Identity is
 computed over the overlap only, so a fragment and a full barcode are compared fairly.
+
+:class:`MatchRun` is the whole `clibd match` workflow (query files streamed, the index opened or a
+reference file embedded, thresholds chosen, the record a resumable output keeps) for any caller;
+:func:`identify` is the core it drives.
 """
 
 from __future__ import annotations
@@ -20,16 +24,25 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clibd_cli import __version__
 from clibd_cli.align import reverse_complement, verify
 from clibd_cli.assign import DEFAULT_TAU, Assignment, assign_batch
 from clibd_cli.encoders import Encoder
+from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.sequences import RANKS, SequenceRecord
+from clibd_cli.sequences import RANKS, SequenceRecord, SequenceStream
+from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes, paths_of
+
+if TYPE_CHECKING:
+    from clibd_cli.bundle import ModelBundle
+    from clibd_cli.references import OpenIndex
 
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_CANDIDATES = 32
@@ -42,6 +55,8 @@ MIN_COVERAGE = 0.5  # a hit must cover this share of the shorter sequence to cou
 FRAGMENT_LENGTH = 500  # bp: shorter queries also get candidates by shared exact 12-mers
 FRAGMENT_CANDIDATES = 16
 LOW_OVERLAP_SHARE = 0.75  # the top hit covers less than this share of the query: flag low_overlap
+THRESHOLD_SOURCES = ("calibrated", "conventional")
+SCORE = "alignment identity over the overlap (fraction)"
 FLAGS = ("reverse_complement", "low_overlap", "short", "ambiguous", "multiple_bins", "shared_bin",
          "single_reference", "conflict")
 
@@ -296,3 +311,100 @@ def assign_vectors(query_ids: Sequence[str], vectors: np.ndarray, index: Referen
                 for j in range(min(options.top_k, len(sims))) if np.isfinite(sims[j])]
         out.append((MatchResult(result_row(query_id, assignment, ids[i][:k], bins[i][:k]), hits), assignment))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow
+
+
+@dataclass
+class MatchRun:
+    """One identification run, prepared: queries streaming, the index open, thresholds fixed.
+
+    Made by :meth:`open`; :meth:`results` yields a :class:`MatchResult` per query (one batch in memory,
+    whatever the size of the query files), :meth:`finish` adds the notes only a finished stream can give.
+    :attr:`info` is what an output file records about the run, :attr:`identity` the part of it that a
+    resumed output must share (:class:`clibd_cli.runs.RunOutput`).
+    """
+
+    stream: SequenceStream
+    opened: OpenIndex
+    thresholds: dict[str, float]
+    thresholds_from: str
+    overrides: dict[str, float]
+    options: MatchOptions
+    notes: Notes
+    _pending: Iterator[SequenceRecord] = field(repr=False)
+
+    @classmethod
+    def open(cls, queries: str | Path | Iterable[str | Path], index: str | Path | OpenIndex, *,
+             options: MatchOptions | None = None, thresholds: str = "calibrated",
+             overrides: dict[str, float] | None = None, kmer: int | None = None,
+             model: str | Path | ModelBundle | None = None, device: str = "auto", int8: bool = False,
+             reading: ReadOptions = ReadOptions(), notify: Notes | Listener | None = None) -> MatchRun:
+        """Open query files (FASTA, BOLD/BIOSCAN TSV/CSV, Parquet; ``-`` for standard input) and the index.
+
+        ``index``: an index folder, a reference file (embedded into a temporary index calibrated on
+        itself) or an :class:`~clibd_cli.references.OpenIndex` already open.  ``thresholds``:
+        ``calibrated`` (the index's) or ``conventional`` (identity 97/95/90/85 %); ``overrides`` set single
+        ranks.  ``model``: a bundle whose DNA encoder proposes candidates (default: the k-mer profile).
+        An unreadable query file fails here, before any output exists.
+        """
+        from clibd_cli.align import CONVENTIONAL
+        from clibd_cli.models import load_model
+        from clibd_cli.references import OpenIndex, open_index
+        from clibd_cli.sequences import QCConfig
+
+        if thresholds not in THRESHOLD_SOURCES:
+            raise ClibdError(f"--thresholds {thresholds!r}: use calibrated or conventional.")
+        notes, overrides = as_notes(notify), dict(overrides or {})
+        stream = SequenceStream(paths_of(queries), id_column=reading.id_column,
+                                sequence_column=reading.sequence_column, qc=QCConfig(min_length=reading.min_length),
+                                skip_empty=False, marker=reading.marker)
+        records = iter(stream)
+        first = list(islice(records, 1))
+        if isinstance(index, OpenIndex):
+            opened = index
+        else:
+            bundle = load_model(model, device, int8)
+            opened = open_index(index, kmer=kmer, bundle=bundle, reading=reading, notes=notes)
+        base = dict(CONVENTIONAL) if thresholds == "conventional" else opened.index.thresholds
+        provenance = "conventional identity cut-offs" if thresholds == "conventional" else \
+            opened.index.manifest.get("calibration", {}).get("method", "")
+        return cls(stream, opened, {**base, **overrides}, provenance, overrides, options or MatchOptions(), notes,
+                   chain(first, records))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The run as an output file records it (encoder, index, thresholds and where they come from…)."""
+        index, options = self.opened.index, self.options
+        return {"clibd_version": __version__, "encoder": index.encoder_description,
+                "encoder_fingerprint": self.opened.encoder.fingerprint, "index_fingerprint": index.fingerprint,
+                "index": str(self.opened.path), "thresholds": self.thresholds,
+                "thresholds_from": self.thresholds_from, "overrides": self.overrides, "score": SCORE,
+                "neighbours": options.neighbours, "candidates": options.candidates,
+                "search": index.search_description()}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a run and its --resume (or their calls would not be comparable)."""
+        info = self.info
+        return {k: info[k] for k in ("encoder_fingerprint", "index_fingerprint", "thresholds", "neighbours",
+                                     "candidates")}
+
+    def results(self, skip: Iterable[str] = (), progress: Callable[[int], None] | None = None,
+                ) -> Iterator[MatchResult]:
+        """A :class:`MatchResult` per query not in ``skip`` (ids already done), in input order."""
+        skip = set(skip)
+        todo = (q for q in self._pending if q.id not in skip)
+        return identify(todo, self.opened.index, self.opened.encoder, self.thresholds, self.options,
+                        progress=progress)
+
+    def finish(self) -> Notes:
+        """Add what the exhausted query stream left out (rows of other markers) to the notes; all notes."""
+        stream = self.stream
+        if stream.skipped_marker:
+            others = ", ".join(f"{name} {count:,}" for name, count in stream.other_markers.items())
+            self.notes.note(f"{stream.skipped_marker:,} query rows of other markers ({others}) were left out; "
+                            f"kept {stream.marker}. Choose with --marker.")
+        return self.notes
