@@ -1,0 +1,56 @@
+"""Where the commands print: rich consoles, progress bars on stderr, and the library's notes as lines."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clibd_cli.workflow import Note
+
+
+def stderr():
+    """A console on standard error: notes, warnings, progress and summaries (stdout carries the results)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout(highlight: bool = True):
+    """A console on standard output, for tables (results in the ``table`` format are not highlighted)."""
+    from rich.console import Console
+
+    return Console(highlight=highlight)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (hidden when stderr is not a terminal); yields its ``advance(n)``.
+
+    Also a :class:`clibd_cli.workflow.Progress`, for workflows with several steps.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=stderr(), transient=True,
+                        disable=not sys.stderr.isatty())
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda n: progress.advance(task, n)
+
+
+def say(note: Note) -> None:
+    """Print a library note on stderr: ``warning: …``/``note: …`` (the level in yellow), ``info`` as it is."""
+    from rich.markup import escape
+
+    if note.level == "info":
+        stderr().print(escape(note.text))
+    else:
+        stderr().print(f"[yellow]{note.level}:[/yellow] {escape(note.text)}")
+
+
+def wrote(what: str) -> None:
+    """``wrote WHAT`` on stderr (``wrote`` in green); ``what`` may hold markup."""
+    stderr().print(f"[green]wrote[/green] {what}")
