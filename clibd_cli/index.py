@@ -60,11 +60,11 @@ from clibd_cli.search import (
     HNSW_EF_SEARCH,
     HNSW_M,
     HNSWLIB,
-    INSTALL_HINT,
     VECTORS_SUFFIX,
     build_graph,
     engine,
     exact_knn,
+    exact_reason,
     hnswlib_module,
     load_graph,
     load_vectors,
@@ -242,7 +242,7 @@ class ReferenceIndex:
             return "exact (index built without hnswlib; rebuild it with --force where hnswlib is installed)"
         if self.path is None:
             return "exact (in-memory reference)"
-        return f"exact (hnswlib is not installed; {INSTALL_HINT})"
+        return f"exact ({exact_reason()})"
 
     def vectors(self) -> np.ndarray:
         """The distinct reference vectors (row j ↔ graph label j), loaded on first use."""

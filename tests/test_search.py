@@ -165,3 +165,18 @@ def test_asking_for_hnswlib_where_it_is_missing(tmp_path, monkeypatch, no_hnswli
     monkeypatch.setenv("CLIBD_SEARCH", "hnswlib")
     one_error_line(invoke("build-index", "--barcodes", EXAMPLES / "reference.fasta", "-o", tmp_path / "idx"),
                    "hnswlib is not installed", "clibd[hnsw]")
+
+
+def test_note_names_the_extra_and_why(tmp_path, monkeypatch):
+    """The note is printed through Rich: the extra's name must survive markup ('[hnsw]' is not a style)."""
+    index = tmp_path / "idx"
+    clibd_ok("build-index", "--barcodes", EXAMPLES / "reference.fasta", "-o", index)
+    monkeypatch.setattr(index_module, "EXACT_MAX", 100)
+    monkeypatch.setitem(sys.modules, "hnswlib", None)
+    result = invoke("match", EXAMPLES / "queries.fasta", "--index", index, "-o", tmp_path / "a.tsv")
+    note = " ".join(result.stderr.split())
+    assert "hnswlib is not installed; pip install 'clibd[hnsw]'" in note, note
+    monkeypatch.delitem(sys.modules, "hnswlib")
+    monkeypatch.setenv("CLIBD_SEARCH", "exact")
+    result = invoke("match", EXAMPLES / "queries.fasta", "--index", index, "-o", tmp_path / "b.tsv")
+    assert "search: exact (CLIBD_SEARCH=exact)" in " ".join(result.stderr.split())
