@@ -39,6 +39,12 @@ def test_wheel_holds_namespaced_packages_and_presets(wheel):
     assert top == {"clibd_cli", "clibd_training", "clibd_export"}
     presets = {Path(n).name for n in names if n.startswith("clibd_training/configs/")}
     assert {"tiny-cpu.yaml", "demo-cpu.yaml", "bioscan1m-idt.yaml", "bioscan5m-idt.yaml"} <= presets
+    # Every module of the checkout is in the wheel (pyproject lists packages by name: a new subpackage
+    # left out of the list would install a clibd that cannot import it).
+    installed_as = {"clibd_cli": "clibd_cli", "training": "clibd_training", "export": "clibd_export"}
+    expected = {f"{installed_as[folder]}/{path.relative_to(ROOT / folder).as_posix()}"
+                for folder in installed_as for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts}
+    assert expected <= set(names), sorted(expected - set(names))
 
 
 def test_installed_wheel_matches_and_trains(wheel, tmp_path):
