@@ -124,6 +124,7 @@ def test_metric_log_writes_jsonl_and_tensorboard(tmp_path: Path) -> None:
     ("model.embed_dim=big", ("model.embed_dim", "'big'", "an integer")),
     ("precision=fp16", ("precision", "'fp16'", "auto, bf16, fp32")),
     ("batch_size=0", ("batch_size", "at least 1")),
+    ("optim.clip_grad_norm=0", ("optim.clip_grad_norm", "a positive number or null")),
     ("data.nope=1", ("--set data.nope=1", "unknown keys in 'data': nope")),
 ])
 def test_train_refuses_an_ill_typed_override_in_one_line(tmp_path: Path, override: str, mentions: tuple) -> None:
@@ -150,3 +151,27 @@ def test_config_file_fields_are_type_checked(tmp_path: Path) -> None:
     # Numbers YAML 1.1 leaves as text where a float belongs are read as numbers; nothing else is converted.
     loaded = load_config("tiny-cpu", ["optim.lr=1e-4", "max_steps=3", "name=2024"])
     assert loaded.optim.lr == 1e-4 and loaded.max_steps == 3 and loaded.name == "2024"
+
+
+def test_gradient_clipping_bounds_the_step_and_logs_the_norm(sim: Path, tmp_path: Path) -> None:
+    """After AdamW's first step its first moment is (1 - beta1) x the gradient it was given, so the
+    checkpoint shows whether the gradient was clipped: to `clip` with clipping, the logged norm without."""
+    clip = 1e-3
+    norms = {}
+    for name, extra in (("clipped", ["--set", f"optim.clip_grad_norm={clip}"]), ("free", [])):
+        run = tmp_path / name
+        invoke("train", "--config", "tiny-cpu", "--data", str(sim), "--output", str(run), "--set", "max_steps=1",
+               "--set", "log_every=1", *extra)
+        state = load_state(run / "checkpoints" / "last.pt")
+        beta1 = state["config"]["optim"]["betas"][0]
+        moments = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
+        norms[name] = float(torch.sqrt(sum((m.double() ** 2).sum() for m in moments))) / (1 - beta1)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        logged = [r["grad_norm"] for r in records if r["kind"] == "train" and "grad_norm" in r]
+        if name == "clipped":
+            assert len(logged) == 1 and logged[0] > 10 * clip  # a real clip: the raw norm was far above
+            raw = logged[0]
+        else:
+            assert logged == []
+    assert norms["clipped"] == pytest.approx(clip, rel=1e-3)
+    assert norms["free"] == pytest.approx(raw, rel=1e-3)  # same seed, same first batch: the same raw gradient

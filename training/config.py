@@ -49,6 +49,9 @@ class OptimConfig:
     pct_start: float = 0.3
     betas: tuple[float, float] = (0.9, 0.999)
     scale_lr_with_batch: bool = True  # max lr × global batch / 500, as the official code
+    # Clip the global gradient norm to this before each step (off, as in the official code); the
+    # pre-clip norm is then logged as grad_norm, which shows a diverging run before its loss does.
+    clip_grad_norm: float | None = None
 
 
 @dataclass
@@ -195,6 +198,8 @@ def check_value(key: str, hint: Any, value: Any) -> Any:
         raise ClibdError(f"{key} must be one of {', '.join(CHOICES[key])}, not {_show(value)}.")
     if key in AT_LEAST_ONE and value is not None and value < 1:
         raise ClibdError(f"{key} must be at least 1, not {_show(value)}.")
+    if key == "optim.clip_grad_norm" and value is not None and not value > 0:
+        raise ClibdError(f"{key} must be a positive number or null, not {_show(value)}.")
     if key == "mlm_probability" and not 0.0 <= value <= 1.0:
         raise ClibdError(f"{key} must be between 0 and 1, not {_show(value)}.")
     return value

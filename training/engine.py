@@ -169,6 +169,10 @@ class Engine:
                 micro += 1
                 if not sync:
                     continue
+                clipped = {}
+                if cfg.optim.clip_grad_norm is not None:  # grads are all-reduced here: every rank clips alike
+                    norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.optim.clip_grad_norm)
+                    clipped = {"grad_norm": norm.item()}
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -178,7 +182,7 @@ class Engine:
                     elapsed = time.perf_counter() - started
                     self.log.write({"kind": "train", **task.tags, "step": self.step, "epoch": self.epoch,
                                     "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in parts.items()},
-                                    "lr": self.scheduler.get_last_lr()[0], **task.log_fields(),
+                                    "lr": self.scheduler.get_last_lr()[0], **task.log_fields(), **clipped,
                                     "samples_per_s": micro * cfg.batch_size * env.world / max(elapsed, 1e-9)})
                 progress.advance()
                 if self.step % cfg.checkpoint_every == 0:
