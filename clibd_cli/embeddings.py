@@ -26,10 +26,14 @@ FORMATS = (".parquet", ".npy")
 
 def embed_inputs(bundle: ModelBundle, modality: str, inputs: Sequence[str], *, manifest: Path | None = None,
                  workers: int | None = None, batch_size: int = 32, read: Callable | None = None,
+                 id_column: str | None = None, image_column: str | None = None,
                  ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """(ids, embeddings [n, dim], errors as (id, reason)) for photos, barcodes or taxonomy strings."""
+    """(ids, embeddings [n, dim], errors as (id, reason)) for photos, barcodes or taxonomy strings.
+
+    ``read`` reads barcode/taxonomy tables into records; ``id_column``/``image_column`` name the photo
+    manifest's columns (default: the column map of :mod:`clibd_cli.schema`)."""
     if modality == "image":
-        photos, problems = collect_photos(inputs, manifest=manifest)
+        photos, problems = collect_photos(inputs, manifest=manifest, id_column=id_column, image_column=image_column)
         ids, chunks = [], []
         errors = [(p.id, p.reason) for p in problems]
         for batch in iter_preprocessed(photos, bundle.preprocessing, batch_size=batch_size, workers=workers):

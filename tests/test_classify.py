@@ -290,3 +290,23 @@ def test_embed_writes_ids_and_vectors(tiny_model, library, tmp_path):
     assert result.exit_code == 2 and "already exists" in result.stderr
     result = invoke("embed", *photos[:1], "--model", tiny_model.bundle, "-o", tmp_path / "p.txt")
     assert result.exit_code == 2 and ".parquet or .npy" in result.stderr
+
+
+def test_embed_reads_tables_by_named_columns(tiny_model, library, tmp_path):
+    """A lab's own column names: --id-column/--image-column for a photo manifest, --sequence-column too."""
+    queries = library["queries"][:3]
+    manifest = write_dicts(tmp_path / "lab.tsv", [{"tube": f"T{i}", "photo": q["image_file"], "id": f"X{i}"}
+                                                  for i, q in enumerate(queries)])
+    out = tmp_path / "e.npy"
+    result = invoke("embed", "--manifest", manifest, "--model", tiny_model.bundle, "-o", out,
+                    "--id-column", "tube", "--image-column", "photo")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_rows(tmp_path / "e.ids.tsv")] == ["T0", "T1", "T2"]
+    expected = ModelBundle.load(tiny_model.bundle).encoder("image").encode([q["image_file"] for q in queries])
+    assert np.allclose(np.load(out), expected, atol=1e-5)
+    barcodes = write_dicts(tmp_path / "dna.tsv", [{"tube": k["processid"], "coi": k["nucleotides"]}
+                                                  for k in library["keys"][:3]])
+    result = invoke("embed", barcodes, "--modality", "dna", "--model", tiny_model.bundle, "-o", tmp_path / "d.npy",
+                    "--id-column", "tube", "--sequence-column", "coi")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_rows(tmp_path / "d.ids.tsv")] == [k["processid"] for k in library["keys"][:3]]

@@ -166,6 +166,9 @@ def embed(
     int8: Int8 = False,
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per model call.")] = 32,
+    id_column: IdColumn = None,
+    sequence_column: SeqColumn = None,
+    image_column: ImageColumn = None,
 ) -> None:
     """Write embeddings with their ids (for your own analyses, plots or indexes)."""
     from clibd_cli.embeddings import embed_inputs, write_embeddings
@@ -177,9 +180,10 @@ def embed(
     if not inputs and manifest is None:
         raise ClibdError("nothing to embed: give inputs (or --manifest for photos).")
     bundle = load_model(model, device, int8)
+    reading = ReadOptions(min_length=0, id_column=id_column, sequence_column=sequence_column)
     ids, vectors, errors = embed_inputs(bundle, modality, inputs or [], manifest=manifest, workers=workers,
-                                        batch_size=batch_size,
-                                        read=lambda paths: read_records(paths, ReadOptions(min_length=0)))
+                                        batch_size=batch_size, read=lambda paths: read_records(paths, reading),
+                                        id_column=id_column, image_column=image_column)
     written = write_embeddings(output, ids, vectors, errors, modality=modality, model=bundle, force=force)
     wrote(f"{', '.join(map(str, written))}: {len(ids):,} {modality} embeddings of dimension {bundle.dim}"
           + (f", {len(errors):,} inputs failed (listed)" if errors else ""))
