@@ -1,18 +1,19 @@
 """The reference index: a directory a lab builds once and queries offline.
 
-Layout (format version 3; version 2 stored k-mer-cosine thresholds for barcodes and is refused)::
+Layout (format version 4; format 3, one flat folder, is still read; 2 stored k-mer-cosine thresholds for
+barcodes and is refused)::
 
     DIR/index.json       manifest: format version, metric, HNSW parameters, and one *part* per modality
                          (dna, image, text): its encoder description and fingerprint, calibrated
                          thresholds (per query modality; for barcode queries against barcodes they
                          are alignment identities), counts, part fingerprint; validated on load
                          against :class:`clibd_cli.manifests.IndexManifest`
-    DIR/records.sqlite   one row per reference record and modality (taxonomy, BIN, the embedded input:
+    DIR/gen-N/records.sqlite  one row per reference record and modality (taxonomy, BIN, the embedded input:
                          barcode, image path or taxonomy text; source): the single source of truth for
                          metadata; `vector` is the graph label of its embedding in its modality's graph
-    DIR/<modality>.hnsw  hnswlib graph (inner product on L2-normalised vectors = cosine), one per
+    DIR/gen-N/<modality>.hnsw  hnswlib graph (inner product on L2-normalised vectors = cosine), one per
                          modality; it also holds the vectors, so nothing is stored twice; built
-                         without hnswlib, the part stores DIR/<modality>.npy (the vectors) instead
+                         without hnswlib, the part stores gen-N/<modality>.npy (the vectors) instead
                          and is searched exactly (:mod:`clibd_cli.search`: both open everywhere)
 
 A :class:`ReferenceIndex` object is one part (one modality).  A DNA-only index built with the k-mer
@@ -29,8 +30,8 @@ neighbour of ~1 % of queries on this clustered data.
 Small indexes (≤ ``EXACT_MAX`` vectors) are searched exactly with a matrix product over the vectors
 read back from the graph, which is both fast and exact there; ``exact=True`` forces it on any size,
 and so does a machine without hnswlib.
-Every write goes to a temporary sibling directory that replaces the target in one rename, so an
-interrupted build never leaves a half-written index behind.
+Every write builds a new generation folder and then replaces index.json in one rename, under a lock
+(:mod:`clibd_cli.indexdir`), so an interrupted build never leaves a half-written index behind.
 """
 
 from __future__ import annotations
