@@ -49,7 +49,7 @@ class OptimConfig:
     pct_start: float = 0.3
     betas: tuple[float, float] = (0.9, 0.999)
     scale_lr_with_batch: bool = True  # max lr × global batch / 500, as the official code
-    # Clip the global gradient norm to this before each step (off, as in the official code); the
+    # Clip the global gradient norm to this before each step (off by default: runs stay as before); the
     # pre-clip norm is then logged as grad_norm, which shows a diverging run before its loss does.
     clip_grad_norm: float | None = None
 
