@@ -239,3 +239,27 @@ def test_calibration_with_labelled_queries_reaches_precision(split_index, split_
     # On the calibration queries themselves the species calls reach the target precision.
     assert assigned_right / (assigned_right + assigned_wrong) >= 0.95
     assert assigned_right >= 20 and novel_assigned <= 1
+
+
+def test_thresholds_table_explains_ranks_it_cannot_calibrate():
+    """`calibrate` used to print `genus │ 1.010 │ nan │ 0.000` for a rank no threshold could call."""
+    from rich.console import Console
+
+    from clibd_cli.calibrate import NEVER, Calibration
+    from clibd_cli.cli.references import _thresholds_table
+
+    ranks = {"order": {"precision": 0.99, "coverage": 0.9},
+             "family": {"precision": 0.97, "coverage": 0.8,
+                        "note": "too few wrong calls to calibrate; encoder default used as floor"},
+             "genus": {"precision": float("nan"), "coverage": 0.0}, "species": {"coverage": 0.0}}
+    calibration = Calibration({"order": 0.5, "family": 0.6, "genus": NEVER, "species": NEVER},
+                              {"method": "labelled photos", "queries": 40, "ranks": ranks})
+    console = Console(record=True, width=200)
+    console.print(_thresholds_table(calibration, 0.95))
+    text = console.export_text()
+    assert "nan" not in text and "1.010" not in text
+    genus = next(line for line in text.splitlines() if line.startswith("│ genus"))
+    assert [c.strip() for c in genus.split("│")[1:-1]] == ["genus", "never", "–", "0.000"]
+    assert "genus is never called; calls stop at the rank above." in text
+    assert "species is never called" in text
+    assert "family: too few wrong calls to calibrate; encoder default used as floor (0.600)." in text

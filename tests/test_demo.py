@@ -16,7 +16,13 @@ def test_quickstart_classifies_photos_against_barcodes(tmp_path, monkeypatch):
     manifest = json.loads((model / "clibd-model.json").read_text())
     assert all(p["cosine_min"] >= 0.9999 for parity in manifest["parity"].values() for p in parity.values())
     clibd_ok("build-index", "--barcodes", EXAMPLES / "demo-barcodes.tsv", "--model", model, "-o", index)
-    clibd_ok("calibrate", "--index", index, "--model", model, "--images", EXAMPLES / "demo-labelled-photos.tsv")
+    calibrated = clibd_ok("calibrate", "--index", index, "--model", model, "--images",
+                          EXAMPLES / "demo-labelled-photos.tsv").stdout
+    assert "nan" not in calibrated and "1.010" not in calibrated  # every cell a figure, "–" or "never"
+    for line in calibrated.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 3 and cells[1] in ("order", "family", "genus", "species") and cells[2] == "never":
+            assert f"{cells[1]} is never called" in " ".join(calibrated.split())
     out, hits = tmp_path / "calls.csv", tmp_path / "hits.csv"
     result = clibd_ok("classify", EXAMPLES / "photos", "--model", model, "--index", index, "-o", out, "--hits", hits,
                       "--top-k", 1)

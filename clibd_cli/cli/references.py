@@ -134,9 +134,28 @@ def calibrate(
 
 def _thresholds_table(calibration: Calibration, precision: float):
     """Per rank: the threshold, and how its calls fared (open set: right and wrong where the taxon is
-    present, wrong where it was left out; otherwise precision and coverage)."""
-    from rich.table import Table
+    present, wrong where it was left out; otherwise precision and coverage).  A rank no threshold can
+    call at the target precision reads "never" rather than a number above 1, a figure that could not be
+    measured reads "–" rather than nan, and the caption says in words what calls will do."""
+    import math
 
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from clibd_cli.calibrate import NEVER
+
+    def cell(value) -> str:
+        return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+    captions = []
+    for rank in RANKS:
+        info = calibration.report["ranks"][rank]
+        if calibration.thresholds[rank] >= NEVER:
+            captions.append(f"{rank}: no threshold reaches precision {precision:.2f} here, so {rank} is never "
+                            "called; calls stop at the rank above.")
+        elif info.get("note"):
+            captions.append(f"{rank}: {info['note']} ({calibration.thresholds[rank]:.3f}).")
     table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
                         f"{calibration.report['queries']} queries)")
     open_set = "right_present" in calibration.report["ranks"]["species"]
@@ -147,9 +166,10 @@ def _thresholds_table(calibration: Calibration, precision: float):
     for rank in RANKS:
         info = calibration.report["ranks"][rank]
         keys = ("right_present", "false_calls_present", "false_calls_absent") if open_set else ("precision", "coverage")
-        table.add_row(rank, f"{calibration.thresholds[rank]:.3f}",
-                      *(f"{info.get(key, float('nan')):.3f}" for key in keys))
-    return table
+        threshold = calibration.thresholds[rank]
+        table.add_row(rank, "never" if threshold >= NEVER else f"{threshold:.3f}",
+                      *(cell(info.get(key)) for key in keys))
+    return Group(table, *(Text(line) for line in captions))
 
 
 @user_errors
