@@ -43,11 +43,17 @@ _HNSW_HEADER = np.dtype([("offset_level0", "<u8"), ("max_elements", "<u8"), ("co
                          ("m", "<u8"), ("mult", "<f8"), ("ef_construction", "<u8")])
 
 
-def hnswlib_module():
-    """The hnswlib module, or None where it is not installed (or CLIBD_SEARCH=exact)."""
+def _requested() -> str:
+    """CLIBD_SEARCH, checked: ``auto`` (the default), ``exact`` or ``hnswlib``."""
     choice = os.environ.get("CLIBD_SEARCH", "auto").strip().lower()
     if choice not in ("auto", EXACT, HNSWLIB):
         raise ClibdError(f"CLIBD_SEARCH={choice!r}: use auto, exact or hnswlib.")
+    return choice
+
+
+def hnswlib_module():
+    """The hnswlib module, or None where it is not installed (or CLIBD_SEARCH=exact)."""
+    choice = _requested()
     if choice == EXACT:
         return None
     try:
@@ -61,7 +67,7 @@ def hnswlib_module():
 
 def exact_reason() -> str:
     """Why this machine searches exactly: for notes and output info."""
-    if os.environ.get("CLIBD_SEARCH", "").strip().lower() == EXACT:
+    if _requested() == EXACT:
         return "CLIBD_SEARCH=exact"
     return f"hnswlib is not installed; {INSTALL_HINT}"
 
