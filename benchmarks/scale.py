@@ -77,6 +77,17 @@ def measured(cmd: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, peak_kb / 1024**2
 
 
+def projection(peaks: list[tuple[int, float, float]], target: int = 1_000_000) -> list[str]:
+    """Peak RSS grows linearly with the references: the slope between the two largest sizes, projected."""
+    if len(peaks) < 2:
+        return []
+    (n0, b0, m0), (n1, b1, m1) = sorted(peaks)[-2:]
+    slope_b, slope_m = (b1 - b0) / (n1 - n0), (m1 - m0) / (n1 - n0)
+    return ["", f"Peak RSS per added reference ({n0:,} → {n1:,}): build {slope_b * 1024**2:.1f} kB, match "
+            f"{slope_m * 1024**2:.1f} kB; projected at {target:,}: build {b1 + slope_b * (target - n1):.1f} GB, "
+            f"match {m1 + slope_m * (target - n1):.1f} GB."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--note", default="", help="a line added under the table (e.g. what else ran meanwhile)")
     args = parser.parse_args()
     records = read_sequences([args.data]).records
     founders = list({r.label("species"): r for r in records if r.label("species") and len(r.sequence) >= 600}.values())
@@ -92,6 +104,7 @@ def main() -> None:
              "| present: species right | present: species in hits | absent: wrongly named |",
              "|---|---|---|---|---|---|---|---|---|"]
     clibd = [sys.executable, "-m", "clibd_cli.app"]
+    peaks: list[tuple[int, float, float]] = []
     for size in (int(s) for s in args.sizes.split(",")):
         rng = np.random.default_rng(args.seed)
         reference, present, absent = simulate(founders, size, args.queries, rng)
@@ -117,8 +130,10 @@ def main() -> None:
         lines.append(f"| {len(reference):,} | {build:.0f} | {build_rss:.2f} | {disk:.2f} | {match_rss:.2f} "
                      f"| {(len(present) + len(absent)) / seconds:.0f} | {right:.1%} | {recall:.1%} | {wrong:.1%} |")
         print(lines[-1], flush=True)
+        peaks.append((len(reference), build_rss, match_rss))
     body = "\n".join([f"Synthetic references from real BOLD founders (seed {args.seed}); {args.queries} present + "
-                      f"{args.queries} absent-species queries; {args.threads} threads.", "", *lines])
+                      f"{args.queries} absent-species queries; {args.threads} threads.", "", *lines,
+                      *projection(peaks), *([f"\n{args.note}"] if args.note else [])])
     print(body)
     if not args.no_write:
         write_section("Scale: large references", body,

@@ -12,7 +12,9 @@ barcodes and is refused)::
                          barcode, image path or taxonomy text; source): the single source of truth for
                          metadata; `vector` is the graph label of its embedding in its modality's graph
     DIR/gen-N/<modality>.hnsw  hnswlib graph (inner product on L2-normalised vectors = cosine), one per
-                         modality; it also holds the vectors, so nothing is stored twice; built
+                         modality; it also holds the vectors, so nothing is stored twice, nor held
+                         twice in memory (a search reads its candidates' rows from this file, and a
+                         build makes the graph from a scratch file, not beside the array); built
                          without hnswlib, the part stores gen-N/<modality>.npy (the vectors) instead
                          and is searched exactly (:mod:`clibd_cli.search`: both open everywhere)
 
@@ -62,6 +64,8 @@ from clibd_cli.search import (
     HNSW_M,
     HNSWLIB,
     VECTORS_SUFFIX,
+    GraphRows,
+    SpilledVectors,
     build_graph,
     engine,
     exact_knn,
@@ -83,6 +87,8 @@ READABLE_VERSIONS = (3, 4)
 GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw", "records")
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
+RESCORE_BLOCK = 128  # queries whose candidate rows are read and rescored at a time
+INPUT_BLOCK = 8192  # barcodes encoded to base codes at a time (a joined copy of them all would be transient GBs)
 
 _SCHEMA = """
 CREATE TABLE records (
@@ -139,6 +145,7 @@ class ReferenceIndex:
         self.path = path
         self._vectors = vectors
         self._graph = graph
+        self._rows: GraphRows | None = None
         self._stored = False  # True while the part's file on disk holds exactly these vectors
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[SequenceRecord] | None = None
@@ -257,9 +264,17 @@ class ReferenceIndex:
         return self._vectors
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        """Some rows of :meth:`vectors`, without loading all of them (4 s for 80k vectors) for a few."""
+        """Some rows of :meth:`vectors`, without loading all of them.
+
+        A saved graph's rows are read from its file by offset (:class:`clibd_cli.search.GraphRows`):
+        searching never loads the vectors next to the graph that holds them already.
+        """
         if self._vectors is not None or self._graph is None:
             return self.vectors()[rows]
+        if self._stored:
+            if self._rows is None:
+                self._rows = GraphRows(_part_file(self.path, self.manifest), self._graph.dim)
+            return self._rows(rows)
         if not len(rows):
             return np.empty((0, self._graph.dim), dtype=np.float32)
         return np.asarray(self._graph.get_items(np.asarray(rows), return_type="numpy"), dtype=np.float32)
@@ -286,7 +301,17 @@ class ReferenceIndex:
         else:
             self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
             vec_labels = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)[0].astype(np.int64)
-        return rescore(np.asarray(queries, dtype=np.float32), self.vectors(), vec_labels)
+        # Rescored over the candidates' rows only, read per block of queries (a few MB); np.unique keeps the
+        # rows' order, so ties break as over all rows, and blocks are rescore's own chunks: the same scores.
+        queries = np.asarray(queries, dtype=np.float32)
+        labels, sims = np.empty_like(vec_labels), np.empty(vec_labels.shape, dtype=np.float32)
+        for start in range(0, len(vec_labels), RESCORE_BLOCK):
+            block = vec_labels[start : start + RESCORE_BLOCK]
+            found, local = np.unique(block, return_inverse=True)
+            local_labels, block_sims = rescore(queries[start : start + RESCORE_BLOCK], self.vectors_of(found),
+                                               local.reshape(block.shape), chunk=RESCORE_BLOCK)
+            labels[start : start + RESCORE_BLOCK], sims[start : start + RESCORE_BLOCK] = found[local_labels], block_sims
+        return labels, sims
 
     def members(self, vector: int) -> np.ndarray:
         """Record rows (0-based) that share distinct vector ``vector``, in record order."""
@@ -321,7 +346,12 @@ class ReferenceIndex:
         """
         if self._input_codes is None:
             inputs = self.vector_inputs()
-            self._input_codes = (base_codes("".join(inputs)), np.r_[0, np.cumsum([len(s) for s in inputs])])
+            offsets = np.r_[0, np.cumsum([len(s) for s in inputs], dtype=np.int64)]
+            bases = np.empty(offsets[-1], dtype=np.uint8)
+            for start in range(0, len(inputs), INPUT_BLOCK):
+                stop = min(start + INPUT_BLOCK, len(inputs))
+                bases[offsets[start] : offsets[stop]] = base_codes("".join(inputs[start:stop]))
+            self._input_codes = (bases, offsets)
         bases, offsets = self._input_codes
         return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
 
@@ -409,8 +439,10 @@ class ReferenceIndex:
                 j = vector_of_input[record.sequence] = len(vectors) + len(fresh)
                 fresh.append(record.sequence)
             vector[i] = j
-        if fresh:
-            vectors = np.concatenate([vectors, _embed(encoder, fresh, batch_size, progress)])
+        if fresh:  # (concatenating onto nothing would copy them all: 4 kB per k-mer profile)
+            embedded = _embed(encoder, fresh, batch_size, progress)
+            vectors = np.concatenate([vectors, embedded]) if len(vectors) else embedded
+            del embedded
         manifest = {**manifest, "counts": _counts(records, len(vectors)),
                     "fingerprint": _index_fingerprint(encoder.fingerprint, [r.id for r in records])}
         index = cls(manifest, _labels_from_records(records, vector), vectors=vectors, path=path)
@@ -606,7 +638,7 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                     shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
                 elif engine() == HNSWLIB:
                     filename = part.modality + GRAPH_SUFFIX
-                    build_graph(part.vectors(), threads).save_index(str(tmp / filename))
+                    _save_graph(part, tmp, filename, threads)
                 else:
                     filename = part.modality + VECTORS_SUFFIX
                     save_vectors(part.vectors(), tmp / filename)
@@ -627,10 +659,37 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
         clean(directory, keep, legacy)
     for part in parts:
         part.path = directory
+        part._rows = None
+        if part._graph is not None:  # its graph file holds exactly its vectors (built or copied just now)
+            part._stored = True
     return directory
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+def _save_graph(part: ReferenceIndex, folder: Path, filename: str, threads: int | None) -> None:
+    """Build and save a part's graph without its vectors and records in memory beside it.
+
+    The graph holds a copy of every vector; keeping the array too would double the peak of a large
+    build (and the records, written to ``folder``'s SQLite already, add ~1.6 kB per barcode).  So the
+    vectors go to a scratch file in the new generation, the array, the records and the lookup tables
+    made from them are dropped, and the graph is built from the file a chunk at a time.  Afterwards the
+    part reads its rows from the graph file and its records from SQLite, like a loaded index: the same
+    values.  If the build fails, both are read back, so the part is as it was.
+    """
+    spill = SpilledVectors(part.vectors(), folder / (filename + ".vectors"))
+    part._vectors = part._records = part._inputs = part._input_codes = part._anchors = None
+    try:
+        graph = build_graph(spill, threads)
+    except BaseException:
+        part._vectors = np.fromfile(spill.path, dtype="<f4").reshape(spill.shape)
+        part._records = _read_records(folder / RECORDS_DB, part.modality)
+        raise
+    finally:
+        spill.path.unlink()
+    graph.save_index(str(folder / filename))
+    part._graph = graph
+
 
 def _embed(encoder: Encoder, items: list[str], batch_size: int, progress) -> np.ndarray:
     out = np.empty((len(items), encoder.dim), dtype=np.float32)
@@ -671,10 +730,20 @@ def _index_fingerprint(encoder_fingerprint: str, ids: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _shared(values) -> np.ndarray:
+    """An object array of `values` holding each distinct string once.
+
+    A taxon's name repeats for every record of it; held once per record, the names of a million
+    references take ~300 MB, held once per taxon a pointer each (8 bytes).
+    """
+    seen: dict[str, str] = {}
+    return np.array([seen.setdefault(v, v) for v in values], dtype=object)
+
+
 def _labels_from_records(records: Sequence[SequenceRecord], vector: np.ndarray) -> Labels:
     return Labels(np.array([r.id for r in records], dtype=object),
-                  {rank: np.array([r.label(rank) for r in records], dtype=object) for rank in RANKS},
-                  np.array([r.bin for r in records], dtype=object), vector)
+                  {rank: _shared(r.label(rank) for r in records) for rank in RANKS},
+                  _shared(r.bin for r in records), vector)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -694,7 +763,7 @@ def _labels_from_db(path: Path, modality: str) -> Labels:
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path}: not a readable records database ({exc}). Rebuild the index.") from exc
     columns = list(zip(*rows, strict=True)) if rows else [()] * 7
-    arrays = [np.array(c, dtype=object) for c in columns[:6]]
+    arrays = [np.array(columns[0], dtype=object), *(_shared(c) for c in columns[1:6])]
     return Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5],
                   np.array(columns[6], dtype=np.int64))
 
