@@ -5,6 +5,12 @@
     python benchmarks/train_throughput.py                       # this machine, writes RESULTS.md
     python benchmarks/train_throughput.py --json OUT.json --no-write   # e.g. on a lent GPU
     python benchmarks/train_throughput.py --from-json OUT.json  # record a run made elsewhere
+
+MFU (model FLOPs utilisation) = FLOPs of one step / step time / the device's peak: the FLOPs are counted
+by torch (``torch.utils.flop_counter.FlopCounterMode``) on one real forward + backward of the model and
+loss at the measured batch, not estimated from parameter counts; the optimizer step is left out (it is
+O(parameters), negligible).  The peak is the dense bf16 figure of the GPU (a small table by name, or
+``--peak-tflops``); on CPU MFU is reported only with ``--peak-tflops``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,42 @@ def synthetic_batch(model, batch: int, image_size: int, device, text_vocab: int)
     }
 
 
-def measure(batch: int, steps: int, warmup: int, device_name: str) -> dict:
+#: Dense bf16 tensor-core peak in TFLOP/s (vendor data sheets, SXM parts), matched by name.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The device's dense bf16 peak from PEAK_BF16_TFLOPS, or None when unknown (or a CPU)."""
+    import torch
+
+    if not device_name.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device_name))
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def step_flops(model, data: dict, bf16: bool) -> int:
+    """FLOPs of one training step's forward and backward (encoders and contrastive loss), counted by torch.
+
+    Runs one real step under FlopCounterMode, which counts every matmul, convolution and attention
+    kernel the model dispatches; the gradients it leaves are cleared.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clibd_training.losses import contrastive_loss
+
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            features = model(data)
+            loss, _ = contrastive_loss(features, model.scale())
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def measure(batch: int, steps: int, warmup: int, device_name: str, peak: float | None = None) -> dict:
     import torch
 
     from clibd_training.losses import contrastive_loss
@@ -52,6 +93,7 @@ def measure(batch: int, steps: int, warmup: int, device_name: str) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     bf16 = device.type == "cuda"
     data = synthetic_batch(model, batch, config.image.image_size, device, len(tokenizer))
+    flops = step_flops(model, data, bf16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -79,19 +121,25 @@ def measure(batch: int, steps: int, warmup: int, device_name: str) -> dict:
     params = sum(p.numel() for p in model.parameters())
     return {"device": device_name, "batch": batch, "steps": steps, "precision": "bf16 autocast" if bf16 else "fp32",
             "samples_per_s": batch * steps / elapsed, "step_s": elapsed / steps, "peak_memory_gib": peak / 2**30,
-            "parameters_m": params / 1e6, "torch": torch.__version__}
+            "parameters_m": params / 1e6, "torch": torch.__version__, "step_tflop": flops / 1e12,
+            "achieved_tflops": flops / (elapsed / steps) / 1e12, "peak_tflops": peak,
+            "mfu": flops / (elapsed / steps) / (peak * 1e12) if peak else None}
 
 
 def render(results: list[dict]) -> str:
-    lines = ["| device | precision | batch | samples/s | s/step | peak memory (GiB) |", "|---|---|---|---|---|---|"]
+    lines = ["| device | precision | batch | samples/s | s/step | TFLOP/step | TFLOP/s | MFU | peak memory (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "–"
         lines.append(f"| {r['device']} | {r['precision']} | {r['batch']} | {r['samples_per_s']:.1f} | "
-                     f"{r['step_s']:.3f} | {r['peak_memory_gib']:.1f} |")
+                     f"{r['step_s']:.3f} | {r.get('step_tflop', float('nan')):.2f} | "
+                     f"{r.get('achieved_tflops', float('nan')):.1f} | {mfu} | {r['peak_memory_gib']:.1f} |")
     r = results[0]
     lines += ["", f"Model: {r['parameters_m']:.0f} M parameters (image + DNA + text encoders and heads), torch "
               f"{r['torch']}; {r['steps']} timed steps after warm-up, random inputs of the real shapes "
               "(224 px images, 165 DNA tokens, 20 text tokens). Peak memory is CUDA's max allocated on a GPU, "
-              "the process's max RSS on CPU."]
+              "the process's max RSS on CPU. TFLOP/step: forward + backward counted by torch's FlopCounterMode; "
+              f"MFU against a dense bf16 peak of {r.get('peak_tflops')} TFLOP/s."]
     return "\n".join(lines)
 
 
@@ -103,6 +151,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--from-json", type=Path, help="record results measured elsewhere")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: by GPU name)")
     args = parser.parse_args()
     if args.from_json:
         payload = json.loads(args.from_json.read_text())
@@ -114,7 +163,8 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     sizes = [int(b) for b in (args.batch_sizes or ("64,128,256" if device == "cuda" else "8")).split(",")]
     steps = args.steps or (20 if device == "cuda" else 3)
-    results = [measure(b, steps, warmup=3 if device == "cuda" else 1, device_name=device) for b in sizes]
+    peak = args.peak_tflops or peak_tflops(device)
+    results = [measure(b, steps, warmup=3 if device == "cuda" else 1, device_name=device, peak=peak) for b in sizes]
     text = render(results)
     print(text)
     command = "python benchmarks/train_throughput.py" + "".join(f" {a}" for a in sys.argv[1:])

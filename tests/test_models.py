@@ -106,6 +106,8 @@ def test_logit_scale_starts_at_clip_value_and_scale_is_capped(model):
     assert fresh.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
         fresh.logit_scale.fill_(10.0)
+    fresh.clamp_logit_scale()  # the engine does this after every optimizer step; forward uses the parameter as is
+    assert fresh.logit_scale.item() == pytest.approx(math.log(100))
     assert fresh.scale().item() == pytest.approx(100.0, rel=1e-5)
 
 

@@ -175,3 +175,27 @@ def test_gradient_clipping_bounds_the_step_and_logs_the_norm(sim: Path, tmp_path
             assert logged == []
     assert norms["clipped"] == pytest.approx(clip, rel=1e-3)
     assert norms["free"] == pytest.approx(raw, rel=1e-3)  # same seed, same first batch: the same raw gradient
+
+
+@pytest.mark.slow
+def test_accumulation_trains_one_large_contrastive_batch_and_clamps_the_scale(sim: Path, tmp_path: Path) -> None:
+    """Step 1 of 2 × 8 accumulated scores the first 16 samples together: its loss is the loss of one batch of 16
+    (up to dropout, drawn differently for 2 × 8 and 16 samples), not that of a batch of 8.  All runs start with
+    logit_scale above the cap (log 100), so the step must leave it clamped at the cap."""
+    import math
+
+    losses, scales = {}, {}
+    for name, batch, accum in (("accum", 8, 2), ("one16", 16, 1), ("one8", 8, 1)):
+        run = tmp_path / name
+        invoke("train", "--config", "tiny-cpu", "--data", str(sim), "--output", str(run), "--set", "max_steps=1",
+               "--set", "log_every=1", "--set", f"batch_size={batch}", "--set", f"grad_accum={accum}",
+               "--set", "model.init_logit_scale=6.0")
+        record = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                      if json.loads(line)["kind"] == "train")
+        losses[name] = record["loss"]
+        scales[name] = (load_state(run / "checkpoints" / "last.pt")["model"]["logit_scale"], record["logit_scale"])
+    assert abs(losses["accum"] - losses["one16"]) < 0.2 * abs(losses["accum"] - losses["one8"]), losses
+    cap = torch.tensor(math.log(100), dtype=torch.float32)
+    for name, (parameter, logged) in scales.items():
+        assert torch.equal(parameter, cap), name
+        assert logged == pytest.approx(100.0, rel=1e-5), name

@@ -1,8 +1,10 @@
 """CLIBD's contrastive stage as an engine task: align image, DNA and taxonomy-text embeddings.
 
-The loss all-gathers features with gradients (:mod:`clibd_training.losses`), so every rank sees the
-global batch.  Validation follows the paper: per-rank micro/macro top-k accuracy of nearest keys for
-each query→key modality pair, on seen and unseen species, and ``mean_top1`` picks ``best.pt``.
+The loss all-gathers features with gradients (:mod:`clibd_training.losses`), so every rank scores its
+samples against the global batch; with ``grad_accum`` > 1 the engine accumulates by caching features
+(:mod:`clibd_training.accumulation`), so the contrastive batch is batch_size × processes × grad_accum.
+Validation follows the paper: per-rank micro/macro top-k accuracy of nearest keys for each query→key
+modality pair, on seen and unseen species, and ``mean_top1`` picks ``best.pt``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.schema import PAIRS  # the paper's query → key pairs, shared with clibd evaluate
 from clibd_cli.sequences import RANKS, taxonomy_text
 from clibd_cli.tokenizer import KmerTokenizer
+from clibd_training.accumulation import scale_grad
 from clibd_training.config import TrainConfig
 from clibd_training.data import (
     ImageTransforms,
@@ -44,6 +47,7 @@ from clibd_training.text_tokenizer import load_text_tokenizer, train_text_tokeni
 class ContrastiveTask(Task):
     """Contrastive training of the CLIBD model on one rank."""
 
+    couples_samples = True  # each sample is scored against the batch: accumulation caches features
     records = "training records"
     score = "mean_top1"
     higher_is_better = True
@@ -98,7 +102,7 @@ class ContrastiveTask(Task):
                           num_workers=self.cfg.data.num_workers, collate_fn=collate,
                           pin_memory=self.env.device.type == "cuda", drop_last=drop_last)
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # ------------------------------------------------------------------------------ the task
@@ -106,19 +110,40 @@ class ContrastiveTask(Task):
         return self._loader(self.train_set, sampler, drop_last=True)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        batch = self._to_device(batch)
-        features = model(batch)
-        masks = {m: batch[f"has_{m}"] for m in ("image", "dna") if f"has_{m}" in batch and m in features}
+        return self.features_loss(self.encode(model, self.to_device(batch)))
+
+    def encode(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Embeddings per modality, plus ``has_image``/``has_dna`` masks and ``labels`` when the loss uses them.
+
+        Everything per sample, so accumulation can cache and concatenate micro-batches
+        (:mod:`clibd_training.accumulation`).
+        """
+        out = dict(model(batch))
+        out.update({f"has_{m}": batch[f"has_{m}"] for m in ("image", "dna") if f"has_{m}" in batch and m in out})
         key = {"species": "species_index", "bin": "bin_index"}.get(self.cfg.positives)
-        return contrastive_loss(features, self.model.scale(), masks=masks, labels=batch[key] if key else None,
+        if key:
+            out["labels"] = batch[key]
+        return out
+
+    def features_loss(self, features: dict[str, Tensor], passes: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+        """The contrastive loss of :meth:`encode`'s output; ``passes`` > 1 when accumulating (see scale_grad)."""
+        embeddings = {m: features[m] for m in self.modalities if m in features}
+        masks = {m: features[f"has_{m}"] for m in embeddings if f"has_{m}" in features}
+        scale = self.model.scale()
+        if passes > 1:  # the temperature's full gradient arrives in each of the `passes` backward passes
+            scale = scale_grad(scale, 1.0 / passes)
+        return contrastive_loss(embeddings, scale, masks=masks, labels=features.get("labels"),
                                 positives=self.cfg.positives)
+
+    def after_step(self) -> None:
+        self.model.clamp_logit_scale()
 
     def log_fields(self) -> dict[str, float]:
         return {"logit_scale": self.model.scale().item()}
 
     def checkpoint(self) -> dict[str, Any]:
         """What `clibd export` and `clibd evaluate` rebuild the model from, besides its weights."""
-        return {"scaler": None, "model_config": asdict(self.model_cfg), "label_maps": self.label_maps,
+        return {"model_config": asdict(self.model_cfg), "label_maps": self.label_maps,
                 "text_tokenizer": str(self.output / "text_tokenizer") if self.text_tokenizer is not None else None}
 
     def finish(self, save: Callable[[str], None]) -> None:
@@ -138,7 +163,7 @@ class ContrastiveTask(Task):
         self.model.eval()
         local: dict[str, list] = {"index": []}
         for batch in self._loader(dataset, sampler):
-            batch = self._to_device(batch)
+            batch = self.to_device(batch)
             with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 features = self.model(batch)
             local["index"].append(batch["index"].cpu())

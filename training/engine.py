@@ -1,11 +1,12 @@
 """The one training loop of clibd, driven by a :class:`Task` (contrastive CLIBD or DNA pretraining).
 
 Both stages need exactly the same machinery, and each copy of it used to drift: DDP with gradient
-accumulation (``no_sync`` between optimizer steps), bf16 autocast, the one-cycle AdamW of
+accumulation (``no_sync`` between optimizer steps; for a contrastive task, feature caching that makes
+the K micro-batches one contrastive batch, :mod:`clibd_training.accumulation`), bf16 autocast, the one-cycle AdamW of
 :mod:`clibd_training.optim`, a DistributedSampler reseeded every epoch (``set_epoch``, which the official
-CLIBD code forgets), metric records, a progress bar, and checkpoints from which ``--resume`` continues
-exactly.  A task says only what differs: its model and data, the loss of a batch, how it validates and
-what else its checkpoint holds.
+CLIBD code forgets), metric records, progress on rank 0 (:mod:`clibd_training.progress`), and
+checkpoints from which ``--resume`` continues exactly.  A task says only what differs: its model and
+data, the loss of a batch, how it validates and what else its checkpoint holds.
 
 Checkpoints (``RUN/checkpoints/last.pt`` and ``best.pt``) hold model, optimizer, scheduler, step, epoch,
 position in the epoch, best score and every rank's RNG state, written atomically with a small JSON
@@ -34,10 +35,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from clibd_cli.errors import ClibdError
+from clibd_training.accumulation import accumulate_large_batch
 from clibd_training.config import TrainConfig
 from clibd_training.distributed import Dist, gather_objects, use_bf16, wrap_ddp
-from clibd_training.metrics_log import MetricLog, Progress
+from clibd_training.metrics_log import MetricLog
 from clibd_training.optim import build_optimizer
+from clibd_training.progress import TrainingProgress
 from clibd_training.rng import rng_state, set_rng_state
 
 CHECKPOINTS = "checkpoints"
@@ -61,6 +64,11 @@ class Task(ABC):
     #: The validation metric that decides which checkpoint is ``best.pt``, and its direction.
     score: str
     higher_is_better: bool = True
+    #: True when a sample's loss depends on the other samples of its batch (a contrastive loss).  Then
+    #: ``grad_accum`` > 1 caches features and scores every micro-batch against all of them
+    #: (:mod:`clibd_training.accumulation`; the task implements its ``CrossSampleTask`` methods);
+    #: otherwise summing the micro-batches' gradients is already the large batch's gradient.
+    couples_samples: ClassVar[bool] = False
 
     @abstractmethod
     def loader(self, sampler: Sampler) -> DataLoader:
@@ -72,6 +80,10 @@ class Task(ABC):
 
         ``model`` is the DDP wrapper: call it, not :attr:`model`, so gradients are synchronised.
         """
+
+    def after_step(self) -> None:
+        """Called after every optimizer step, before anything is logged (e.g. to clamp a parameter)."""
+        return None
 
     def log_fields(self) -> dict[str, float]:
         """Values for a training record read after the optimizer step (e.g. the learned logit scale)."""
@@ -145,11 +157,25 @@ class Engine:
     # ------------------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, trust_checkpoint: bool = False) -> None:
         """Train until ``cfg.epochs`` (or ``cfg.max_steps``), continuing ``last.pt`` when resuming."""
-        cfg, env, task = self.cfg, self.env, self.task
+        cfg, env = self.cfg, self.env
         if resume:
             self.load(self.output / CHECKPOINTS / "last.pt", trust=trust_checkpoint)
-        progress = Progress(env.main, self.total_steps, self.step)
+        last_step = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        progress = TrainingProgress(env.main, stage=cfg.stage, epochs=cfg.epochs,
+                                    steps_per_epoch=self.steps_per_epoch, last_step=last_step,
+                                    samples_per_step=cfg.batch_size * cfg.grad_accum * env.world, processes=env.world)
+        progress.start(self.step, self.epoch)
+        try:
+            self._loop(progress)
+        finally:
+            progress.close()  # a live bar left up would garble the traceback or the next prompt
+        self.task.finish(self.save)
+
+    def _loop(self, progress: TrainingProgress) -> None:
+        """Epochs and steps until ``cfg.epochs`` or ``cfg.max_steps``; validation and checkpoints after each epoch."""
+        cfg, env, task = self.cfg, self.env, self.task
         accum = cfg.grad_accum
+        large_batch = accum > 1 and task.couples_samples
         stop = False
         while self.epoch < cfg.epochs and not stop:
             self.sampler.set_epoch(self.epoch)
@@ -160,20 +186,29 @@ class Engine:
             if self._pending_rng is not None:
                 set_rng_state(self._pending_rng)
                 self._pending_rng = None
+            pending: list[Any] = []
             for batch in batches:
-                sync = (micro + 1) % accum == 0
-                context = self.ddp.no_sync() if not sync else nullcontext()
-                with context, torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                    loss, parts = task.loss(self.ddp, batch)
-                    (loss / accum).backward()
                 micro += 1
-                if not sync:
-                    continue
+                if large_batch:  # one contrastive batch of all `accum` micro-batches
+                    pending.append(batch)
+                    if len(pending) < accum:
+                        continue
+                    loss, parts = accumulate_large_batch(task, self.ddp, pending, self._autocast)
+                    pending = []
+                else:
+                    sync = micro % accum == 0
+                    context = self.ddp.no_sync() if not sync else nullcontext()
+                    with context, self._autocast():
+                        loss, parts = task.loss(self.ddp, batch)
+                        (loss / accum).backward()
+                    if not sync:
+                        continue
                 clipped = {}
                 if cfg.optim.clip_grad_norm is not None:  # grads are all-reduced here: every rank clips alike
                     norm = torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), cfg.optim.clip_grad_norm)
                     clipped = {"grad_norm": norm.item()}
                 self.optimizer.step()
+                task.after_step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -184,7 +219,7 @@ class Engine:
                                     "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in parts.items()},
                                     "lr": self.scheduler.get_last_lr()[0], **task.log_fields(), **clipped,
                                     "samples_per_s": micro * cfg.batch_size * env.world / max(elapsed, 1e-9)})
-                progress.advance()
+                progress.step(self.step, self.epoch, loss)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save("last.pt")
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
@@ -192,27 +227,33 @@ class Engine:
                     break
             if stop and self.batch_in_epoch < self.steps_per_epoch:
                 self.save("last.pt")  # stopped mid-epoch: no validation, --resume continues from here
+                progress.stopped(self.step)
                 break
             self.epoch += 1
             self.batch_in_epoch = 0
-            self.validate()
+            progress.validating()
+            metrics = self.validate()
+            progress.epoch_done(self.step, self.epoch, metrics, self.task.score)
             self.save("last.pt")
-        progress.close()
-        task.finish(self.save)
 
-    def validate(self) -> None:
-        """Log the task's validation metrics and keep ``best.pt`` when its score improved."""
+    def _autocast(self) -> torch.autocast:
+        """The training forward's precision context: bf16 autocast when the run uses it, else a no-op."""
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def validate(self) -> dict[str, float]:
+        """Log the task's validation metrics and keep ``best.pt`` when its score improved; returns them."""
         metrics = self.task.validate()
         if not metrics:
-            return
+            return metrics
         self.log.write({"kind": "val", **self.task.tags, "step": self.step, "epoch": self.epoch, **metrics})
         score = metrics.get(self.task.score)
         if score is None:
-            return
+            return metrics
         better = score > self.best if self.task.higher_is_better else score < self.best  # NaN never is
         if better:
             self.best = score
             self.save("best.pt")
+        return metrics
 
     # ------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:

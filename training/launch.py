@@ -9,11 +9,13 @@ running :data:`WORKER_MODULE` (:func:`clibd_training.train.main`).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from clibd_cli.errors import ClibdError
 from clibd_training.config import STAGES, load_config, save_config
 from clibd_training.engine import CHECKPOINTS
+from clibd_training.progress import progress_interval
 
 WORKER_MODULE = "clibd_training.train"  # `python -m` entry point of every worker
 
@@ -30,10 +32,13 @@ def launch(config: str, *, output: Path, data: str | None = None, nproc_per_node
     from torch.distributed.run import parse_args, run
 
     output = Path(output)
+    progress_interval()  # a bad CLIBD_PROGRESS_SECONDS is one line here, not a traceback in every worker
     if resume:
         _check_resume(output, nproc_per_node * nnodes, overrides, trust_checkpoint)
     else:
         _start_run(config, output, data, overrides, stage)
+    if nproc_per_node > 1:  # what torchrun sets itself, minus the multi-line warning it prints about it
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     argv = torchrun_argv(output, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                          rdzv_endpoint=rdzv_endpoint, resume=resume, trust_checkpoint=trust_checkpoint)
     try:

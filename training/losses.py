@@ -7,15 +7,20 @@ GPUs and every rank scores its samples against the *global* batch (2000 = 4 × 5
 
 Design points, each of which matters for correctness rather than style:
 
-* **Gathering with gradients.** :func:`gather_with_grad` uses PyTorch's own differentiable
-  ``torch.distributed.nn.functional.all_gather``.  Every rank computes the *same* global loss ``L``;
-  the backward of that all-gather sums, for each rank's slice, the gradients that all ranks computed
-  for it, so the gradient a rank gets for its own features is ``world_size · ∂L/∂(its slice)``.
-  DistributedDataParallel then *averages* parameter gradients over ranks, which divides that factor
-  out again: the optimiser sees exactly ``∂L/∂θ`` of the global-batch loss, the same gradient a single
-  process holding the whole batch would get.  ``logit_scale`` is replicated (not gathered), so each
-  rank gets ``∂L/∂scale`` directly and DDP's average leaves it unchanged.  The distributed test in
-  ``tests/test_losses.py`` checks both statements numerically.
+* **Each rank scores only its own rows** (open_clip's ``local_loss=True`` with ``gather_with_grad=True``).
+  The global loss ``L`` is a sum over the global batch's samples as queries, divided by global counts,
+  so it splits into one share ``ℓ_r`` per rank: the rows of rank ``r``'s local samples scored against
+  the gathered keys of all ranks.  A rank therefore builds ``B × N`` logits per modality pair and
+  direction, never the ``N × N`` matrix (at the paper's 2000 = 4 × 500 that is a quarter of the logits
+  and target memory per rank).  The keys are gathered with :func:`gather_with_grad`, PyTorch's own
+  differentiable ``torch.distributed.nn.functional.all_gather``, whose backward sums onto each rank
+  the gradients all ranks computed for its slice.  The value returned is ``L`` itself (the shares are
+  all-reduced, so every rank reports the global mean), and its gradient is ``world_size · ∂ℓ_r``: rank
+  ``r``'s features then get ``world_size · ∂L/∂(its slice)`` and DistributedDataParallel's averaging
+  over ranks divides that factor out again, so the optimiser sees exactly ``∂L/∂θ`` of the
+  global-batch loss, the gradient a single process holding the whole batch would get.  The replicated
+  ``logit_scale`` gets ``world_size · ∂ℓ_r/∂scale`` on rank ``r``, whose average over ranks is
+  ``∂L/∂scale``.  The distributed tests in ``tests/test_losses.py`` check all of it numerically.
 * **Missing modalities are masked, not skipped.** BIOSCAN records may lack an image or a barcode; a
   pair of modalities uses only the samples that have both.  Collectives must be issued identically on
   every rank or training hangs, so every rank always gathers every modality, and absent samples (and
@@ -29,10 +34,11 @@ Design points, each of which matters for correctness rather than style:
   coincide.  With labels, every sample of the same label is a positive and the target distribution is
   uniform over the positives (soft-target cross-entropy, in both directions); unknown labels (``-1``)
   only match themselves, which is exactly CLIP's target.
-* **Float32 inside.** Logits reach ``±scale`` (14 at initialisation, unbounded later: the official code
-  never clamps the scale) and a log-softmax over thousands of such entries is sensitive to rounding,
-  so the loss disables autocast and computes in float32 even when the encoders run in bf16/fp16;
-  gradients flow back through the cast in the encoders' dtype.
+* **Float32 inside.** Logits reach ``±scale`` (14 at initialisation, up to the cap of 100 later, see
+  ``CLIBDModel.clamp_logit_scale``) and a log-softmax over thousands of such entries is sensitive to
+  rounding, so the loss disables autocast and computes in float32 even when the encoders run in
+  bf16/fp16 (float64 features stay float64, for exact comparisons in tests); gradients flow back
+  through the cast in the encoders' dtype.
 """
 
 from __future__ import annotations
@@ -119,7 +125,8 @@ def contrastive_loss(features: dict[str, Tensor], logit_scale: Tensor, *, masks:
             ``positives="sample"``; ids must mean the same on every rank.
         positives: ``"sample"`` (CLIP: only the paired sample is positive) or ``"species"``/``"bin"``
             (every sample with the same label is positive, targets uniform over the positives).
-        gather: score against the global batch of all ranks (features gathered with gradients).
+        gather: score this rank's samples against the global batch of all ranks (keys gathered with
+            gradients; the returned value is the global loss, see the module docstring for its gradient).
             Ignored without an initialised process group.  Ranks may have different ``B``.
 
     Returns:
@@ -127,44 +134,71 @@ def contrastive_loss(features: dict[str, Tensor], logit_scale: Tensor, *, masks:
         least one valid sample in the (global) batch, 0 if none has; ``per_pair`` maps
         ``image_dna``, ``image_text``, ``dna_text`` (those whose modalities are in ``features``) to
         each pair's loss, the mean of its two directions over its valid samples (0 when empty).  All
-        values are float32, identical on every rank when gathering, and always connected to the graph
-        so DDP never sees unused parameters.  Every rank must call this (and ``backward``) whenever
-        one does, as with any collective.
+        values are float32 (float64 for float64 features), identical on every rank when gathering, and
+        always connected to the graph so DDP never sees unused parameters.  Every rank must call this
+        (and ``backward``) whenever one does, as with any collective.
     """
     names = _check_inputs(features, masks, labels, positives)
     first = features[names[0]]
     batch = first.shape[0]
     device = first.device
+    dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
 
     with torch.autocast(device_type=device.type, enabled=False):
-        scale = logit_scale.to(device=device, dtype=torch.float32)
-        local_feats = {m: features[m].to(torch.float32) for m in names}
-        local_valid = {m: _local_mask(masks, m, batch, device) for m in names}
-        local_labels = labels.to(device=device, dtype=torch.long) if positives != "sample" else None
+        scale = logit_scale.to(device=device, dtype=dtype)
+        rows = {m: features[m].to(dtype) for m in names}
+        row_valid = {m: _local_mask(masks, m, batch, device) for m in names}
+        row_labels = labels.to(device=device, dtype=torch.long) if positives != "sample" else None
 
+        world = 1
         if gather and is_distributed():
-            feats, valid, lab = _gather_batch(local_feats, local_valid, local_labels, batch, device)
+            keys, key_valid, key_labels, offset = _gather_batch(rows, row_valid, row_labels, batch, device)
+            world = dist.get_world_size()
         else:
-            feats, valid, lab = local_feats, local_valid, local_labels
+            keys, key_valid, key_labels, offset = rows, row_valid, row_labels, 0
 
-        n = next(iter(feats.values())).shape[0]
-        eye = torch.eye(n, dtype=torch.bool, device=device)
-        # Positives: the paired sample itself, plus (with labels) every sample of the same known label;
-        # -1 = unknown matches nothing else.
-        same = eye if lab is None else ((lab[:, None] == lab[None, :]) & (lab >= 0)[:, None]) | eye
+        n = next(iter(keys.values())).shape[0]
+        # Positives of each local row among the global keys: its own sample (at offset + i), plus (with
+        # labels) every key of the same known label; -1 = unknown matches nothing else.
+        same = torch.arange(n, device=device)[None, :] == (offset + torch.arange(batch, device=device))[:, None]
+        if key_labels is not None:
+            same = same | ((row_labels[:, None] == key_labels[None, :]) & (row_labels >= 0)[:, None])
 
-        per_pair: dict[str, Tensor] = {}
-        counted = []
+        shares, counts = [], []
         for a, b in combinations(names, 2):
-            pair_valid = valid[a] & valid[b]
-            per_pair[pair_name(a, b)] = _pair_loss(feats[a], feats[b], pair_valid, same, scale)
-            counted.append(pair_valid.any())
-        losses = torch.stack(list(per_pair.values()))
-        present = torch.stack(counted).to(torch.float32)
+            shares.append(_pair_rows(rows[a], rows[b], keys[a], keys[b], row_valid[a] & row_valid[b],
+                                     key_valid[a] & key_valid[b], same, scale))
+            counts.append((key_valid[a] & key_valid[b]).sum())  # global: the same on every rank
+        count = torch.stack(counts).to(dtype)
+        # This rank's share of each pair loss (mean of two directions over the pair's global valid samples).
+        local = torch.stack(shares) / (2.0 * count.clamp(min=1.0))
+        pair_losses = _GlobalSum.apply(local, world) if world > 1 else local
         # Empty pairs contribute an exact (graph-connected) zero, so summing all and dividing by the number
         # of non-empty pairs is the mean over non-empty pairs without any host synchronisation.
-        total = losses.sum() / present.sum().clamp(min=1.0)
+        total = pair_losses.sum() / (count > 0).to(dtype).sum().clamp(min=1.0)
+        per_pair = {pair_name(a, b): pair_losses[i] for i, (a, b) in enumerate(combinations(names, 2))}
     return total, per_pair
+
+
+class _GlobalSum(torch.autograd.Function):
+    """Forward: the sum over ranks of each rank's share; backward: ``world ×`` the gradient of the own share.
+
+    The value is what every rank reports (the global loss).  The gradient is deliberately not that of
+    the all-reduced sum: the shares' other-rank terms reach this rank's features through the
+    all-gather's backward instead, and the factor ``world`` is the one DDP's averaging removes (see
+    the module docstring).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, share: Tensor, world: int) -> Tensor:
+        ctx.world = world
+        total = share.detach().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.world, None
 
 
 def _check_inputs(features: dict[str, Tensor], masks: dict[str, Tensor] | None, labels: Tensor | None,
@@ -205,8 +239,10 @@ def _local_mask(masks: dict[str, Tensor] | None, modality: str, batch: int, devi
 
 
 def _gather_batch(feats: dict[str, Tensor], valid: dict[str, Tensor], labels: Tensor | None, batch: int,
-                  device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
-    """Global features, masks and labels; uneven per-rank batches are padded to the largest and masked out.
+                  device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None, int]:
+    """Global features, masks and labels, and where this rank's rows sit among them.
+
+    Uneven per-rank batches are padded to the largest and masked out.
 
     Collectives need equal shapes on all ranks (a mismatch hangs or corrupts NCCL), and the last batch
     of an epoch need not be equal everywhere, so the local sizes are exchanged first (one tiny
@@ -224,23 +260,24 @@ def _gather_batch(feats: dict[str, Tensor], valid: dict[str, Tensor], labels: Te
     gathered = {m: gather_with_grad(feats[m]) for m in MODALITIES if m in feats}
     gathered_valid = {m: gather_no_grad(valid[m]) for m in MODALITIES if m in valid}
     gathered_labels = gather_no_grad(labels) if labels is not None else None
-    return gathered, gathered_valid, gathered_labels
+    return gathered, gathered_valid, gathered_labels, dist.get_rank() * longest
 
 
-def _pair_loss(a: Tensor, b: Tensor, valid: Tensor, same: Tensor, scale: Tensor) -> Tensor:
-    """Mean over valid samples of the symmetric (soft-target) InfoNCE between ``a`` and ``b``.
+def _pair_rows(row_a: Tensor, row_b: Tensor, key_a: Tensor, key_b: Tensor, row_ok: Tensor, key_ok: Tensor,
+               same: Tensor, scale: Tensor) -> Tensor:
+    """Summed (soft-target) InfoNCE of this rank's rows in both directions: rows of ``a`` against all keys of
+    ``b``, and rows of ``b`` against all keys of ``a``.
 
     Logits of pairs involving an invalid sample are set to the most negative float, so they get
     softmax probability exactly 0 (and zero gradient) instead of ``-inf``, which would turn rows with no
     valid entry into NaN; such rows have all-zero targets and therefore contribute exactly 0.
     """
-    logits = scale * (a @ b.T)
-    pair_ok = valid[:, None] & valid[None, :]
-    logits = logits.masked_fill(~pair_ok, torch.finfo(logits.dtype).min)
-    targets = (same & pair_ok).to(logits.dtype)
-    # `same` and `pair_ok` are symmetric, so one row-normalised target matrix serves both directions.
+    pair_ok = row_ok[:, None] & key_ok[None, :]
+    lowest = torch.finfo(scale.dtype).min
+    targets = (same & pair_ok).to(scale.dtype)
+    # Positives are symmetric (same sample, same label), so one row-normalised target matrix serves both
+    # directions: row i of b against the keys of a has the same positives as row i of a against b.
     targets = targets / targets.sum(dim=1, keepdim=True).clamp(min=1.0)
-    a_to_b = F.cross_entropy(logits, targets, reduction="sum")
-    b_to_a = F.cross_entropy(logits.T, targets, reduction="sum")
-    count = valid.sum().to(logits.dtype).clamp(min=1.0)
-    return (a_to_b + b_to_a) / (2.0 * count)
+    a_to_b = F.cross_entropy((scale * (row_a @ key_b.T)).masked_fill(~pair_ok, lowest), targets, reduction="sum")
+    b_to_a = F.cross_entropy((scale * (row_b @ key_a.T)).masked_fill(~pair_ok, lowest), targets, reduction="sum")
+    return a_to_b + b_to_a

@@ -1,4 +1,4 @@
-"""What a run reports while it trains: metric records in RUN/metrics.jsonl and a progress bar.
+"""What a run records while it trains: metric records in RUN/metrics.jsonl (progress: clibd_training.progress).
 
 JSON lines are the record a run leaves behind (tests and `clibd` read them back); TensorBoard is a
 convenience used only when installed.  Only rank 0 writes, so N processes do not write N copies.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +39,3 @@ class MetricLog:
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record.get("step", 0))
             self.tb.flush()
 
-
-class Progress:
-    """A rich progress bar on rank 0 when stderr is a terminal; silent otherwise (logs, CI, tests)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.bar: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(transient=True)
-            self.task = self.bar.add_task("training", total=total, completed=done)
-            self.bar.start()
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -622,8 +622,22 @@ class CLIBDModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
     def scale(self) -> Tensor:
-        """exp(logit_scale), capped (OpenCLIP's 100) so the temperature cannot collapse."""
-        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp()
+        """exp(logit_scale), used as it is: the cap is applied to the parameter after each optimizer step.
+
+        Clamping here instead (as this model once did) zeroes the gradient whenever the parameter is above
+        the cap, so once an update overshoots, nothing ever brings it back and the optimizer's moments keep
+        pushing it further; see :meth:`clamp_logit_scale`.
+        """
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Cap logit_scale in place at ``max_logit_scale`` (OpenCLIP's log 100), after each optimizer step.
+
+        As OpenCLIP does: the parameter itself never stays above the cap, so the temperature cannot
+        collapse, and the forward pass keeps its gradient, so the optimizer can lower it again.
+        """
+        self.logit_scale.clamp_(max=self.config.max_logit_scale)
 
     def _encoder(self, modality: str) -> nn.Module:
         encoder = getattr(self, f"{modality}_encoder")

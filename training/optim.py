@@ -19,7 +19,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int,
     """AdamW and the paper's one-cycle schedule (initial_lr → max → final_lr, cosine).
 
     Like the official code, the peak rate scales with the global batch / 500 unless switched off, so
-    a recipe keeps its meaning when run on more or fewer GPUs.
+    a recipe keeps its meaning when run on more or fewer GPUs.  The global batch counts accumulation
+    too, and rightly: with ``grad_accum`` > 1 the contrastive task scores every sample against all
+    ``batch_size × world × grad_accum`` samples of the step (:mod:`clibd_training.accumulation`), so
+    fewer GPUs with accumulation train with the same contrastive batch, and the same rate, as more GPUs.
     """
     global_batch = cfg.batch_size * world * cfg.grad_accum
     max_lr = cfg.optim.lr * (global_batch / 500 if cfg.optim.scale_lr_with_batch else 1.0)
