@@ -129,21 +129,22 @@ def check(manifest: str | Path, *, model: Model, index: str | Path, options: Cla
 
 def calibrate(index: str | Path, *, queries: str | Path | None = None, images: str | Path | None = None,
               against: str = "dna", model: Model | None = None, device: str = "auto",
-              options: CalibrateOptions | None = None, notify: Notes | Listener | None = None) -> Calibration:
+              options: CalibrateOptions | None = None, notify: Notes | Listener | None = None,
+              progress: Progress = no_progress) -> Calibration:
     """Refit and store an index folder's thresholds for a target precision, as `clibd calibrate`; returns
     the thresholds and the report of how they were fitted."""
     return calibrate_index(index, queries=queries, images=images, against=against, model=model, device=device,
-                           options=options, notify=notify)
+                           options=options, notify=notify, progress=progress)
 
 
 def evaluate(model: str | Path, data: str | Path, *, split: str = "test", precision: float = 0.95,
              reading: ReadOptions = ReadOptions(), device: str = "auto", workers: int | None = None,
-             trust_checkpoint: bool = False) -> dict[str, Any]:
+             trust_checkpoint: bool = False, progress: Progress = no_progress) -> dict[str, Any]:
     """The paper's evaluation plus open-set metrics of ``model`` (a bundle, a checkpoint, ``kmer[:K]``) on a
     split table, as `clibd evaluate`; the report as a dict (write it with
     :func:`clibd_cli.evaluate.write_report`)."""
     return evaluate_model(model, data, split=split, precision=precision, reading=reading, device=device,
-                          workers=workers, trust_checkpoint=trust_checkpoint)
+                          workers=workers, trust_checkpoint=trust_checkpoint, progress=progress)
 
 
 def _then(results: Iterator[MatchResult], finish: Callable[[], Any]) -> Iterator[MatchResult]:

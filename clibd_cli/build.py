@@ -112,7 +112,8 @@ def _build_locked(output: Path, barcodes: Sequence[Path], images: Path | None, t
                   notes: Notes) -> dict[str, ReferenceIndex]:
     """The read-modify-write, run while holding the index's write lock."""
     existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if options.append else {}
-    inputs = reference_inputs(barcodes, images, text_keys, options.reading, notes)
+    with progress("reading references", None):
+        inputs = reference_inputs(barcodes, images, text_keys, options.reading, notes)
     parts = dict(existing)
     for modality, records in inputs.items():
         encoder = _encoder(modality, bundle, options.kmer, existing)
@@ -124,11 +125,16 @@ def _build_locked(output: Path, barcodes: Sequence[Path], images: Path | None, t
             else:
                 parts[modality] = ReferenceIndex.from_records(records, encoder, progress=advance,
                                                               what=f"the {modality} references")
+    records = None  # the parts hold them now, and drop them once written (index.save_parts): 1.6 kB a barcode
+    inputs = dict.fromkeys(inputs)
     if options.calibrate:
         for modality in inputs:
             if modality != "text":
-                calibrate_part(parts[modality], options.precision, notes=notes)
+                with progress(f"calibrating {modality}", None):  # leave-species-out: minutes on a large library
+                    calibrate_part(parts[modality], options.precision, notes=notes)
         if len(parts) > 1:
-            calibrate_across(parts, options.precision)
-    save_parts(list(parts.values()), output, force=options.force or options.append, threads=options.threads)
+            with progress("calibrating across modalities", None):
+                calibrate_across(parts, options.precision)
+    with progress("writing the index and its search graph", None):
+        save_parts(list(parts.values()), output, force=options.force or options.append, threads=options.threads)
     return parts

@@ -29,7 +29,7 @@ from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
-from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes
+from clibd_cli.workflow import Listener, Notes, Progress, ReadOptions, as_notes, no_progress
 
 if TYPE_CHECKING:
     from clibd_cli.bundle import ModelBundle
@@ -39,6 +39,7 @@ DEFAULT_NOVEL_SHARE = 0.25
 MIN_CALLS = 20
 MIN_WRONG = 5
 NEVER = 1.01  # a cosine threshold no hit can reach
+UNCALIBRATED_BELOW = -1.0  # thresholds under this (clibd_cli.classify.UNCALIBRATED) mean "not calibrated"
 WILSON_Z = 1.0  # one-sided ~84 % upper confidence limit on a calibration set's wrong-call rate
 OPEN_SET_SAMPLE = 1000  # taxa per leave-out level (barcodes)
 
@@ -50,6 +51,16 @@ class Calibration:
     thresholds: dict[str, float]
     report: dict
 
+
+
+def describe_threshold(threshold: float) -> str:
+    """A threshold as a person reads it.  The numbers that stand for a rule (:data:`NEVER`: no threshold
+    reaches the target precision; -2: photo thresholds never calibrated, every rank called) read as words."""
+    if threshold >= NEVER:
+        return "never (no threshold reaches the target precision)"
+    if threshold < UNCALIBRATED_BELOW:
+        return "not calibrated (every rank is called)"
+    return f"{threshold:.3f}"
 
 def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: float,
                             min_calls: int = MIN_CALLS) -> tuple[float, float, float]:
@@ -354,13 +365,15 @@ class CalibrateOptions:
 
 def calibrate_index(index: str | Path, *, queries: str | Path | None = None, images: str | Path | None = None,
                     against: str = "dna", model: str | Path | ModelBundle | None = None, device: str = "auto",
-                    options: CalibrateOptions | None = None, notify: Notes | Listener | None = None) -> Calibration:
+                    options: CalibrateOptions | None = None, notify: Notes | Listener | None = None,
+                    progress: Progress = no_progress) -> Calibration:
     """Fit per-rank thresholds of the index folder ``index`` for a target precision and store them there.
 
     Barcode queries: from labelled ``queries`` (ideally including species absent from the reference), else
     from the reference itself by leaving out records, species, genera, families and orders.  With
     ``images`` (labelled photos; needs ``model``): photo queries against the ``against`` references.
-    Holds the folder's write lock meanwhile (an --append running now would otherwise be lost).
+    Holds the folder's write lock meanwhile (an --append running now would otherwise be lost).  Leaving
+    out parts of a large reference takes minutes: ``progress`` shows the step meanwhile.
     """
     from clibd_cli.index import MANIFEST
     from clibd_cli.indexdir import writing
@@ -369,12 +382,15 @@ def calibrate_index(index: str | Path, *, queries: str | Path | None = None, ima
     options, notes, index = options or CalibrateOptions(), as_notes(notify), Path(index)
     if not (index / MANIFEST).exists():
         raise ClibdError(f"{index}: not a clibd index (no {MANIFEST}). Build one with 'clibd build-index'.")
+    if images is not None and model is None:
+        raise ClibdError("--images needs the model bundle the index was built with: add --model BUNDLE.")
     with writing(index, notify=notes.info):
+        bundle = load_model(model, device)
         if images is not None:
-            if model is None:
-                raise ClibdError("--images needs the model bundle the index was built with: add --model BUNDLE.")
-            return calibrate_photos(index, Path(images), against, load_model(model, device), options)
-        return calibrate_barcodes(index, queries, load_model(model, device), options, notes)
+            with progress(f"embedding photos and calibrating them against {against}", None):
+                return calibrate_photos(index, Path(images), against, bundle, options)
+        with progress("calibrating barcodes", None):
+            return calibrate_barcodes(index, queries, bundle, options, notes)
 
 
 def calibrate_photos(index: Path, images: Path, against: str, bundle: ModelBundle,

@@ -36,7 +36,7 @@ from clibd_cli.errors import InputError
 from clibd_cli.metrics import DEFAULT_KS, harmonic_mean, topk_accuracy
 from clibd_cli.schema import KEY_SPLITS, PAIRS, RANKS, Specimen, taxonomy_text
 from clibd_cli.sequences import SpecimenTable
-from clibd_cli.workflow import ReadOptions
+from clibd_cli.workflow import Progress, ReadOptions, no_progress
 
 QUERY_SPLITS = {"val": ("val_seen", "val_unseen"), "test": ("test_seen", "test_unseen")}
 NEIGHBOURS = 10
@@ -83,10 +83,14 @@ class Embedded:
         return {rank: [s.label(rank) for s in self.rows[modality]] for rank in RANKS}
 
 
-def embed_group(embedder: Embedder, specimens: Sequence[Specimen], modalities: Sequence[str]) -> Embedded:
+def embed_group(embedder: Embedder, specimens: Sequence[Specimen], modalities: Sequence[str],
+                progress: Progress = no_progress, what: str = "specimens") -> Embedded:
+    """Each modality's vectors of ``specimens`` (those it can embed), as one ``progress`` step per modality."""
     out = Embedded()
     for modality in modalities:
-        vectors, ok = embedder.embed(modality, specimens)
+        with progress(f"embedding {what} ({modality})", len(specimens)) as advance:
+            vectors, ok = embedder.embed(modality, specimens)
+            advance(len(specimens))
         out.vectors[modality] = vectors
         out.rows[modality] = [s for s, good in zip(specimens, ok, strict=True) if good]
     return out
@@ -223,8 +227,10 @@ def reliability(assignments, truth: dict[str, list[str]], bins: int = 10) -> dic
 
 
 def evaluate(specimens: Sequence[Specimen], embedder: Embedder, split: str = "test",
-             ks: Sequence[int] = DEFAULT_KS, precision: float = 0.95) -> dict[str, Any]:
-    """Closed- and open-set results for one split (see the module docstring)."""
+             ks: Sequence[int] = DEFAULT_KS, precision: float = 0.95,
+             progress: Progress = no_progress) -> dict[str, Any]:
+    """Closed- and open-set results for one split (see the module docstring); embedding photos of a large
+    table takes minutes, so each group's embedding is a ``progress`` step."""
     if split not in QUERY_SPLITS:
         raise InputError(f"--split {split!r}: use val or test.")
     seen_split, unseen_split = QUERY_SPLITS[split]
@@ -238,18 +244,20 @@ def evaluate(specimens: Sequence[Specimen], embedder: Embedder, split: str = "te
     pairs = pairs_for(embedder.modalities)
     modalities = sorted({m for pair in pairs for m in pair})
     query_mods = sorted({q for q, _ in pairs})
-    embedded = {g: embed_group(embedder, rows, query_mods) for g, rows in groups.items()}
-    key_emb = embed_group(embedder, keys, modalities)
+    embedded = {g: embed_group(embedder, rows, query_mods, progress, f"{g} {split} queries")
+                for g, rows in groups.items()}
+    key_emb = embed_group(embedder, keys, modalities, progress, "keys")
     cal_groups = {"seen": [s for s in specimens if s.split == QUERY_SPLITS[other][0]],
                   "unseen": [s for s in specimens if s.split == QUERY_SPLITS[other][1]]}
-    calibration = {g: embed_group(embedder, rows, query_mods) for g, rows in cal_groups.items()}
+    calibration = {g: embed_group(embedder, rows, query_mods, progress, f"{g} {other} queries (calibration)")
+                   for g, rows in cal_groups.items()}
     counts = {"queries_seen": len(groups["seen"]), "queries_unseen": len(groups["unseen"]), "keys": len(keys),
               "species_seen": len({s.species for s in groups["seen"]}),
               "species_unseen": len({s.species for s in groups["unseen"]})}
     return {"split": split, "counts": counts, "pairs": [f"{q}_to_{k}" for q, k in pairs],
             "closed_set": closed_set(embedded, key_emb, pairs, ks),
             "open_set": open_set(calibration, embedded, key_emb, pairs, precision),
-            "open_set_calibrated_on": other}
+            "open_set_calibrated_on": other, "open_set_precision": precision}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,13 +334,13 @@ def load_embedder(model: str | Path, *, device: str = "auto", workers: int | Non
 
 def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", precision: float = 0.95,
                    reading: ReadOptions = ReadOptions(), device: str = "auto", workers: int | None = None,
-                   trust_checkpoint: bool = False) -> dict[str, Any]:
+                   trust_checkpoint: bool = False, progress: Progress = no_progress) -> dict[str, Any]:
     """The full report (closed and open set, see the module docstring) of ``model`` on the split table
     ``data`` (from `clibd split` or `clibd simulate`), with the model's name and the table's path."""
     specimens = read_split_table(Path(data), id_column=reading.id_column, sequence_column=reading.sequence_column,
                                  image_column=reading.image_column)
     embedder = load_embedder(model, device=device, workers=workers, trust_checkpoint=trust_checkpoint)
-    report = evaluate(specimens, embedder, split=split, precision=precision)
+    report = evaluate(specimens, embedder, split=split, precision=precision, progress=progress)
     report["model"] = embedder.name
     report["data"] = str(data)
     return report

@@ -78,10 +78,17 @@ class MatchOptions:
 
 @dataclass
 class MatchResult:
-    """One query's assignment as an output row, and its top hits as long-table rows."""
+    """One query's assignment as an output row, and its top hits as long-table rows.
+
+    ``sequence`` and ``marker`` are the query barcode (normalised) and the marker its file names: not
+    columns of the row, which stays the same in every format, but what Darwin Core output
+    (:mod:`clibd_cli.darwincore`) publishes as ``DNA_sequence`` and ``target_gene``.
+    """
 
     row: dict
     hits: list[dict]
+    sequence: str = ""
+    marker: str = ""
 
 
 @dataclass
@@ -204,7 +211,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
             for query in batch:
                 if not query.sequence:
                     yield MatchResult(_error_row(query, "no sequence (empty after removing gaps and ambiguous "
-                                                        "ends)"), [])
+                                                        "ends)"), [], marker=query.marker)
                     continue
                 _, h = next(results)
                 yield _result(query, h, next(assignments), index, thresholds, options.top_k)
@@ -264,7 +271,7 @@ def _result(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, i
                  "identity": round(100 * float(hits.identity[j]), 2), "overlap": int(hits.overlap[j]),
                  **{rank: taxonomy[rank][j] for rank in RANKS}, "bin": bins[j]}
                 for j in range(min(top_k, len(hits.records)))]
-    return MatchResult(row, out_hits)
+    return MatchResult(row, out_hits, query.sequence, query.marker)
 
 
 def result_row(query_id: str, assignment: Assignment, hit_ids: np.ndarray, hit_bins: np.ndarray,

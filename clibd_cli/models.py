@@ -28,14 +28,17 @@ SAMPLES = 64  # real inputs per modality for the exporter's parity and int8 chec
 
 def load_model(model: str | Path | ModelBundle | None, device: str = "auto", int8: bool = False,
                threads: int | None = None) -> ModelBundle | None:
-    """``model`` loaded (a bundle folder) or as given (a loaded bundle, or None for "no model")."""
+    """``model`` loaded (a bundle folder, or the name of a model `clibd models get` installed) or as given
+    (a loaded bundle, or None for "no model")."""
     if model is None:
         return None
     from clibd_cli.bundle import ModelBundle
 
     if isinstance(model, ModelBundle):
         return model
-    return ModelBundle.load(model, device=device, int8=int8, threads=threads)
+    from clibd_cli.model_cache import resolve_model
+
+    return ModelBundle.load(resolve_model(model), device=device, int8=int8, threads=threads)
 
 
 def checkpoint_bundle(checkpoint: str | Path, *, device: str = "auto", trust_checkpoint: bool = False,
@@ -79,11 +82,12 @@ def export_model(checkpoint: str | Path, output: str | Path, *, int8: bool = Fal
                  text_tokenizer: str | None = None, sample_images: Sequence[str] | None = None,
                  sample_barcodes: Path | None = None, name: str | None = None, force: bool = False,
                  trust_checkpoint: bool = False, progress: Callable[[str], None] | None = None,
-                 ) -> dict[str, Any]:
+                 source_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write a model bundle from a `clibd train` checkpoint, or a published CLIBD one (``from_official``).
 
     Returns the bundle's manifest (modalities, fingerprint, ONNX-vs-PyTorch parity, int8 agreement and
     the int8 encoders not kept).  ``progress`` hears each step ("exporting image encoder", …).
+    ``source_info`` is added to the manifest's ``source`` (e.g. the hub repository a checkpoint came from).
     """
     from clibd_export.onnx import ExportSource, export_bundle, load_checkpoint
 
@@ -101,4 +105,5 @@ def export_model(checkpoint: str | Path, output: str | Path, *, int8: bool = Fal
                               imported.source_sha256, "official")
     else:
         source = load_checkpoint(checkpoint, trust=trust_checkpoint)
+    source.info.update(source_info or {})
     return export_bundle(source, output, int8=int8, samples=samples, force=force, name=name, progress=progress)

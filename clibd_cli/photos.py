@@ -3,7 +3,7 @@
 Finding (:func:`collect_photos`).  Users name photos the way they store them: single files, folders of
 folders, shell patterns, or a table (BIOSCAN-1M/5M metadata, a spreadsheet export) listing image files
 with specimen ids and taxonomy.  A folder is walked recursively and keeps only :data:`IMAGE_EXTENSIONS`
-(the formats pillow decodes that cameras, microscopes and scanners write), skipping hidden files and
+(the formats cameras, phones, microscopes and scanners write, HEIC and RAW included), skipping hidden files and
 folders (``.DS_Store``, ``.thumbnails``) and sorting so that two runs list the same photos in the same
 order.  A symbolic link whose target is missing is reported, not skipped: a link into an unmounted
 card or a moved folder is how photos go missing unnoticed.  A file named directly is kept whatever its
@@ -40,11 +40,15 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from clibd_cli.errors import InputError
+from clibd_cli.image_formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
 from clibd_cli.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImagePreprocessing, preprocess_image
 from clibd_cli.schema import RANKS, complete_taxonomy
 from clibd_cli.sequences import SpecimenTable
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
+# Every extension a camera, phone, microscope or scanner writes photos with: pillow's own formats, HEIC/HEIF
+# and camera RAW.  A file with one of them is always a row: decoded, or an error row saying why not
+# (a RAW file without rawpy names what to install), so no photo in a folder goes unnoticed.
+IMAGE_EXTENSIONS: frozenset[str] = PILLOW_EXTENSIONS | HEIF_EXTENSIONS | RAW_EXTENSIONS
 
 GROUP_BY_FOLDER = "folder"
 

@@ -19,11 +19,18 @@ GROUPS = (("seen", "#1f77b4"), ("unseen", "#ff7f0e"), ("harmonic", "#2ca02c"))
 RANK_COLOURS = {"order": "#4c72b0", "family": "#55a868", "genus": "#c44e52", "species": "#8172b2"}
 
 
-def _pyplot():
+def require_matplotlib() -> None:
+    """Fail with one line when matplotlib is missing (checked before an evaluation, not after it)."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         raise InputError("PNG plots need matplotlib: pip install 'clibd[plots]' (or leave out --plots).") from None
+
+
+def _pyplot():
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -5,7 +5,8 @@ and normalisation live here (numpy + pillow, no torch) and both the field runtim
 :mod:`clibd_training.data` call them.  The parameters travel with every model in its manifest as an
 :class:`ImagePreprocessing` (``to_dict``/``from_dict``).
 
-Decoding (:func:`load_image`) is defensive because field photos come from anywhere: EXIF orientation is
+Decoding (:func:`load_image`) is defensive because field photos come from anywhere: besides pillow's own
+formats it reads HEIC/HEIF and camera RAW (see :mod:`clibd_cli.image_formats`), EXIF orientation is
 applied (camera phones store portrait shots sideways), transparency is composited on white, palette,
 16-bit and CMYK images are converted to 8-bit RGB properly (PIL's plain ``convert`` clips 16-bit data),
 decompression bombs and aspect-ratio bombs (:data:`MAX_ASPECT_RATIO`) are refused, and every failure
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from clibd_cli.errors import InputError
+from clibd_cli.image_formats import HEIF_EXTENSIONS, RawError, ensure_heif_opener, heif_hint, is_raw, read_raw, suffix
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -162,11 +164,16 @@ def _describe(source: ImageSource, name: str | None) -> str:
 
 def _open(source: ImageSource, label: str) -> Image.Image:
     """``Image.open`` on a path or bytes, with file-system errors turned into :class:`ImageError`."""
+    ensure_heif_opener()
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageError(f"{label}: the image data is empty.")
         return Image.open(io.BytesIO(bytes(source)))
-    path = Path(os.fspath(source))
+    return Image.open(_existing_file(Path(os.fspath(source)), label))
+
+
+def _existing_file(path: Path, label: str) -> Path:
+    """``path`` if it is a non-empty file; else :class:`ImageError` saying what it is instead."""
     if not path.exists():
         if path.is_symlink():
             raise ImageError(f"{label}: broken symbolic link: its target {os.readlink(path)} does not exist. "
@@ -176,7 +183,17 @@ def _open(source: ImageSource, label: str) -> Image.Image:
         raise ImageError(f"{label}: is a folder, expected an image file.")
     if path.stat().st_size == 0:
         raise ImageError(f"{label}: the image file is empty (0 bytes).")
-    return Image.open(path)
+    return path
+
+
+def _load_raw(path: Path, label: str, max_pixels: int, draft_min_side: int | None) -> Image.Image:
+    """A camera RAW file demosaiced by rawpy; pillow would return the small preview of its first TIFF page."""
+    try:
+        image = read_raw(_existing_file(path, label), label, max_pixels, draft_min_side)
+    except RawError as exc:
+        raise ImageError(str(exc)) from exc
+    check_shape(*image.size, label)
+    return image
 
 
 def check_shape(width: int, height: int, label: str) -> None:
@@ -261,15 +278,20 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
                draft_min_side: int | None = None) -> Image.Image:
     """Decode an image file or blob to an upright 8-bit RGB PIL image.
 
-    ``name`` labels error messages (e.g. a record id for HDF5 blobs).  ``draft_min_side`` allows JPEGs
-    to be decoded at reduced scale as long as both sides stay ≥ that many pixels (see
-    :func:`preprocess_image`).  Raises :class:`ImageError` (an :class:`InputError`) naming the file for
-    missing, empty, non-image, truncated or corrupt data, for images over ``max_pixels`` and for images
-    more elongated than :data:`MAX_ASPECT_RATIO`.
+    HEIC/HEIF is read through pillow-heif, registered on the first call; a file with a camera RAW
+    extension (:data:`~clibd_cli.image_formats.RAW_EXTENSIONS`) through rawpy, and without rawpy it is
+    an :class:`ImageError` that says what to install.  ``name`` labels error messages (e.g. a record id
+    for HDF5 blobs).  ``draft_min_side`` allows JPEGs (and RAW files, at half size) to be decoded at
+    reduced scale as long as both sides stay ≥ that many pixels (see :func:`preprocess_image`).
+    Raises :class:`ImageError` (an :class:`InputError`) naming the file for missing, empty, non-image,
+    truncated or corrupt data, for images over ``max_pixels`` and for images more elongated than
+    :data:`MAX_ASPECT_RATIO`.
     ``max_pixels`` can only lower PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, which PIL enforces
     while reading the header); raising it needs that global raised too.
     """
     label = _describe(source, name)
+    if not isinstance(source, bytes | bytearray | memoryview) and is_raw(source):
+        return _load_raw(Path(os.fspath(source)), label, max_pixels, draft_min_side)
     try:
         # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; make it fatal.  On
         # Python 3.11 catch_warnings is process-global: a race between threads can at worst leave this
@@ -301,6 +323,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{label}: refused as a possible decompression bomb ({exc}).") from exc
     except Image.UnidentifiedImageError as exc:
+        if suffix(label) in HEIF_EXTENSIONS and not ensure_heif_opener():
+            raise ImageError(heif_hint(label)) from exc
         raise ImageError(f"{label}: not an image, or a format pillow cannot read.") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
         raise ImageError(f"{label}: cannot decode the image ({exc}). Is the file complete and not corrupt?") from exc

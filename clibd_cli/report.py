@@ -1,4 +1,4 @@
-"""Result rows and the writers that stream them to CSV, TSV, JSON, JSONL or a terminal table.
+"""Result rows and the writers that stream them to CSV, TSV, JSON, JSONL, Darwin Core or a terminal table.
 
 Rows are written and flushed as they are produced, so an interrupted run keeps every finished
 query and ``--resume`` can skip them.  JSON is written one result per line inside the array, which
@@ -6,9 +6,9 @@ keeps it valid JSON when finished and recoverable line by line when not.
 
 CSV and TSV end up in spreadsheets, which run a cell starting with ``=``, ``+``, ``-``, ``@``, tab or
 carriage return as a formula (CSV injection): an id or species name from a reference file could call
-out to the network or run a command when the output is opened.  Such text cells get a leading ``'``,
-as OWASP recommends (:func:`neutralise`); numbers stay numbers, JSON and JSONL stay verbatim, and
-``--resume`` strips the quote again when it reads the ids back (:func:`restore`).
+out to the network or run a command when the output is opened.  Such text cells (in Darwin Core output
+too) get a leading ``'``, as OWASP recommends (:func:`neutralise`); numbers stay numbers, JSON and JSONL
+stay verbatim, and ``--resume`` strips the quote again when it reads the ids back (:func:`restore`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import IO
 from clibd_cli.errors import InputError, OutputExistsError
 from clibd_cli.schema import RANKS
 
-FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+FORMATS = ("table", "csv", "tsv", "json", "jsonl", "dwc")
 COLUMNS = ["query_id", "status", "rank", *RANKS, *(f"{r}_score" for r in RANKS), "top_hit_id",
            "top_hit_similarity", "bin", "support", "flags"]
 HIT_COLUMNS = ["query_id", "hit_rank", "hit_id", "similarity", *RANKS, "bin"]
@@ -38,6 +38,7 @@ MATCH_HIT_COLUMNS = [*HIT_COLUMNS, "identity", "overlap"]
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
                ".ndjson": "jsonl"}
 SPREADSHEET_FORMATS = ("csv", "tsv")
+DWC_SUFFIX = ".dwc.csv"  # Darwin Core occurrences (clibd_cli.darwincore), CSV with the terms as header
 # Text a spreadsheet would take for a formula, after any quotes this module added (so the mapping can
 # be undone exactly: an id that itself starts with "'=" is written "''=" and read back as "'=").
 _FORMULA = re.compile(r"'*[=+\-@\t\r]")
@@ -50,9 +51,11 @@ def choose_format(fmt: str | None, path: Path | None, stdout_is_tty: bool) -> st
         if fmt not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
         if fmt == "table" and path is not None:
-            raise InputError("--format table prints to the terminal; use csv, tsv, json or jsonl with -o.")
+            raise InputError("--format table prints to the terminal; use csv, tsv, json, jsonl or dwc with -o.")
         return fmt
     if path is not None:
+        if path.name.lower().endswith(DWC_SUFFIX):
+            return "dwc"
         return _EXTENSIONS.get(path.suffix.lower(), "tsv")
     return "table" if stdout_is_tty else "csv"
 
@@ -186,6 +189,12 @@ def completed_ids(path: Path, fmt: str) -> list[dict]:
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
+    if fmt == "dwc":  # Darwin Core calls the query id occurrenceID
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and "occurrenceID" not in rows[0]:
+            raise InputError(f"{path}: has no occurrenceID column, so it cannot be resumed as Darwin Core; use "
+                             "--force.")
+        return [{"query_id": restore(row["occurrenceID"] or "")} for row in rows]
     if fmt in ("csv", "tsv"):
         rows = list(csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
         if rows and "query_id" not in rows[0]:
@@ -208,14 +217,25 @@ class RowWriter:
     The file is created with the first row (or when a run with no rows finishes), never before: a run that
     fails early (a broken model, an unreadable index) leaves no header-only file that its rerun would refuse
     as "already exists".  ``identity`` (index, model, thresholds…) is recorded beside the file
-    (:func:`run_record`) so that ``--resume`` can refuse to continue it with another run.
+    (:func:`run_record`) so that ``--resume`` can refuse to continue it with another run.  ``dwc`` rows
+    are Darwin Core occurrences of ``subject`` (:mod:`clibd_cli.darwincore`: barcode or photo).
     """
 
     def __init__(self, path: Path | None, fmt: str, columns: list[str], info: dict | None = None,
                  previous: Iterable[dict] = (), stream: IO[str] | None = None, append: bool = False,
-                 identity: dict | None = None) -> None:
-        """`previous`: rows already in `path` (--resume); `append`: continue `path` even without them."""
+                 identity: dict | None = None, subject: str | None = None, wide: bool = False) -> None:
+        """`previous`: rows already in `path` (--resume); `append`: continue `path` even without them;
+        `wide`: a terminal table shows every column (see :func:`render_table`)."""
+        self.wide = wide
         self.path, self.fmt, self.columns, self.info = path, fmt, columns, info or {}
+        if fmt == "dwc":
+            from clibd_cli.darwincore import SUBJECTS, dwc_columns, identification_date
+
+            if subject not in SUBJECTS:
+                raise InputError("--format dwc: Darwin Core output is for identifications (match, classify); use "
+                                 "csv, tsv, json or jsonl here.")
+            self._dwc_columns, self._identified = dwc_columns(subject), identification_date()
+        self.subject = subject
         self.rows_for_table: list[dict] = []
         self._first = True
         self._tmp: Path | None = None
@@ -242,9 +262,10 @@ class RowWriter:
         if path is not None and self._identity is not None:
             record = run_record(path)
             record.write_text(json.dumps({"identity": self._identity}, indent=1) + "\n")
-        if fmt in ("csv", "tsv"):
-            self._csv = csv.DictWriter(self.fh, self.columns, delimiter="," if fmt == "csv" else "\t",
-                                       extrasaction="ignore", lineterminator="\n")
+        if fmt in ("csv", "tsv", "dwc"):
+            self._csv = csv.DictWriter(self.fh, self._dwc_columns if fmt == "dwc" else self.columns,
+                                       delimiter="\t" if fmt == "tsv" else ",", extrasaction="ignore",
+                                       lineterminator="\n")
             if not append:
                 self._csv.writeheader()
         elif fmt == "json":
@@ -253,14 +274,19 @@ class RowWriter:
                 self.write(row, flush=False)
         self.fh.flush()
 
-    def write(self, row: dict, flush: bool = True) -> None:
+    def write(self, row: dict, flush: bool = True, *, sequence: str = "", marker: str = "") -> None:
+        """Write one result row.  ``sequence`` and ``marker`` (the query barcode's) appear only in dwc."""
         clean = {c: format_value(row.get(c, "")) for c in self.columns}
+        if self.fmt == "dwc":
+            from clibd_cli.darwincore import dwc_row
+
+            clean = dwc_row(clean, self.subject, self.info, self._identified, sequence=sequence, marker=marker)
         if self.fmt == "table":
             self.rows_for_table.append(clean)
             return
         if self.fh is None:
             self._open()
-        if self.fmt in SPREADSHEET_FORMATS:
+        if self.fmt in (*SPREADSHEET_FORMATS, "dwc"):
             self._csv.writerow({c: neutralise(v) for c, v in clean.items()})
         elif self.fmt == "jsonl":
             self.fh.write(json.dumps(clean) + "\n")
@@ -279,7 +305,12 @@ class RowWriter:
         row yet is then not created at all."""
         if self.fmt == "table":
             if console is not None:
-                console.print(render_table(self.rows_for_table, self.columns))
+                shown = render_table(self.rows_for_table, self.columns, wide=self.wide)
+                # --wide: lines as long as the columns need (a wide terminal, or `less -S`), never folded
+                if self.wide:
+                    unlimited = console.options.update_width(10_000)
+                    console.width = max(console.width, console.measure(shown[0], options=unlimited).maximum)
+                console.print(*shown, crop=False)
             return
         if self.fh is None:
             if failed:
@@ -294,24 +325,70 @@ class RowWriter:
                 os.replace(self._tmp, self.path)
 
 
-def render_table(rows: list[dict], columns: list[str]):
-    """A rich table of result rows for the terminal (scores rounded, empty cells dimmed)."""
-    from rich.table import Table
+STATUS_STYLE = {"assigned": "green", "rolled_up": "yellow", "novel_candidate": "magenta", "no_match": "red",
+                "error": "red", "consistent": "green", "conflict": "red", "inconclusive": "yellow"}
 
-    status_style = {"assigned": "green", "rolled_up": "yellow", "novel_candidate": "magenta",
-                    "no_match": "red", "error": "red"}
-    shown = [c for c in columns if c not in ("support", "flags", "order_score", "family_score", "error",
-                                             *(f"{r}_identity" for r in RANKS))]
-    table = Table(show_lines=False, header_style="bold")
-    for column in shown:
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        cells = []
-        for column in shown:
-            value = row.get(column, "")
-            text = f"{value:.3f}" if isinstance(value, float) else str(value)
-            if column == "status":
-                text = f"[{status_style.get(text, 'white')}]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    return table
+
+def _cell(value: object, column: str):
+    """A table cell as Rich text: user text is never read as markup, scores get 3 decimals."""
+    from rich.text import Text
+
+    digits = 2 if "identity" in column else 3  # identity is a percentage, scores are cosines
+    text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if column == "flags":
+        text = text.replace(",", ", ")  # wrap between flags, not inside one
+    return Text(text, style=STATUS_STYLE.get(text, "") if column in ("status", "verdict") else "")
+
+
+def _compact(row: dict, columns: list[str]) -> dict[str, object]:
+    """The few cells a person reads first: id, status, the call at its rank, its identity or score, flags."""
+    if "verdict" in columns:  # clibd check
+        return {"specimen": row.get("specimen_id", ""), "verdict": row.get("verdict", ""),
+                "first conflict": row.get("first_conflict", ""), "similarity": row.get("pair_similarity", ""),
+                "error": row.get("error", "")}
+    rank = row.get("rank", "")
+    measure = ("identity", row.get("identity", "")) if "identity" in columns else \
+        ("score", row.get(f"{rank}_score", "") if rank else "")
+    return {"query": row.get("query_id", ""), "status": row.get("status", ""), "rank": rank,
+            "call": row.get(rank, "") if rank else "", measure[0]: measure[1],
+            "flags": row.get("flags", "") or row.get("error", "")}
+
+
+NO_WRAP = {"query", "specimen", "query_id", "specimen_id", "status", "verdict", "rank"}
+
+
+def render_table(rows: list[dict], columns: list[str], *, wide: bool = False):
+    """Result rows as a terminal table that fits the terminal: Rich renderables to print in order.
+
+    By default a compact table (id, status, the call at its rank, identity or score, flags) that fits 80
+    columns; ids and statuses are never broken across lines.  ``wide``: every column that holds a value in
+    some row.  Either way a footer says how to get what the table leaves out.
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    if wide:
+        shown = [c for c in columns if any(row.get(c, "") != "" for row in rows)] or columns[:3]
+        cells = [{c: row.get(c, "") for c in shown} for row in rows]
+        headers = shown
+    else:
+        cells = [_compact(row, columns) for row in rows]
+        headers = list(cells[0]) if cells else list(_compact({}, columns))
+        if "error" in headers and not any(c.get("error") for c in cells):
+            headers.remove("error")
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False, collapse_padding=True)
+    for header in headers:  # a flag is never cut inside (the longest one, and its comma, set the least width)
+        words = [w for row in cells for w in str(row.get(header, "")).split(",")] if header == "flags" else []
+        table.add_column(header.replace("_", " "), no_wrap=wide or header in NO_WRAP, overflow="fold",
+                         min_width=min(max(map(len, words), default=0) + 1, 16) or None)
+    for row in cells:
+        table.add_row(*(_cell(row.get(h, ""), h) for h in headers))
+    if not wide:
+        footer = (f"A compact view. All {len(columns)} columns: --wide, --format csv, or -o FILE "
+                  "(.csv .tsv .json .jsonl .dwc.csv).")
+    elif len(headers) < len(columns):
+        footer = f"Columns empty in every row are left out; --format csv or -o FILE writes all {len(columns)}."
+    else:
+        return (table,)
+    return table, Text(footer, style="dim")

@@ -73,6 +73,7 @@ class SequenceRecord:
     bin: str = ""
     source: str = ""
     flags: tuple[str, ...] = ()
+    marker: str = ""  # the marker the file names for this row (e.g. COI-5P), "" when it does not say
 
     def label(self, rank: str) -> str:
         return self.taxonomy.get(rank, "")
@@ -549,7 +550,8 @@ class SequenceStream:
                     self.skipped_empty += 1
                     continue
                 kept += 1
-                yield SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where, qc_flags(sequence, self.qc))
+                yield SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where, qc_flags(sequence, self.qc),
+                                     row_marker)
             if not rows:
                 raise InputError(f"{path}: contains no records. Give a FASTA, TSV, CSV or Parquet file with barcodes.")
             if others:

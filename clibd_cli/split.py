@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clibd_cli.errors import OutputExistsError
+from clibd_cli.errors import InputError, OutputExistsError
 from clibd_cli.schema import SEEN_SPLITS, SPLIT_NAMES, clean_label
 from clibd_cli.schema import UNSEEN_SPLITS as UNSEEN_SPLITS  # re-exported beside SEEN_SPLITS
 from clibd_cli.sequences import SpecimenTable
@@ -189,6 +189,9 @@ def split_table(path: Path | str, out: Path | str, seed: int = 0, species_column
     if out.exists() and not force:
         raise OutputExistsError(f"{out}: already exists. Use --force to replace it, or another name.")
     table = SpecimenTable(path, species_column=species_column, split_column=split_column)
+    if table.header and table.header[0].startswith(">"):
+        raise InputError(f"{path}: is FASTA; split needs a table with one specimen per row and a species column "
+                         "(BOLD or BIOSCAN TSV/CSV).")
     header, rows = table.header, [row for _, row in table]
     species_col = table.columns.require("species")
     species_i = header.index(species_col)

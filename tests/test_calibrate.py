@@ -263,3 +263,12 @@ def test_thresholds_table_explains_ranks_it_cannot_calibrate():
     assert "genus is never called; calls stop at the rank above." in text
     assert "species is never called" in text
     assert "family: too few wrong calls to calibrate; encoder default used as floor (0.600)." in text
+
+
+def test_thresholds_that_stand_for_a_rule_read_as_words():
+    from clibd_cli.calibrate import NEVER, describe_threshold
+    from clibd_cli.classify import UNCALIBRATED
+
+    assert describe_threshold(NEVER).startswith("never")
+    assert describe_threshold(UNCALIBRATED["species"]).startswith("not calibrated")
+    assert describe_threshold(0.9731) == "0.973"

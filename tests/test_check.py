@@ -90,3 +90,20 @@ def test_check_with_named_columns(tiny_model, checked, tmp_path):
                   "--sequence-column", "COI")
     assert [r["specimen_id"] for r in rows] == [f"T{i}" for i in range(len(queries))]
     _paired(rows)
+
+
+def test_a_check_that_fails_before_its_first_row_leaves_no_file(tmp_path):
+    """No header-only qc.csv: its rerun would stop on "already exists" (check has no --resume)."""
+    from clibd_cli.check import CHECK_COLUMNS
+    from clibd_cli.errors import InputError
+    from clibd_cli.runs import RunOutput
+
+    def failing_rows():
+        raise InputError("specimens.tsv: record 1 has no photo")
+        yield {}
+
+    out = RunOutput(tmp_path / "qc.csv", columns=CHECK_COLUMNS)
+    out.check()
+    with pytest.raises(InputError):
+        out.write(failing_rows(), count="verdict")
+    assert not (tmp_path / "qc.csv").exists()

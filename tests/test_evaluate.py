@@ -67,6 +67,7 @@ def test_evaluate_cli_with_a_bundle_writes_table_json_and_plots(tiny_model, tmp_
                 for metric in ("micro_top1", "macro_top1", "micro_top5"):
                     assert 0.0 <= report["closed_set"][pair][group][rank][metric] <= 1.0
     assert "image→dna" in result.stdout and "species" in result.stdout
+    assert "thresholds for precision 0.95 calibrated on the val split" in " ".join(result.stdout.split())
     for name in ("accuracy.png", "reliability.png"):
         with Image.open(tmp_path / "plots" / name) as image:
             assert image.format == "PNG" and image.size[0] > 1000  # one panel per modality pair
@@ -82,3 +83,29 @@ def test_evaluate_refuses_tables_without_splits(tiny_model, tmp_path):
     assert result.exit_code == 2 and "no 'split' column" in result.stderr
     result = runner.invoke(app, ["evaluate", "--model", "kmer:x", "--data", str(tiny_model.sim / "specimens.tsv")])
     assert result.exit_code == 2 and "kmer:K" in result.stderr
+
+
+def test_plots_without_matplotlib_fail_before_the_evaluation(tiny_model, tmp_path, monkeypatch):
+    """--plots checks for matplotlib first: one line, exit 2, and no evaluation run for nothing."""
+    import sys
+
+    import clibd_cli.evaluate
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    ran = []
+    monkeypatch.setattr(clibd_cli.evaluate, "evaluate_model", lambda *a, **k: ran.append(1))
+    result = runner.invoke(app, ["evaluate", "--model", "kmer", "--data", str(tiny_model.sim / "specimens.tsv"),
+                                 "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 2 and "clibd[plots]" in result.stderr
+    assert not ran and not (tmp_path / "plots").exists()
+
+
+def test_open_set_table_says_why_it_is_empty():
+    from rich.console import Console
+
+    from clibd_cli.cli.evaluation import _open_set_table
+
+    console = Console(width=100, record=True, color_system=None)
+    console.print(_open_set_table({"open_set": {}, "open_set_calibrated_on": "val", "open_set_precision": 0.9}))
+    text = " ".join(console.export_text().split())
+    assert "precision 0.9 calibrated on the val split" in text and "No open-set figures" in text

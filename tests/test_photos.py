@@ -57,7 +57,10 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_image_extensions_are_the_documented_set():
-    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"} == set(IMAGE_EXTENSIONS)
+    pillow = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".avif"}
+    assert pillow | {".heic", ".heif", ".hif"} <= set(IMAGE_EXTENSIONS)
+    assert {".cr2", ".cr3", ".nef", ".dng", ".arw", ".orf", ".rw2", ".raf"} <= set(IMAGE_EXTENSIONS)
+    assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
 
 
 def test_folder_is_walked_recursively_sorted_with_relative_ids(tree):

@@ -2,6 +2,7 @@
 
 Commands are grouped by concern: :mod:`~clibd_cli.cli.identify` (match, classify, check),
 :mod:`~clibd_cli.cli.references` (build-index, calibrate, embed), :mod:`~clibd_cli.cli.models` (export),
+:mod:`~clibd_cli.cli.models_group` (models list, models get),
 :mod:`~clibd_cli.cli.training` (simulate, train, split), :mod:`~clibd_cli.cli.evaluation` (evaluate).
 The workflows they call are the library's (:mod:`clibd_cli.api` lists them), the options several share
 are declared once in :mod:`~clibd_cli.cli.options`, and :mod:`~clibd_cli.cli.errors` turns a user's
@@ -18,6 +19,7 @@ from typing import Annotated
 import typer
 
 from clibd_cli import __version__
+from clibd_cli.cli.helpstyle import ClibdGroup
 
 app = typer.Typer(
     name="clibd",
@@ -27,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=ClibdGroup,
 )
 
 
@@ -44,7 +47,7 @@ def _main(
     """clibd: CLIBD embeddings for barcodes and photos, with honest per-rank calls."""
 
 
-from clibd_cli.cli import evaluation, identify, models, references, training  # noqa: E402  (commands need `app`'s module loaded)
+from clibd_cli.cli import evaluation, identify, models, references, report, training  # noqa: E402  (commands need `app`'s module loaded)
 
 # Registered here, in the order `clibd --help` lists them.
 COMMANDS = (
@@ -59,9 +62,14 @@ COMMANDS = (
     ("export", models.export_command),
     ("evaluate", evaluation.evaluate),
     ("split", training.split_command),
+    ("report", report.report_command),
 )
 for _name, _command in COMMANDS:
     app.command(_name)(_command)
+
+from clibd_cli.cli.models_group import models_app  # noqa: E402  (`clibd models list|get`, a group of commands)
+
+app.add_typer(models_app, name="models")
 
 
 def _terminate(signum: int, frame: object) -> None:

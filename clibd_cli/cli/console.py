@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -29,13 +28,30 @@ def stdout(highlight: bool = True):
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr (hidden when stderr is not a terminal); yields its ``advance(n)``.
 
-    Also a :class:`clibd_cli.workflow.Progress`, for workflows with several steps.
+    Also a :class:`clibd_cli.workflow.Progress`, for workflows with several steps; a step of unknown size
+    (``total`` None: calibrating, building the search graph) shows its name and the time it has taken.
+    Whether stderr is a terminal is rich's answer, so ``TTY_COMPATIBLE=1`` shows the bars in a pipe too.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=stderr(), transient=True,
-                        disable=not sys.stderr.isatty())
+    class Done(TextColumn):
+        """Items done so far where the total is unknown (queries matched); nothing for a step that counts none."""
+
+        def render(self, task):
+            return Text(f"{task.completed:,.0f}" if task.completed else "")
+
+    console = stderr()
+    counts = (MofNCompleteColumn(), TimeRemainingColumn()) if total is not None else (Done(""), TimeElapsedColumn())
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), *counts, console=console, transient=True,
+                        disable=not console.is_terminal)
     task = progress.add_task(description, total=total)
     with progress:
         yield lambda n: progress.advance(task, n)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from clibd_cli.cli.console import wrote
+from clibd_cli.cli.console import progress_bar, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import Device, IdColumn, ImageColumn, SeqColumn, TrustCheckpoint, Workers
 from clibd_cli.errors import ClibdError
@@ -18,8 +18,9 @@ from clibd_cli.schema import RANKS
 
 @user_errors
 def evaluate(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model bundle folder, a 'clibd train' checkpoint "
-                                       "(.pt), or kmer / kmer:K for the weight-free DNA profile.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model bundle folder, an installed model's name "
+                                       "('clibd models get'), a 'clibd train' checkpoint (.pt), or kmer / kmer:K for "
+                                       "the weight-free DNA profile.")],
     data: Annotated[Path, typer.Option(help="Table with a split column ('clibd split' or 'clibd simulate' output): "
                                        "taxonomy plus barcodes and/or image files.")],
     split: Annotated[str, typer.Option(help="Queries to evaluate: test or val (the other calibrates the "
@@ -44,9 +45,13 @@ def evaluate(
 
     if output is not None and output.exists() and not force:
         raise ClibdError(f"{output}: already exists. Use --force to overwrite it.")
+    if plots is not None:  # before minutes of embedding, not after
+        from clibd_cli.plots import require_matplotlib
+
+        require_matplotlib()
     reading = ReadOptions(id_column=id_column, sequence_column=sequence_column, image_column=image_column)
     report = evaluate_model(model, data, split=split, precision=precision, reading=reading, device=device,
-                            workers=workers, trust_checkpoint=trust_checkpoint)
+                            workers=workers, trust_checkpoint=trust_checkpoint, progress=progress_bar)
     console = Console(width=None if sys.stdout.isatty() else 160)  # a file or pipe gets unwrapped tables
     console.print(_paper_table(report))
     console.print(_open_set_table(report))
@@ -85,8 +90,9 @@ def _paper_table(report: dict):
 def _open_set_table(report: dict):
     from rich.table import Table
 
-    table = Table(title=f"open set: unseen species' keys removed; thresholds for precision calibrated on "
-                        f"{report['open_set_calibrated_on']}")
+    calibrated_on = report["open_set_calibrated_on"]
+    table = Table(title=f"open set: unseen species' keys removed; thresholds for precision "
+                        f"{report.get('open_set_precision', 0.95):g} calibrated on the {calibrated_on} split")
     for column in ("pair", "absent: named (wrong)", "absent: rolled up right", "present: named",
                    "present: named right", "AUROC absent"):
         table.add_column(column, justify="right")
@@ -94,4 +100,7 @@ def _open_set_table(report: dict):
         table.add_row(pair.replace("_to_", "→"), _percent(entry["absent"]["named_species_share"]),
                       _percent(entry["absent"]["rolled_up_correct_share"]), _percent(entry["present"]["named_share"]),
                       _percent(entry["present"]["named_correct_share"]), f"{entry['auroc_species_absent']:.3f}")
+    if not report["open_set"]:
+        table.caption = (f"No open-set figures: they need seen_keys and at least 10 queries in the {calibrated_on} "
+                         "split to calibrate thresholds on; 'clibd split' on a larger table gives both.")
     return table

@@ -32,6 +32,7 @@ from clibd_cli.cli.options import (
     Neighbours,
     Output,
     SeqColumn,
+    Wide,
     Workers,
     parse_thresholds,
 )
@@ -54,6 +55,7 @@ def match(
     output: Output = None,
     fmt: Format = None,
     force: ForceOutput = False,
+    wide: Wide = False,
     resume: Annotated[bool, typer.Option(help="Skip queries already in the output file.")] = False,
     neighbours: Neighbours = 10,
     top_k: Annotated[int, typer.Option(min=0, max=1000, help="Hits per query written to --hits.")] = 5,
@@ -87,7 +89,7 @@ def match(
         raise ClibdError(f"--thresholds {thresholds_from!r}: use calibrated or conventional.")
     overrides = parse_thresholds(threshold)
     out = RunOutput(output, fmt, columns=MATCH_COLUMNS, hits=hits, hit_columns=MATCH_HIT_COLUMNS, resume=resume,
-                    force=force, stdout_is_tty=sys.stdout.isatty())
+                    force=force, stdout_is_tty=sys.stdout.isatty(), subject="barcode", wide=wide)
     out.check(inputs=[*queries, index_path], folders=[index_path])
     options = MatchOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                            batch_size=batch_size, threads=threads, candidates=candidates)
@@ -121,6 +123,7 @@ def classify(
     output: Output = None,
     fmt: Format = None,
     force: ForceOutput = False,
+    wide: Wide = False,
     resume: Annotated[bool, typer.Option(help="Skip photos already in the output file.")] = False,
     neighbours: Annotated[int, typer.Option(min=1, max=1000, help="References consulted per photo.")] = 10,
     top_k: Annotated[int, typer.Option(min=0, max=1000, help="Hits per photo written to --hits.")] = 5,
@@ -146,7 +149,7 @@ def classify(
         raise ClibdError("no photos given: pass files, folders or patterns, or --manifest.")
     overrides = parse_thresholds(threshold)
     out = RunOutput(output, fmt, columns=CLASSIFY_COLUMNS, hits=hits, hit_columns=[*HIT_COLUMNS, "against"],
-                    resume=resume, force=force, stdout_is_tty=sys.stdout.isatty())
+                    resume=resume, force=force, stdout_is_tty=sys.stdout.isatty(), subject="photo", wide=wide)
     out.check(inputs=[*(Path(p) for p in photos or []), *([manifest] if manifest else [])], folders=[index_path])
     options = ClassifyOptions(neighbours=neighbours, top_k=top_k if hits else 0, exact=exact or None,
                               batch_size=batch_size, threads=threads, against=against, workers=workers)
@@ -176,6 +179,7 @@ def check(
     output: Output = None,
     fmt: Format = None,
     force: ForceOutput = False,
+    wide: Wide = False,
     neighbours: Neighbours = 10,
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
@@ -190,7 +194,7 @@ def check(
     from clibd_cli.runs import RunOutput
     from clibd_cli.workflow import ReadOptions
 
-    out = RunOutput(output, fmt, columns=CHECK_COLUMNS, force=force, stdout_is_tty=sys.stdout.isatty())
+    out = RunOutput(output, fmt, columns=CHECK_COLUMNS, force=force, stdout_is_tty=sys.stdout.isatty(), wide=wide)
     out.check()
     reading = ReadOptions(id_column=id_column, sequence_column=sequence_column, image_column=image_column,
                           min_length=0)
@@ -198,5 +202,5 @@ def check(
                              options=ClassifyOptions(neighbours=neighbours, workers=workers, against=against))
     out.start(run.info)
     with progress_bar("checking", len(run.photos)) as advance:
-        counts = out.write(run.rows(advance), stdout(highlight=False), count="verdict", file_on_failure=True)
+        counts = out.write(run.rows(advance), stdout(highlight=False), count="verdict")
     stderr().print(f"{sum(counts.values()):,} specimens: {_counted(counts, VERDICTS)}")

@@ -28,17 +28,22 @@ Kmer = Annotated[int | None, typer.Option("--kmer", min=2, max=8, help="k of the
 # Outputs of the commands that write result rows (match, classify, check).
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
                                              "extension).")]
-Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json or jsonl "
-                                            "(default: table on a terminal, CSV when piped).")]
+Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json, jsonl or dwc (Darwin "
+                                            "Core, match/classify; -o x.dwc.csv) (default: table on a terminal, "
+                                            "CSV when piped).")]
 ForceOutput = Annotated[bool, typer.Option(help="Overwrite an existing output file.")]
+Wide = Annotated[bool, typer.Option("--wide", help="On a terminal, show every column instead of the compact "
+                                   "table (id, status, call, identity or score, flags).")]
 Hits = Annotated[Path | None, typer.Option(help="Write the long top-hits table here (CSV/TSV).")]
 Exact = Annotated[bool, typer.Option(help="Exact search even on a large index.")]
 Neighbours = Annotated[int, typer.Option(min=1, max=1000, help="References consulted per query.")]
 
 # Models and where they run.
-ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle from 'clibd export' "
-                                                  "(default for barcodes: the weight-free k-mer profile).")]
-BundleOption = Annotated[Path, typer.Option("--model", "-m", help="Model bundle from 'clibd export'.")]
+ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle from 'clibd export', or the "
+                                                  "name of one 'clibd models get' installed (default for barcodes: "
+                                                  "the weight-free k-mer profile).")]
+BundleOption = Annotated[Path, typer.Option("--model", "-m", help="Model bundle from 'clibd export', or the name "
+                                            "of one 'clibd models get' installed.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if it really works, else CPU), cpu or cuda.")]
 Int8 = Annotated[bool, typer.Option("--int8", help="Use the bundle's int8 encoders (faster on CPU; agreement "
                                     "with fp32 is in the bundle's manifest).")]

@@ -128,7 +128,7 @@ def calibrate(
     options = CalibrateOptions(precision=precision, sample=sample, novel_share=novel_share, neighbours=neighbours,
                                seed=seed, reading=reading)
     calibration = calibrate_index(index_path, queries=queries, images=images, against=against, model=model,
-                                  device=device, options=options, notify=say)
+                                  device=device, options=options, notify=say, progress=progress_bar)
     stdout().print(_thresholds_table(calibration, precision))
 
 

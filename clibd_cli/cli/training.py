@@ -11,6 +11,7 @@ from clibd_cli.cli.console import stderr, stdout, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import TrustCheckpoint
 from clibd_cli.errors import ClibdError
+from clibd_training.config import presets
 
 
 @user_errors
@@ -34,8 +35,7 @@ def simulate(
 
 @user_errors
 def train(
-    config: Annotated[str, typer.Option(help="Preset (tiny-cpu, bioscan1m-idt, bioscan5m-idt) or YAML file.")
-                      ] = "tiny-cpu",
+    config: Annotated[str, typer.Option(help=f"Preset ({', '.join(presets())}) or YAML file.")] = "tiny-cpu",
     data: Annotated[str | None, typer.Option(help="simulate folder, CLIBD HDF5, BIOSCAN TSV/CSV or manifest.")
                     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoints, metrics).")
