@@ -351,7 +351,7 @@ def _compact(row: dict, columns: list[str]) -> dict[str, object]:
         ("score", row.get(f"{rank}_score", "") if rank else "")
     return {"query": row.get("query_id", ""), "status": row.get("status", ""), "rank": rank,
             "call": row.get(rank, "") if rank else "", measure[0]: measure[1],
-            "flags": row.get("flags", "") or row.get("error", "")}
+            "flags": row.get("flags", "") or (f"error: {row['error']}" if row.get("error") else "")}
 
 
 NO_WRAP = {"query", "specimen", "query_id", "specimen_id", "status", "verdict", "rank"}

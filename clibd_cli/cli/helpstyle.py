@@ -3,7 +3,7 @@
 Typer renders a parameter's Python type (`<bool>`, `<list[Path]>`, `<int range>`) beside it and writes
 required arguments as `{queries}...` in the usage line; every boolean gets a `--no-…` twin.  Field
 biologists read that as noise, and at 80 columns the extra columns squeeze the option names until Rich
-cuts them (`--sequence-colu…`).  :class:`ClibdCommand` is the one place that fixes it for every command:
+cuts them (`--sequence-colu…`).  :class:`ClibdGroup` is the one place that fixes it for every command:
 click's conventions for metavars (`PATH`, `INTEGER`, `TEXT`; nothing for a flag), `QUERIES...` in usage,
 `--no-x` kept only where `--x` is on by default (e.g. `--no-calibrate`), and each option put in a panel
 by what it is about (:data:`PANELS`), so shared options sit in the same panel in every command.
@@ -115,8 +115,8 @@ def _examples(*lines: str) -> str:
     return "\b\n[bold]Examples[/bold]\n" + "\n".join(f"  {line}" for line in lines)
 
 
-# Shown under each command's options: the commands a user most likely wants, each runnable as written
-# from a clone of the repository (the README runs the same ones).
+# Shown under each command's options: the commands a user most likely wants (tests/test_help.py checks that
+# each uses only options the command has).
 EXAMPLES: dict[str, str] = {
     "build-index": _examples("clibd build-index --barcodes bold_download.tsv -o my_index",
                              "clibd build-index -b refs.tsv --images ref_photos.csv --model my_model -o idx"),
