@@ -53,14 +53,16 @@ class Calibration:
 
 
 
-def describe_threshold(threshold: float) -> str:
+def describe_threshold(threshold: float, *, short: bool = False) -> str:
     """A threshold as a person reads it.  The numbers that stand for a rule (:data:`NEVER`: no threshold
-    reaches the target precision; -2: photo thresholds never calibrated, every rank called) read as words."""
+    reaches the target precision; -2: photo thresholds never calibrated, every rank called) read as words;
+    ``short`` leaves out the reason in brackets (a table cell whose caption gives it)."""
     if threshold >= NEVER:
-        return "never (no threshold reaches the target precision)"
+        return "never" if short else "never (no threshold reaches the target precision)"
     if threshold < UNCALIBRATED_BELOW:
-        return "not calibrated (every rank is called)"
+        return "not calibrated" if short else "not calibrated (every rank is called)"
     return f"{threshold:.3f}"
+
 
 def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: float,
                             min_calls: int = MIN_CALLS) -> tuple[float, float, float]:

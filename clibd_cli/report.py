@@ -14,7 +14,6 @@ stay verbatim, and ``--resume`` strips the quote again when it reads the ids bac
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -91,9 +90,12 @@ def restore(value: str) -> str:
     return value
 
 
-def check_output(path: Path | None, *, resume: bool, force: bool, inputs: Iterable[Path | str] = (),
+def check_output(path: Path | None, *, resume: bool | None, force: bool, inputs: Iterable[Path | str] = (),
                  others: Iterable[Path | None] = (), folders: Iterable[Path] = ()) -> None:
     """Refuse to overwrite an existing output unless asked; called before any work is done.
+
+    ``resume`` is None for a command that has no ``--resume`` (`clibd report`): the refusal then offers
+    only ``--force``.
 
     ``inputs`` (query and reference files), anything inside ``folders`` (indexes) and ``others`` (the run's
     other outputs) must not be the output: ``-o`` naming a query file or ``INDEX/index.json`` with
@@ -116,6 +118,8 @@ def check_output(path: Path | None, *, resume: bool, force: bool, inputs: Iterab
     if path.exists() and path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name for -o.")
     if path.exists() and path.stat().st_size > 0 and not (resume or force):
+        if resume is None:
+            raise OutputExistsError(f"{path}: already exists. Use --force to replace it, or choose another -o.")
         raise OutputExistsError(f"{path}: already exists. Use --resume to continue it or --force to "
                                 "overwrite it.")
     if not path.parent.exists():
@@ -183,32 +187,28 @@ def prune_hits(path: Path, fmt: str, done: set[str]) -> None:
 
 
 def completed_ids(path: Path, fmt: str) -> list[dict]:
-    """Rows already in an output file (for --resume); an unfinished last line is dropped."""
+    """Rows already in an output file (for --resume); an unfinished last line is dropped.
+
+    Read by :mod:`clibd_cli.result_files`, the one reader of our outputs (`clibd report` uses it too).
+    """
+    from clibd_cli.result_files import complete_lines, read_json_lines, read_table  # it imports this module
+
     if not path.exists() or path.stat().st_size == 0:
         return []
     text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    if fmt == "dwc":  # Darwin Core calls the query id occurrenceID
-        rows = list(csv.DictReader(io.StringIO(text)))
-        if rows and "occurrenceID" not in rows[0]:
-            raise InputError(f"{path}: has no occurrenceID column, so it cannot be resumed as Darwin Core; use "
-                             "--force.")
-        return [{"query_id": restore(row["occurrenceID"] or "")} for row in rows]
-    if fmt in ("csv", "tsv"):
-        rows = list(csv.DictReader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
-        if rows and "query_id" not in rows[0]:
+    text = text[: text.rfind("\n") + 1]  # even a first line is unfinished until its newline is written
+    if fmt in ("csv", "tsv", "dwc"):
+        columns, rows = read_table(text, "tsv" if fmt == "tsv" else "csv")
+        if fmt == "dwc":  # Darwin Core calls the query id occurrenceID
+            if rows and "occurrenceID" not in columns:
+                raise InputError(f"{path}: has no occurrenceID column, so it cannot be resumed as Darwin Core; "
+                                 "use --force.")
+            return [{"query_id": row["occurrenceID"] or ""} for row in rows]
+        if rows and "query_id" not in columns:
             raise InputError(f"{path}: has no query_id column, so it cannot be resumed; use --force.")
-        return [{k: restore(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
-    rows = []
-    for line in text.splitlines():
-        line = line.strip().rstrip(",")
-        if line.startswith('{"query_id"'):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+        return rows
+    # json and jsonl: one row per line (JSON's info line and closing bracket are not rows)
+    return read_json_lines(path, [line for line in complete_lines(text) if line.strip().startswith('{"query_id"')])
 
 
 class RowWriter:

@@ -76,15 +76,16 @@ def sniff_format(text: str) -> str:
     return "tsv" if "\t" in first else "csv"
 
 
-def _complete_lines(text: str) -> list[str]:
+def complete_lines(text: str) -> list[str]:
     """The lines of ``text`` without an unfinished last one (an interrupted run's half row)."""
     if not text.endswith("\n") and "\n" in text:
         text = text[: text.rfind("\n") + 1]
     return text.splitlines()
 
 
-def _read_table(path: Path, text: str, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
-    lines = _complete_lines(text)
+def read_table(text: str, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and finished rows of a CSV or TSV output, spreadsheet quoting undone."""
+    lines = complete_lines(text)
     reader = csv.DictReader(io.StringIO("\n".join(lines) + "\n"), delimiter="," if fmt == "csv" else "\t")
     columns = [c.strip() for c in reader.fieldnames or []]
     reader.fieldnames = columns
@@ -93,7 +94,7 @@ def _read_table(path: Path, text: str, fmt: str) -> tuple[list[str], list[dict[s
     return columns, rows
 
 
-def _read_json_lines(path: Path, lines: list[str]) -> list[dict[str, Any]]:
+def read_json_lines(path: Path, lines: list[str]) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(lines, 1):
         line = line.strip().rstrip(",")
@@ -122,7 +123,7 @@ def _read_json(path: Path, text: str) -> tuple[dict[str, Any], list[dict[str, An
         rows = [row for row in data["results"] if isinstance(row, dict)]
         return info, rows
     # RowWriter writes '{"info": {...},' on the first line, then one row per line: keep the finished ones.
-    lines = _complete_lines(text)
+    lines = complete_lines(text)
     first, rest = lines[0].strip(), lines[1:]
     try:
         info = json.loads(first.removeprefix('{"info":').rstrip(","))
@@ -130,7 +131,7 @@ def _read_json(path: Path, text: str) -> tuple[dict[str, Any], list[dict[str, An
         raise InputError(f"{path}: starts like a clibd JSON output but is not one (its info line is not JSON); "
                          "give the output of 'clibd match' or 'clibd classify' unchanged.") from None
     body = [line for line in rest if line.strip().startswith("{")]
-    return (info if isinstance(info, dict) else {}), _read_json_lines(path, body)
+    return (info if isinstance(info, dict) else {}), read_json_lines(path, body)
 
 
 def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
@@ -150,12 +151,12 @@ def _read_rows(path: Path, what: str) -> tuple[str, list[str], list[dict[str, An
     fmt = sniff_format(text)
     info: dict[str, Any] = {}
     if fmt in ("csv", "tsv"):
-        columns, rows = _read_table(path, text, fmt)
+        columns, rows = read_table(text, fmt)
     elif fmt == "json":
         info, rows = _read_json(path, text)
         columns = _columns_of(rows)
     else:
-        rows = _read_json_lines(path, _complete_lines(text))
+        rows = read_json_lines(path, complete_lines(text))
         columns = _columns_of(rows)
     return fmt, columns, rows, info
 

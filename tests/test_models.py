@@ -26,6 +26,7 @@ from clibd_training.models import (  # noqa: E402
     ModelConfig,
     TextEncoderConfig,
     build_model,
+    compile_blocks,
     count_parameters,
     tiny_config,
 )
@@ -285,3 +286,23 @@ def test_cached_timm_weights_load_offline(tmp_path, monkeypatch):
     theirs = source.state_dict()
     torch.testing.assert_close(encoder.backbone.blocks[0].attn.qkv.weight, theirs["blocks.0.attn.qkv.weight"])
     assert encoder.backbone.pos_embed.shape[1] == 1 + 2 * 2  # resampled to a 2 × 2 patch grid
+
+
+def test_compile_blocks_compiles_every_transformer_block_and_keeps_parameter_names(text_tokenizer):
+    """`compile: true` compiles the ViT's blocks and both BERTs' layers in place: a checkpoint saved from a
+    compiled run must load into an eager model (and export), so no key may gain an ``_orig_mod`` prefix."""
+    model = build_model(tiny_config(), text_tokenizer)
+    keys = list(model.state_dict())
+    expected = (len(model.image_encoder.backbone.blocks) + model.dna_encoder.bert.config.num_hidden_layers
+                + model.text_encoder.bert.config.num_hidden_layers)
+    assert compile_blocks(model) == expected > 0
+    assert list(model.state_dict()) == keys
+    assert all(block._compiled_call_impl is not None for block in model.image_encoder.backbone.blocks)
+
+
+def test_compile_is_refused_with_accumulation():
+    from clibd_training.config import load_config
+
+    assert load_config("tiny-cpu", ["compile=true"]).compile
+    with pytest.raises(ClibdError, match="compile and grad_accum > 1"):
+        load_config("tiny-cpu", ["compile=true", "grad_accum=2"])

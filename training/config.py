@@ -73,6 +73,9 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
     mlm_probability: float = 0.5  # dna-pretrain stage
+    # torch.compile each transformer block (models.compile_blocks); off by default, and refused with
+    # grad_accum > 1, whose recompute must redraw the same dropout masks as the cached pass.
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +88,10 @@ class TrainConfig:
         optim = OptimConfig(**(raw.pop("optim", None) or {}))
         optim.betas = tuple(optim.betas)
         config = cls(**raw, data=data, optim=optim)
+        if config.compile and config.grad_accum > 1:
+            raise ClibdError("compile and grad_accum > 1 do not go together yet: accumulation recomputes each "
+                             "micro-batch with the dropout masks of its cached pass, which compiled blocks draw "
+                             "differently. Set compile=false, or grad_accum=1 with a larger batch_size.")
         if config.model:
             from clibd_training.models import ModelConfig
 

@@ -39,6 +39,7 @@ from clibd_training.accumulation import accumulate_large_batch
 from clibd_training.config import TrainConfig
 from clibd_training.distributed import Dist, gather_objects, use_bf16, wrap_ddp
 from clibd_training.metrics_log import MetricLog
+from clibd_training.models import compile_blocks
 from clibd_training.optim import build_optimizer
 from clibd_training.progress import TrainingProgress
 from clibd_training.rng import rng_state, set_rng_state
@@ -136,6 +137,8 @@ class Engine:
 
     def __init__(self, task: Task, cfg: TrainConfig, output: Path, env: Dist) -> None:
         self.task, self.cfg, self.output, self.env = task, cfg, Path(output), env
+        if cfg.compile:
+            compile_blocks(task.model)
         self.ddp = wrap_ddp(task.model, env)
         self.sampler = DistributedSampler(task.train_set, num_replicas=env.world, rank=env.rank, shuffle=True,
                                           seed=cfg.seed, drop_last=True)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
-from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+from transformers.models.bert.modeling_bert import BertEncoder, BertPredictionHeadTransform
 
 from clibd_cli.errors import ClibdError
 from clibd_cli.schema import MODALITIES
@@ -680,6 +680,26 @@ def build_model(config: ModelConfig | Mapping[str, Any], text_tokenizer: BertTok
     if not isinstance(config, ModelConfig):
         config = ModelConfig.from_dict(config)
     return CLIBDModel(config, text_tokenizer, load_pretrained)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Compile each transformer block in place (regional ``torch.compile``); returns how many.
+
+    Blocks rather than the whole model, as PyTorch's own guidance for transformers: the ViT's blocks and
+    each BERT's layers are identical, so Inductor compiles one of each and reuses it (seconds, not
+    minutes on the paper model); the HF wrapper code around the layers (masks, output classes) stays
+    eager, so graph breaks cannot undo the gain; and ``Module.compile`` keeps parameter names, so
+    checkpoints, resume and export see the same state dict.  Other backbones (CNNs) stay eager.
+    """
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, BertEncoder):
+            blocks += list(module.layer)
+        elif isinstance(module, timm.models.vision_transformer.VisionTransformer):
+            blocks += list(module.blocks)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -143,7 +143,7 @@ def _thresholds_table(calibration: Calibration, precision: float):
     from rich.table import Table
     from rich.text import Text
 
-    from clibd_cli.calibrate import NEVER
+    from clibd_cli.calibrate import NEVER, describe_threshold
 
     def cell(value) -> str:
         return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
@@ -167,7 +167,7 @@ def _thresholds_table(calibration: Calibration, precision: float):
         info = calibration.report["ranks"][rank]
         keys = ("right_present", "false_calls_present", "false_calls_absent") if open_set else ("precision", "coverage")
         threshold = calibration.thresholds[rank]
-        table.add_row(rank, "never" if threshold >= NEVER else f"{threshold:.3f}",
+        table.add_row(rank, describe_threshold(threshold, short=True),
                       *(cell(info.get(key)) for key in keys))
     return Group(table, *(Text(line) for line in captions))
 

@@ -40,10 +40,8 @@ def report_command(
     from clibd_cli.thumbnails import photo_paths, thumbnails
 
     output = output if output is not None else results.with_suffix(".html")
-    if output.exists() and not output.is_dir() and not force:
-        raise InputError(f"{output}: already exists. Use --force to replace it, or choose another -o.")
     inputs = [p for p in (results, hits, manifest) if p is not None]
-    check_output(output, resume=False, force=True, inputs=inputs)
+    check_output(output, resume=None, force=force, inputs=inputs)
     run = read_results(results)
     ids = [str(row.get("query_id", "")) for row in run.rows]
     top_hits = read_hits(hits, set(ids)) if hits is not None else None
