@@ -114,6 +114,14 @@ def _build_locked(output: Path, barcodes: Sequence[Path], images: Path | None, t
     existing = {m: ReferenceIndex.load(output, m) for m in index_modalities(output)} if options.append else {}
     with progress("reading references", None):
         inputs = reference_inputs(barcodes, images, text_keys, options.reading, notes)
+    if bundle is not None and "dna" in inputs and "dna" not in bundle.modalities:
+        if "text" not in inputs:
+            raise ClibdError(f"model {bundle.name} has no barcode encoder (it knows "
+                             f"{', '.join(bundle.modalities)}): add --text-keys to index the barcodes' taxonomy "
+                             "as text references, or give --images.")
+        del inputs["dna"]  # the barcodes gave their taxonomy to the text references
+        notes.note(f"model {bundle.name} has no barcode encoder: the barcodes' taxonomy became text references "
+                   "and the sequences were not indexed.")
     parts = dict(existing)
     for modality, records in inputs.items():
         encoder = _encoder(modality, bundle, options.kmer, existing)

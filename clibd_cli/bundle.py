@@ -3,14 +3,17 @@
 Layout (format version 2; version 1 had no manifest checksum and is refused)::
 
     BUNDLE/clibd-model.json      manifest: format version, embedding dim, fingerprint of the embedding
-                                 space, per modality its ONNX file (+ optional int8 variant) with sha256,
+                                 space, per modality its ONNX file (+ optional int8 and fp16 variants)
+                                 with sha256,
                                  the inputs it expects (image preprocessing, DNA tokenizer, text template
                                  and tokenizer files), the parity report written by `clibd export`, and
                                  `manifest_sha256`: the sha256 of the manifest's own content
     BUNDLE/image.onnx            pixel_values float32 [batch, 3, S, S] → embeddings [batch, dim]
     BUNDLE/dna.onnx              input_ids, attention_mask int64 [batch, length] → embeddings
     BUNDLE/text.onnx             input_ids, attention_mask int64 [batch, length] → embeddings
-    BUNDLE/text_tokenizer/       the WordPiece tokenizer the text encoder was trained with
+    BUNDLE/text_tokenizer/       the WordPiece tokenizer the text encoder was trained with (an open_clip
+                                 model such as BioCLIP: CLIP's BPE as tokenizer.json; its text.onnx takes
+                                 input_ids [batch, 77] only, and the manifest lists the prompts)
 
 Every file is checked against its sha256 when a bundle is loaded: a truncated copy or an edited file
 would otherwise give quietly wrong embeddings.  The manifest is checked against its own checksum (an
@@ -22,7 +25,9 @@ also replace its ONNX files.
 
 All modalities of a bundle share one embedding space and so one *fingerprint*; an index built with a
 bundle refuses queries embedded by another one.  int8 variants are approximations of the same space
-(their measured agreement is in the manifest), so they carry the same fingerprint.
+(their measured agreement is in the manifest), so they carry the same fingerprint.  So are fp16
+variants (`clibd export --fp16`): float32 in and out, float16 inside, run automatically when a session
+is on CUDA (tensor cores; on a CPU fp16 is slower than fp32, so fp32 runs there).
 
 The preprocessing code (:mod:`clibd_cli.preprocess`, :mod:`clibd_cli.tokenizer`) is the one the trainer
 used, so inference sees inputs made exactly as in training.
@@ -45,7 +50,7 @@ from clibd_cli.confine import confined
 from clibd_cli.errors import ClibdError, InputError
 from clibd_cli.preprocess import ImagePreprocessing
 from clibd_cli.schema import MODALITIES
-from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig
+from clibd_cli.tokenizer import KmerTokenizer, TokenizerConfig, clip_clean, drop_repeated_words
 
 if TYPE_CHECKING:  # clibd_cli.manifests (pydantic) is imported when a manifest is first read
     from clibd_cli.manifests import BundleManifest, EncoderFile
@@ -109,6 +114,8 @@ def bundle_files(manifest: BundleManifest, modalities: Sequence[str] | None = No
         files[spec.file] = spec.sha256
         if spec.int8:
             files[spec.int8.file] = spec.int8.sha256
+        if spec.fp16:
+            files[spec.fp16.file] = spec.fp16.sha256
         files.update(getattr(getattr(spec, "tokenizer", None), "files", {}))  # the text tokenizer's files
     return files
 
@@ -162,6 +169,30 @@ def _gpu_present() -> bool:
     return sys.platform != "darwin"
 
 
+def cuda_possible(device: str) -> bool:
+    """Whether a session for ``device`` may end up on CUDA (cheap: no session is made)."""
+    if device == "cuda":
+        return True
+    return device == "auto" and _gpu_present() and "CUDAExecutionProvider" in _ort().get_available_providers()
+
+
+def run_session(session, feeds: dict[str, np.ndarray], device: str | None) -> np.ndarray:
+    """The session's first output for ``feeds`` as a float32 host array.
+
+    On CUDA through IO binding: inputs bound from host memory, the output bound on the GPU and copied
+    back once (onnxruntime's plain ``run`` would otherwise stage the output through its own buffers);
+    elsewhere a plain ``session.run``.
+    """
+    if device != "cuda":
+        return np.asarray(session.run(None, feeds)[0], dtype=np.float32)
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    binding.bind_output(session.get_outputs()[0].name, "cuda")
+    session.run_with_iobinding(binding)
+    return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
 def make_session(model_path: Path, device: str = "auto", threads: int | None = None):
     """An onnxruntime session on the requested device; returns (session, device actually used).
 
@@ -209,6 +240,11 @@ class ModelBundle:
 
     ``manifest`` is the manifest as a dict (as read, or as `clibd export` is writing it); ``spec`` is the
     same manifest typed (:class:`clibd_cli.manifests.BundleManifest`), validated when the bundle is made.
+
+    ``fp16``: None (default) runs a modality's fp16 variant when there is one and its session is on
+    CUDA, and fp32 otherwise; False never runs fp16; True runs it on any device (the export gate measures
+    it on the CPU).  ``int8`` takes precedence where the modality has an int8 variant.
+    :meth:`precision` says which precision a modality runs in.
     """
 
     path: Path
@@ -217,7 +253,10 @@ class ModelBundle:
     int8: bool = False
     threads: int | None = None
     verify: bool = True
+    fp16: bool | None = None
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
+    _session_device: dict[str, str] = field(default_factory=dict, repr=False)
+    _precisions: dict[str, str] = field(default_factory=dict, repr=False)
     _text_tokenizer: Any = field(default=None, repr=False)
     _dna_tokenizer: KmerTokenizer | None = field(default=None, repr=False)
     _verified: set[str] = field(default_factory=set, repr=False)
@@ -230,7 +269,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", int8: bool = False, threads: int | None = None,
-             verify: bool = True) -> ModelBundle:
+             verify: bool = True, fp16: bool | None = None) -> ModelBundle:
         """Read a bundle and check that its files are there.
 
         With ``verify`` (the default) each modality's files are checksummed the first time that modality
@@ -242,7 +281,7 @@ class ModelBundle:
         verify_bundle(path, spec, checksums=False)
         if device not in DEVICES:
             raise ClibdError(f"--device {device!r}: use one of {', '.join(DEVICES)}.")
-        bundle = cls(path, manifest, device, int8, threads, verify=verify, spec=spec)
+        bundle = cls(path, manifest, device, int8, threads, verify=verify, fp16=fp16, spec=spec)
         if int8:
             encoders = spec.modalities.items()
             if not any(encoder.int8 for _, encoder in encoders):
@@ -293,24 +332,43 @@ class ModelBundle:
         return spec
 
     def precision(self, modality: str) -> str:
-        return "int8" if self.int8 and self._encoder_entry(modality).int8 else "fp32"
+        """``int8``, ``fp16`` or ``fp32``: what the modality runs in (once its session exists), or is
+        expected to run in (before: fp16 where CUDA may be used, see :func:`cuda_possible`)."""
+        if modality in self._precisions:
+            return self._precisions[modality]
+        spec = self._encoder_entry(modality)
+        if self.int8 and spec.int8:
+            return "int8"
+        if spec.fp16 and (self.fp16 or (self.fp16 is None and cuda_possible(self.device))):
+            return "fp16"
+        return "fp32"
 
     def session(self, modality: str):
         if modality not in self._sessions:
             spec = self._checked(modality)
-            file = spec.int8.file if self.precision(modality) == "int8" else spec.file
-            session, used = make_session(bundle_path(self.path, file), self.device, self.threads)
-            self._sessions[modality] = session
+            precision = self.precision(modality)
+            file = {"int8": spec.int8, "fp16": spec.fp16}.get(precision) or spec
+            session, used = make_session(bundle_path(self.path, file.file), self.device, self.threads)
+            if precision == "fp16" and used != "cuda" and not self.fp16:
+                # auto found no working CUDA after all: fp32 on the CPU, as if fp16 were absent
+                precision = "fp32"
+                session, used = make_session(bundle_path(self.path, spec.file), "cpu", self.threads)
+            self._sessions[modality], self._session_device[modality] = session, used
+            self._precisions[modality] = precision
             self.used_device = used
         return self._sessions[modality]
+
+    def run(self, modality: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One batch through the modality's session (:func:`run_session`: IO binding on CUDA)."""
+        session = self.session(modality)
+        return run_session(session, feeds, self._session_device[modality])
 
     # -------------------------------------------------------------------------------- embedding
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Preprocessed images float32 [n, 3, S, S] → unit embeddings [n, dim]."""
         if len(pixels) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        out = self.session("image").run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
-        return np.asarray(out[0], dtype=np.float32)
+        return self.run("image", {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})
 
     def dna_tokenizer(self) -> KmerTokenizer:
         """The trainer's k-mer tokenizer with this model's layout (built once: index builds call per batch)."""
@@ -324,7 +382,7 @@ class ModelBundle:
         return self._embed_tokens("dna", sequences, lambda batch: tokenizer(list(batch)), batch_size)
 
     def text_tokenizer(self):
-        """The text encoder's WordPiece tokenizer, via the `tokenizers` library (no transformers needed)."""
+        """The text encoder's tokenizer (WordPiece, or CLIP's BPE), via `tokenizers` (no transformers needed)."""
         if self._text_tokenizer is None:
             from tokenizers import Tokenizer
 
@@ -336,23 +394,44 @@ class ModelBundle:
         return self._text_tokenizer
 
     def tokenize_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self.text_tokenizer().encode_batch(list(texts))
+        tokenizer = self.text_tokenizer()
+        if self._encoder_entry("text").tokenizer.kind == "clip_bpe":
+            texts = [clip_clean(text) for text in texts]
+        encodings = tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
 
     def embed_text(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """Taxonomy strings (``TEXT_TEMPLATE``) → unit embeddings."""
-        return self._embed_tokens("text", texts, self.tokenize_text, batch_size)
+        """Taxonomy strings (``TEXT_TEMPLATE``) → unit embeddings.
+
+        A model with ``prompts`` (BioCLIP) embeds each string in every prompt and averages the unit
+        embeddings (then normalises again), as pybioclip does for a list of names.
+        """
+        spec = self._encoder_entry("text")
+        if spec.drop_repeated_words:
+            texts = [drop_repeated_words(text) for text in texts]
+        if not spec.prompts:
+            return self._embed_tokens("text", texts, self.tokenize_text, batch_size)
+        prompts = spec.prompts
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        step = max(1, (batch_size or DEFAULT_BATCH["text"]) // len(prompts)) * 4  # strings per round
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            sentences = [prompt.replace("{}", text) for text in chunk for prompt in prompts]
+            vectors = self._embed_tokens("text", sentences, self.tokenize_text, batch_size)
+            mean = vectors.reshape(len(chunk), len(prompts), self.dim).mean(axis=1)
+            out[start : start + len(chunk)] = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        return out
 
     def _embed_tokens(self, modality: str, items: Sequence[str], tokenize, batch_size: int | None) -> np.ndarray:
         size = batch_size or DEFAULT_BATCH[modality]
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        session = self.session(modality) if len(items) else None
+        wanted = {entry.name for entry in self.session(modality).get_inputs()}  # CLIP text takes no mask
         for start in range(0, len(items), size):
             ids, mask = tokenize(items[start : start + size])
-            result = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            out[start : start + len(ids)] = result
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            out[start : start + len(ids)] = self.run(modality, {k: v for k, v in feeds.items() if k in wanted})
         return out
 
     def encoder(self, modality: str) -> BundleEncoder:

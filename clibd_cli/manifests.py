@@ -201,8 +201,20 @@ class Int8Variant(_Open):
     """Measured agreement with fp32 (cosines, neighbour agreement), shown by ``clibd export``."""
 
 
+class Fp16Variant(_Open):
+    """A float16 copy of an encoder (``modalities.<m>.fp16``), float32 inputs and outputs kept; run
+    automatically when the session is on CUDA (on a CPU fp16 is slower than fp32, so fp32 runs there)."""
+
+    file: str
+    """ONNX file, relative to the bundle folder."""
+    sha256: str
+    """Its checksum, verified before first use."""
+    agreement: dict[str, Any] | None = None
+    """Measured agreement with fp32 (cosines, neighbour agreement), shown by ``clibd export``."""
+
+
 class EncoderFile(_Open):
-    """One encoder of a bundle (``modalities.<m>``): an ONNX file and, optionally, its int8 variant."""
+    """One encoder of a bundle (``modalities.<m>``): an ONNX file and, optionally, int8 and fp16 variants."""
 
     file: str
     """ONNX file, relative to the bundle folder."""
@@ -210,6 +222,8 @@ class EncoderFile(_Open):
     """Its checksum, verified before first use."""
     int8: Int8Variant | None = None
     """The int8 variant kept by the export gate, if any."""
+    fp16: Fp16Variant | None = None
+    """The fp16 variant kept by the export gate, if any (``clibd export --fp16``)."""
 
 
 @with_config(OPEN)
@@ -251,7 +265,12 @@ class DnaEncoder(EncoderFile):
 
 
 class TextTokenizerSpec(_Open):
-    """The WordPiece tokenizer of the text encoder (``modalities.text.tokenizer``)."""
+    """The tokenizer of the text encoder (``modalities.text.tokenizer``): WordPiece (CLIBD) or CLIP's
+    byte-level BPE (open_clip models such as BioCLIP), both run from a ``tokenizers`` file."""
+
+    kind: Literal["wordpiece", "clip_bpe"] = "wordpiece"
+    """``wordpiece`` (absent in older bundles) or ``clip_bpe``: open_clip's SimpleTokenizer, whose text
+    is cleaned first by :func:`clibd_cli.tokenizer.clip_clean`."""
 
     tokenizer_json: str
     """The ``tokenizers`` file, relative to the bundle folder."""
@@ -266,10 +285,26 @@ class TextTokenizerSpec(_Open):
 
 
 class TextEncoder(EncoderFile):
-    """The taxonomy-text encoder: WordPiece token ids → embeddings."""
+    """The taxonomy-text encoder: token ids → embeddings."""
 
     tokenizer: TextTokenizerSpec
     """Its tokenizer."""
+    prompts: list[str] | None = None
+    """Sentences around the taxonomy string (``{}`` marks where it goes): each is embedded and the unit
+    embeddings averaged (BioCLIP: the 80 OpenAI ImageNet templates, as pybioclip does); absent: the
+    string itself."""
+    drop_repeated_words: bool = False
+    """Say a genus repeated before its binomial species name once (:func:`clibd_cli.tokenizer.drop_repeated_words`)."""
+
+    @model_validator(mode="after")
+    def _prompts(self) -> TextEncoder:
+        if self.prompts is not None:
+            if not self.prompts:
+                raise ValueError("prompts must not be empty (leave the key out for no prompts)")
+            bad = next((p for p in self.prompts if p.count("{}") != 1), None)
+            if bad is not None:
+                raise ValueError(f"prompt {bad!r} must hold '{{}}' exactly once (where the taxonomy goes)")
+        return self
 
 
 class BundleModalities(_Open):
@@ -313,6 +348,8 @@ class BundleManifest(_Open):
     """ONNX-vs-PyTorch agreement measured by ``clibd export``, shown after export."""
     int8_rejected: dict[str, Any] = {}
     """int8 variants the export gate refused, with their agreement and the reason."""
+    fp16_rejected: dict[str, Any] = {}
+    """fp16 variants the export gate refused, with their agreement and the reason."""
     manifest_sha256: str | None = None
     """sha256 of the manifest's own content, checked before validation."""
 

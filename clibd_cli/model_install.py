@@ -27,6 +27,7 @@ from clibd_cli.published import PublishedModel, catalogue, find
 
 # What converting needs beyond `pip install clibd`: PyTorch and the encoders' libraries, and ONNX to write.
 _NEEDED = ("torch", "timm", "transformers", "huggingface_hub", "onnx", "onnxscript")
+_NEEDED_OPEN_CLIP = ("torch", "open_clip", "safetensors", "huggingface_hub", "onnx", "onnxscript")
 _EXTRAS = "train,export"
 _TOKENIZER_FILE = "vocab.txt"  # the official text encoder's WordPiece vocabulary (BERT-small has no tokenizer.json)
 
@@ -75,7 +76,9 @@ def install_model(name: str, *, force: bool = False, int8: bool = False, sample_
         except BundleError as exc:
             raise BundleError(f"{exc} To install it again: clibd models get {name} --force") from exc
         return Installed(name, existing, bundle.manifest, already=True)
-    _require_extras()
+    _require_extras(entry)
+    if entry.kind == "open_clip":
+        return _install_open_clip(entry, int8, sample_images, sample_barcodes, say)
 
     wanted = [HubFile(entry.repo, entry.filename, entry.revision)]
     if "text" in entry.modalities:
@@ -138,6 +141,11 @@ def missing_line(entry: PublishedModel, missing: Sequence[HubFile], cache: Path,
     """One line: which files, where they were looked for, and both ways to provide them by hand."""
     urls = ", ".join(f.url for f in missing)
     commands = " and ".join(f"`hf download {f.repo} {f.filename} --revision {f.revision}`" for f in missing)
+    if entry.kind == "open_clip":
+        return (f"{entry.name}: {urls} {'is' if len(missing) == 1 else 'are'} not in the Hugging Face cache "
+                f"({cache}) and {why}. On a machine with network access run {commands} and copy its Hugging Face "
+                f"cache folder to {cache} (or set HF_HUB_CACHE to the copy), then rerun 'clibd models get "
+                f"{entry.name}'.")
     tokenizer = f" --text-tokenizer FOLDER_WITH_{_TOKENIZER_FILE}" if "text" in entry.modalities else ""
     return (f"{entry.name}: {urls} {'is' if len(missing) == 1 else 'are'} not in the Hugging Face cache ({cache}) "
             f"and {why}. On a machine with network access run {commands} and copy its Hugging Face cache folder "
@@ -145,11 +153,12 @@ def missing_line(entry: PublishedModel, missing: Sequence[HubFile], cache: Path,
             f"`clibd export best.pth --from-official{tokenizer} -o DIR` and use --model DIR.")
 
 
-def _require_extras() -> None:
+def _require_extras(entry: PublishedModel | None = None) -> None:
     """Fail before a long download when the libraries that convert the checkpoint are missing."""
     import importlib
 
-    for module in _NEEDED:
+    needed = _NEEDED_OPEN_CLIP if entry is not None and entry.kind == "open_clip" else _NEEDED
+    for module in needed:
         try:
             importlib.import_module(module)
         except ImportError as exc:
@@ -172,8 +181,21 @@ def _export_and_install(entry: PublishedModel, checkpoint: Path, tokenizer: Path
                         int8: bool, sample_images: Sequence[str] | None, sample_barcodes: Path | None,
                         say: Callable[[str], None]) -> dict[str, Any]:
     """Export into a hidden staging folder, verify it, then swap it into ``models/NAME`` in one rename."""
-    from clibd_cli.bundle import ModelBundle, verify_bundle
     from clibd_cli.models import export_model
+
+    def export(staging: Path) -> dict[str, Any]:
+        return export_model(checkpoint, staging, int8=int8, from_official=True,
+                            text_tokenizer=str(tokenizer) if tokenizer else None, sample_images=sample_images,
+                            sample_barcodes=sample_barcodes, name=entry.name, force=True, progress=say,
+                            source_info=info)
+
+    return _verified_install(entry, export, entry.filename, say)
+
+
+def _verified_install(entry: PublishedModel, export: Callable[[Path], dict[str, Any]], filename: str,
+                      say: Callable[[str], None]) -> dict[str, Any]:
+    """``export`` into a hidden staging folder, verify the bundle, then swap it into ``models/NAME``."""
+    from clibd_cli.bundle import ModelBundle, verify_bundle
 
     root = models_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -181,16 +203,13 @@ def _export_and_install(entry: PublishedModel, checkpoint: Path, tokenizer: Path
     staging = root / f".{entry.name}.incoming-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = export_model(checkpoint, staging, int8=int8, from_official=True,
-                                text_tokenizer=str(tokenizer) if tokenizer else None, sample_images=sample_images,
-                                sample_barcodes=sample_barcodes, name=entry.name, force=True, progress=say,
-                                source_info=info)
+        manifest = export(staging)
         say("verifying the bundle")
         bundle = ModelBundle.load(staging, device="cpu")
         verify_bundle(staging, bundle.spec, checksums=True)
         lacking = [m for m in entry.modalities if m not in bundle.modalities]
         if lacking:
-            raise ClibdError(f"{entry.name}: {entry.filename} has no {', '.join(lacking)} encoder although the "
+            raise ClibdError(f"{entry.name}: {filename} has no {', '.join(lacking)} encoder although the "
                              f"catalogue says it does; nothing was installed.")
         if target.exists():
             old = root / f".{entry.name}.old-{os.getpid()}"
@@ -202,3 +221,40 @@ def _export_and_install(entry: PublishedModel, checkpoint: Path, tokenizer: Path
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _install_open_clip(entry: PublishedModel, int8: bool, sample_images: Sequence[str] | None,
+                       sample_barcodes: Path | None, say: Callable[[str], None]) -> Installed:
+    """An open_clip snapshot (BioCLIP): its config and weights, converted by :mod:`clibd_export.open_clip`.
+
+    Weights already cached as ``open_clip_model.safetensors`` are preferred (no pickle at all); otherwise the
+    catalogue's file (BioCLIP publishes ``open_clip_pytorch_model.bin``), read as tensors only.
+    """
+    from huggingface_hub import hf_hub_download
+
+    from clibd_export.open_clip import CONFIG_FILE, WEIGHT_FILES
+
+    weights = entry.filename
+    for candidate in WEIGHT_FILES:
+        if candidate != entry.filename:
+            try:
+                hf_hub_download(entry.repo, candidate, revision=entry.revision, cache_dir=hub_cache(),
+                                local_files_only=True)
+            except (OSError, ValueError):
+                continue
+            weights = candidate
+            break
+    config, checkpoint = fetch([HubFile(entry.repo, CONFIG_FILE, entry.revision),
+                                HubFile(entry.repo, weights, entry.revision)], entry, say)
+    info = {"hub_repo": entry.repo, "hub_file": weights, "hub_revision": _snapshot_of(checkpoint)}
+
+    def export(staging: Path) -> dict[str, Any]:
+        from clibd_cli.models import export_samples
+        from clibd_export.open_clip import export_open_clip
+
+        return export_open_clip(config, checkpoint, staging, int8=int8, force=True, name=entry.name,
+                                samples=export_samples(sample_images, sample_barcodes), progress=say,
+                                source_info=info)
+
+    manifest = _verified_install(entry, export, weights, say)
+    return Installed(entry.name, models_dir() / entry.name, manifest, already=False)

@@ -82,11 +82,11 @@ def export_model(checkpoint: str | Path, output: str | Path, *, int8: bool = Fal
                  text_tokenizer: str | None = None, sample_images: Sequence[str] | None = None,
                  sample_barcodes: Path | None = None, name: str | None = None, force: bool = False,
                  trust_checkpoint: bool = False, progress: Callable[[str], None] | None = None,
-                 source_info: dict[str, Any] | None = None) -> dict[str, Any]:
+                 source_info: dict[str, Any] | None = None, fp16: bool = False) -> dict[str, Any]:
     """Write a model bundle from a `clibd train` checkpoint, or a published CLIBD one (``from_official``).
 
-    Returns the bundle's manifest (modalities, fingerprint, ONNX-vs-PyTorch parity, int8 agreement and
-    the int8 encoders not kept).  ``progress`` hears each step ("exporting image encoder", …).
+    Returns the bundle's manifest (modalities, fingerprint, ONNX-vs-PyTorch parity, int8 and fp16 agreement
+    and the variants not kept).  ``progress`` hears each step ("exporting image encoder", …).
     ``source_info`` is added to the manifest's ``source`` (e.g. the hub repository a checkpoint came from).
     """
     from clibd_export.onnx import ExportSource, export_bundle, load_checkpoint
@@ -106,4 +106,5 @@ def export_model(checkpoint: str | Path, output: str | Path, *, int8: bool = Fal
     else:
         source = load_checkpoint(checkpoint, trust=trust_checkpoint)
     source.info.update(source_info or {})
-    return export_bundle(source, output, int8=int8, samples=samples, force=force, name=name, progress=progress)
+    return export_bundle(source, output, int8=int8, samples=samples, force=force, name=name, progress=progress,
+                         fp16=fp16)

@@ -6,6 +6,8 @@ Why a catalogue: a user should not need to know that the paper's main model is
 ("Official checkpoint layout"); the ``<dataset>/<name>`` parts are the official configs'
 ``dataset``/``model_output_name`` (``bioscan_1m``/``bioscan_5m``, ``image_dna_text_4gpu``/``image_dna_4gpu``).
 The image + text checkpoints are published too, but their paths are not known here, so they are not listed.
+``bioclip`` is not CLIBD: BioCLIP (``imageomics/bioclip``, kind ``open_clip``) knows photos and taxon names and
+no barcodes, for a user without CLIBD weights (:mod:`clibd_export.open_clip` converts it).
 
 ``CLIBD_MODEL_CATALOGUE`` names a JSON file that replaces the built-in list (same fields as
 :class:`PublishedModel`, as ``{"models": [...]}``): for a lab's mirror on its own hub repository, and for the
@@ -38,7 +40,7 @@ class PublishedModel:
     filename: str
     revision: str = "main"
     text_tokenizer_repo: str = TEXT_TOKENIZER_REPO  # fetched only when "text" is in modalities
-    kind: str = "official"  # the importer that turns the file into a bundle
+    kind: str = "official"  # the importer: "official" (a CLIBD best.pth) or "open_clip" (an open_clip snapshot)
 
     @property
     def url(self) -> str:
@@ -66,8 +68,16 @@ BUILT_IN: tuple[PublishedModel, ...] = (
               "CLIBD image+DNA, trained on BIOSCAN-5M insects"),
 )
 
+BIOCLIP = PublishedModel(
+    name="bioclip", modalities=("image", "text"), repo="imageomics/bioclip",
+    filename="open_clip_pytorch_model.bin", kind="open_clip",
+    description="BioCLIP (Imageomics; open_clip ViT-B/16, what pybioclip runs), trained on TreeOfLife-10M "
+                "photos and taxon names; no barcodes")
+
+BUILT_IN = (*BUILT_IN, BIOCLIP)
+
 _MODALITIES = ("image", "dna", "text")
-_KINDS = ("official",)
+_KINDS = ("official", "open_clip")
 
 
 def catalogue() -> tuple[PublishedModel, ...]:

@@ -99,3 +99,38 @@ class KmerTokenizer:
         if len(kmer) != self.k or any(c not in "ACGT" for c in kmer):
             return self.unk_id
         return self.offset + int("".join(str("ACGT".index(c)) for c in kmer), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP text (open_clip's SimpleTokenizer), for open_clip bundles such as BioCLIP
+
+# What open_clip's ``basic_clean`` gets from ftfy.fix_text that can matter in taxon names: curly quotes
+# straightened (``d’Orbigny`` → ``d'Orbigny``), Latin ligatures split, full-width forms made ASCII.
+# The rest of the cleaning (NFC, whitespace runs → one space, strip, lower case) is in the bundle's
+# tokenizer.json, and the BPE itself (bpe_simple_vocab_16e6, ``</w>`` end of word, <start_of_text> …
+# <end_of_text>, 77 tokens, truncation keeping <end_of_text>, padding with 0) is the `tokenizers` model.
+# Not repeated: ftfy's repair of mis-decoded text ("Ã©" for "é"), which a taxonomy string should not need.
+_CLIP_TRANSLATION = {
+    **{c: "'" for c in (0x02BC, 0x2018, 0x2019, 0x201A, 0x201B)},
+    **{c: '"' for c in (0x201C, 0x201D, 0x201E, 0x201F)},
+    0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "st", 0xFB06: "st",
+    0x3000: " ", **{c: chr(c - 0xFF01 + 0x21) for c in range(0xFF01, 0xFF5F)},
+}
+
+
+def clip_clean(text: str) -> str:
+    """``text`` cleaned as open_clip's tokenizer cleans it before its regex and BPE (ftfy's relevant fixes,
+    then HTML entities unescaped twice); lower-casing and whitespace are left to the tokenizer.json."""
+    import html
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", text.translate(_CLIP_TRANSLATION))
+    return html.unescape(html.unescape(text))
+
+
+def drop_repeated_words(text: str) -> str:
+    """``"Hymenoptera Apidae Apis Apis mellifera"`` → ``"Hymenoptera Apidae Apis mellifera"``: the genus
+    that the taxonomy string repeats before a binomial species name, said once (as BioCLIP's taxonomic
+    names were written in training: ``… Carabidae Poecilus lepidus``)."""
+    words = text.split()
+    return " ".join(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])

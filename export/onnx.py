@@ -7,7 +7,8 @@ runtime's own code path (:class:`clibd_cli.bundle.ModelBundle`, including the `t
 tokenizer) and compared with eager PyTorch on random and, when given, real inputs; the export fails
 below :data:`PARITY_MIN_COSINE`.  int8 variants (onnxruntime dynamic quantisation of the weights) are
 kept only when they agree with fp32 well enough — mean cosine and, on real inputs, whether each
-item's nearest neighbour stays the same — and the measured agreement goes into the manifest.
+item's nearest neighbour stays the same — and the measured agreement goes into the manifest.  fp16
+variants (for CUDA) go through the same kind of gate, with fp16's tighter thresholds.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ from clibd_training.models import CLIBDModel, build_model
 PARITY_MIN_COSINE = 0.9999
 INT8_MIN_MEAN_COSINE = 0.99
 INT8_MIN_NEIGHBOUR_AGREEMENT = 0.90
+# fp16 rounds weights and activations to 11 significant bits: embeddings of a sound conversion agree to
+# ~0.9999 cosine (measured: ≥ 0.99999 on the tiny model); 0.999 on the *minimum* leaves an order of
+# magnitude for a larger model while catching an overflow (inf/NaN) or a broken graph at once.
+FP16_MIN_COSINE = 0.999
+FP16_MIN_NEIGHBOUR_AGREEMENT = 0.95
+# Two references whose fp32 similarities to an item differ by less than this are a tie at fp16's precision:
+# picking the other one is not a disagreement (random-init models embed real photos almost alike).
+FP16_NEIGHBOUR_TIE = 1e-3
 OPSET = 18
 RANDOM_ITEMS = 4
 
@@ -194,6 +203,24 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(str(clean), str(target), weight_type=QuantType.QInt8)
 
 
+def convert_fp16(source: Path, target: Path) -> None:
+    """float16 weights and activations, float32 inputs and outputs (callers unchanged), for CUDA.
+
+    onnxruntime's converter (``onnxruntime.transformers.float16``) rewrites the dynamo-exported graphs
+    as they are.  ``ReduceL2`` (the final L2 normalisation's norm) stays float32: a float16 sum of squares
+    overflows (65504) as soon as the projection's norm passes 256.  (Blocking the whole normalisation
+    instead makes the converter name two casts alike, an invalid graph.)
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(source))
+    with _quiet():
+        converted = convert_float_to_float16(model, keep_io_types=True,
+                                             op_block_list=[*DEFAULT_OP_BLOCK_LIST, "ReduceL2"])
+    onnx.save(converted, str(target))
+
+
 # ---------------------------------------------------------------------------------------------
 # Parity inputs and checks
 
@@ -229,15 +256,21 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def neighbour_agreement(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Share of items whose nearest *other* item is the same with approx queries against reference keys."""
+def neighbour_agreement(reference: np.ndarray, approx: np.ndarray, tie: float = 0.0) -> float:
+    """Share of items whose nearest *other* item is the same with approx queries against reference keys.
+
+    With ``tie`` > 0 a different pick counts as the same when its exact similarity is within ``tie`` of
+    the exact nearest one's (a tie at the approximation's precision).
+    """
     if len(reference) < 3:
         return float("nan")
     exact = reference @ reference.T
     mixed = approx @ reference.T
     np.fill_diagonal(exact, -np.inf)
     np.fill_diagonal(mixed, -np.inf)
-    return float(np.mean(exact.argmax(axis=1) == mixed.argmax(axis=1)))
+    rows = np.arange(len(reference))
+    best, picked = exact.argmax(axis=1), mixed.argmax(axis=1)
+    return float(np.mean((best == picked) | (exact[rows, best] - exact[rows, picked] <= tie)))
 
 
 def _torch_embed(model: CLIBDModel, modality: str, items: Any) -> np.ndarray:
@@ -269,7 +302,7 @@ def _summary(cos: np.ndarray) -> dict[str, float | int]:
 
 def export_bundle(source: ExportSource, output: str | Path, *, int8: bool = False, samples: Samples | None = None,
                   force: bool = False, name: str | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None, fp16: bool = False) -> dict[str, Any]:
     """Write a verified model bundle to ``output`` (atomically) and return its manifest."""
     output = Path(output)
     if output.exists() and any(output.iterdir()):
@@ -281,12 +314,12 @@ def export_bundle(source: ExportSource, output: str | Path, *, int8: bool = Fals
     say = progress or (lambda _message: None)
     model = source.model.eval()
     with atomic_dir(output) as tmp:
-        manifest = _write_bundle(model, source, tmp, int8, samples, name or output.name, say)
+        manifest = _write_bundle(model, source, tmp, int8, samples, name or output.name, say, fp16)
     return manifest
 
 
 def _write_bundle(model: CLIBDModel, source: ExportSource, tmp: Path, int8: bool, samples: Samples, name: str,
-                  say: Callable[[str], None]) -> dict[str, Any]:
+                  say: Callable[[str], None], fp16: bool = False) -> dict[str, Any]:
     modalities: dict[str, dict[str, Any]] = {}
     for modality in model.config.modalities:
         say(f"exporting the {modality} encoder")
@@ -316,9 +349,7 @@ def _write_bundle(model: CLIBDModel, source: ExportSource, tmp: Path, int8: bool
     write_manifest(tmp, manifest)
     say("checking ONNX against PyTorch")
     manifest["parity"] = check_parity(model, source, tmp, manifest, samples)
-    if int8:
-        say("quantising to int8")
-        _add_int8(model, source, tmp, manifest, samples)
+    add_variants(source, tmp, manifest, samples, say, int8=int8, fp16=fp16)
     write_manifest(tmp, manifest)
     return manifest
 
@@ -372,28 +403,44 @@ def check_parity(model: CLIBDModel, source: ExportSource, directory: Path, manif
     return report
 
 
-def _add_int8(model: CLIBDModel, source: ExportSource, directory: Path, manifest: dict[str, Any],
-              samples: Samples) -> None:
-    """Quantise each encoder, measure agreement with fp32, keep the variants that pass."""
-    rng = np.random.default_rng(1)
-    fp32 = ModelBundle(directory, manifest, device="cpu", verify=False)
+def add_variants(source: ExportSource, directory: Path, manifest: dict[str, Any], samples: Samples,
+                 say: Callable[[str], None], *, int8: bool, fp16: bool) -> None:
+    """The int8 and fp16 variants asked for, each kept only where it passes its gate."""
+    if int8:
+        say("quantising to int8")
+        _add_variant("int8", quantize_int8, {"int8": True}, _int8_verdict, 0.0, 1, source, directory, manifest,
+                     samples)
+    if fp16:
+        say("converting to fp16")
+        _add_variant("fp16", convert_fp16, {"fp16": True}, _fp16_verdict, FP16_NEIGHBOUR_TIE, 2, source, directory,
+                     manifest, samples)
+
+
+def _add_variant(kind: str, make: Callable[[Path, Path], None], options: dict[str, bool],
+                 verdict: Callable[[dict[str, Any]], tuple[bool, str]], tie: float, seed: int, source: ExportSource,
+                 directory: Path, manifest: dict[str, Any], samples: Samples) -> None:
+    """Make each encoder's ``kind`` variant, measure its agreement with fp32 through the runtime's own code
+    (on the CPU, so the verdict needs no GPU and is the same wherever the export runs), keep those that
+    pass ``verdict``; the agreement goes into the manifest, a rejected variant under ``<kind>_rejected``."""
+    rng = np.random.default_rng(seed)
+    fp32 = ModelBundle(directory, manifest, device="cpu", verify=False, fp16=False)
     for modality, spec in manifest["modalities"].items():
-        file = f"{modality}.int8.onnx"
-        quantize_int8(directory / spec["file"], directory / file)
-        spec["int8"] = {"file": file, "sha256": sha256_file(directory / file)}
-        int8 = ModelBundle(directory, manifest, device="cpu", int8=True, verify=False)
+        file = f"{modality}.{kind}.onnx"
+        make(directory / spec["file"], directory / file)
+        spec[kind] = {"file": file, "sha256": sha256_file(directory / file)}
+        variant = ModelBundle(directory, manifest, device="cpu", verify=False, **options)
         agreement: dict[str, Any] = {}
-        for kind, items in _inputs(modality, source, samples, rng).items():
-            reference, approx = _bundle_embed(fp32, modality, items), _bundle_embed(int8, modality, items)
-            agreement[kind] = _summary(_cosines(reference, approx))
-            if kind == "real":
-                agreement[kind]["top1_neighbour_agreement"] = neighbour_agreement(reference, approx)
-        keep, why = _int8_verdict(agreement)
-        spec["int8"].update({"agreement": agreement, "kept": keep, "reason": why})
+        for input_kind, items in _inputs(modality, source, samples, rng).items():
+            reference, approx = _bundle_embed(fp32, modality, items), _bundle_embed(variant, modality, items)
+            agreement[input_kind] = _summary(_cosines(reference, approx))
+            if input_kind == "real":
+                agreement[input_kind]["top1_neighbour_agreement"] = neighbour_agreement(reference, approx, tie=tie)
+        keep, why = verdict(agreement)
+        spec[kind].update({"agreement": agreement, "kept": keep, "reason": why})
         if not keep:
             (directory / file).unlink()
-            manifest.setdefault("int8_rejected", {})[modality] = {"agreement": agreement, "reason": why}
-            del spec["int8"]
+            manifest.setdefault(f"{kind}_rejected", {})[modality] = {"agreement": agreement, "reason": why}
+            del spec[kind]
 
 
 def _int8_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
@@ -403,6 +450,18 @@ def _int8_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
     neighbours = agreement.get("real", {}).get("top1_neighbour_agreement")
     if neighbours is not None and np.isfinite(neighbours) and neighbours < INT8_MIN_NEIGHBOUR_AGREEMENT:
         return False, f"top-1 neighbour agreement {neighbours:.3f} < {INT8_MIN_NEIGHBOUR_AGREEMENT}"
+    if neighbours is None or not np.isfinite(neighbours):
+        return True, "cosine only (no real inputs to measure neighbour agreement)"
+    return True, "agrees with fp32"
+
+
+def _fp16_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
+    lowest = min(part["cosine_min"] for part in agreement.values())
+    if not np.isfinite(lowest) or lowest < FP16_MIN_COSINE:
+        return False, f"min cosine to fp32 {lowest:.5f} < {FP16_MIN_COSINE}"
+    neighbours = agreement.get("real", {}).get("top1_neighbour_agreement")
+    if neighbours is not None and np.isfinite(neighbours) and neighbours < FP16_MIN_NEIGHBOUR_AGREEMENT:
+        return False, f"top-1 neighbour agreement {neighbours:.3f} < {FP16_MIN_NEIGHBOUR_AGREEMENT}"
     if neighbours is None or not np.isfinite(neighbours):
         return True, "cosine only (no real inputs to measure neighbour agreement)"
     return True, "agrees with fp32"

@@ -203,3 +203,170 @@ def test_bundle_without_int8_refuses_int8(tiny_model, tmp_path):
     write_manifest(copy, manifest)  # a deliberate change, sealed as export would
     with pytest.raises(BundleError, match="no int8 models"):
         ModelBundle.load(copy, int8=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 variants (`clibd export --fp16`): made on the CPU, run only on CUDA unless asked for
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tiny_model, tmp_path_factory):
+    """The tiny bundle plus fp16 variants, added by the export's own gate on real samples (no re-export)."""
+    from clibd_export.onnx import Samples, add_variants
+
+    copy = tmp_path_factory.mktemp("fp16") / "bundle"
+    shutil.copytree(tiny_model.bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    rows = rows_of(tiny_model.sim)[:24]
+    samples = Samples(images=[tiny_model.sim / row["image_file"] for row in rows],
+                      barcodes=[row["nucleotides"] for row in rows], texts=[taxonomy_text(row) for row in rows])
+    add_variants(load_checkpoint(tiny_model.checkpoint), copy, manifest, samples, lambda _: None, int8=False,
+                 fp16=True)
+    write_manifest(copy, manifest)
+    return copy
+
+
+def test_fp16_export_keeps_variants_with_agreement(fp16_bundle):
+    import onnx
+
+    from clibd_cli.bundle import read_manifest
+
+    manifest = read_manifest(fp16_bundle)  # validated (BundleManifest), checksum sealed
+    assert not manifest.get("fp16_rejected")
+    for modality, spec in manifest["modalities"].items():
+        fp16 = spec["fp16"]
+        assert fp16["file"] == f"{modality}.fp16.onnx" and fp16["kept"] is True
+        assert sha256_file(fp16_bundle / fp16["file"]) == fp16["sha256"]
+        assert set(fp16["agreement"]) == {"random", "real"}
+        assert fp16["agreement"]["real"]["n"] == 24 and fp16["agreement"]["real"]["cosine_min"] >= 0.999
+        assert fp16["agreement"]["real"]["top1_neighbour_agreement"] >= 0.95
+        graph = onnx.load(str(fp16_bundle / fp16["file"])).graph
+        floats = [t.data_type for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT,
+                                                                              onnx.TensorProto.FLOAT16)]
+        assert floats and set(floats) == {onnx.TensorProto.FLOAT16}, modality  # weights really halved
+        # ... while callers still feed and read float32 (ids stay int64)
+        assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        if modality == "image":
+            assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        # the L2 normalisation stays float32 (a float16 sum of squares overflows past norm 256)
+        norm = next(n for n in graph.node if n.op_type == "ReduceL2")
+        producer = next(n for n in graph.node if norm.input[0] in n.output)
+        assert producer.op_type == "Cast" and producer.attribute[0].i == onnx.TensorProto.FLOAT
+
+
+def test_fp16_runs_on_cuda_only_unless_asked(fp16_bundle, tiny_model):
+    rows = rows_of(tiny_model.sim)[:12]
+    cpu = ModelBundle.load(fp16_bundle, device="cpu")
+    assert cpu.precision("image") == "fp32"  # fp16 is slower than fp32 on a CPU: ignored there
+    pixels = np.stack([preprocess_image(tiny_model.sim / row["image_file"], cpu.preprocessing) for row in rows])
+    fp32 = cpu.embed_pixels(pixels)
+    assert cpu.precision("image") == "fp32" and cpu.used_device == "cpu"
+    assert cpu.session("image")._model_path.endswith("image.onnx")
+    half = ModelBundle.load(fp16_bundle, device="cpu", fp16=True)  # forced (the export gate's way)
+    approx = half.embed_pixels(pixels)
+    assert half.precision("image") == "fp16" and half.session("image")._model_path.endswith("image.fp16.onnx")
+    assert not np.array_equal(fp32, approx) and cosines(fp32, approx).min() >= 0.999
+    sequences = [row["nucleotides"] for row in rows]
+    assert cosines(cpu.embed_dna(sequences), half.embed_dna(sequences)).min() >= 0.999
+    never = ModelBundle.load(fp16_bundle, device="cuda", fp16=False)
+    assert never.precision("image") == "fp32"  # decided without starting a session
+    assert ModelBundle.load(fp16_bundle, device="cuda").precision("image") == "fp16"  # expected, if CUDA starts
+
+
+def test_fp16_auto_falls_back_to_fp32_when_cuda_does_not_start(fp16_bundle, monkeypatch):
+    """``auto`` on a machine that looked CUDA-capable but whose CUDA provider fails: fp32 on the CPU."""
+    import clibd_cli.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "cuda_possible", lambda device: True)
+    monkeypatch.setattr(bundle_module, "_gpu_present", lambda: False)  # make_session("auto") → CPU
+    auto = ModelBundle.load(fp16_bundle, device="auto")
+    assert auto.precision("image") == "fp16"  # expected before the session exists
+    auto.embed_pixels(np.zeros((2, 3, 32, 32), np.float32))
+    assert auto.precision("image") == "fp32" and auto.used_device == "cpu"
+    assert auto.session("image")._model_path.endswith("image.onnx")
+
+
+def test_fp16_tampered_file_is_refused(fp16_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(fp16_bundle, copy)
+    data = bytearray((copy / "image.fp16.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "image.fp16.onnx").write_bytes(bytes(data))
+    bundle = ModelBundle.load(copy, device="cpu")  # even where only fp32 runs, like int8 files
+    with pytest.raises(BundleError, match=r"image\.fp16\.onnx: checksum does not match"):
+        bundle.embed_pixels(np.zeros((1, 3, 32, 32), np.float32))
+    (copy / "image.fp16.onnx").unlink()
+    with pytest.raises(BundleError, match=r"image\.fp16\.onnx is missing"):
+        ModelBundle.load(copy)
+
+
+def test_fp16_gate_verdicts():
+    from clibd_export.onnx import _fp16_verdict
+
+    good = {"random": {"cosine_min": 0.99998}, "real": {"cosine_min": 0.9999, "top1_neighbour_agreement": 1.0}}
+    assert _fp16_verdict(good) == (True, "agrees with fp32")
+    assert _fp16_verdict({"random": {"cosine_min": 0.99998}})[0] is True
+    overflow = {**good, "random": {"cosine_min": float("nan")}}  # inf/NaN from an overflow
+    assert _fp16_verdict(overflow)[0] is False
+    far = {**good, "real": {"cosine_min": 0.99, "top1_neighbour_agreement": 1.0}}
+    assert _fp16_verdict(far) == (False, "min cosine to fp32 0.99000 < 0.999")
+    flipped = {**good, "real": {"cosine_min": 0.9999, "top1_neighbour_agreement": 0.9}}
+    assert _fp16_verdict(flipped) == (False, "top-1 neighbour agreement 0.900 < 0.95")
+
+
+def test_neighbour_agreement_tolerates_ties():
+    reference = np.array([[1.0, 0.0], [0.8, 0.6], [0.8001, 0.5999]])  # item 0: 1 and 2 are a near-tie
+    approx = reference.copy()
+    approx[0] = [0.5, 0.6]  # ... and its approximation picks 1 instead of 2
+    assert neighbour_agreement(reference, approx) == pytest.approx(2 / 3)
+    assert neighbour_agreement(reference, approx, tie=1e-3) == 1.0
+
+
+def test_export_table_shows_fp16(fp16_bundle):
+    from rich.console import Console
+
+    from clibd_cli.bundle import read_manifest
+    from clibd_cli.cli.models import _parity_table
+
+    console = Console(width=200, record=True)
+    console.print(_parity_table(fp16_bundle, read_manifest(fp16_bundle)))
+    text = console.export_text()
+    assert "fp16 min cosine" in text and "0.99" in text
+
+
+def test_run_session_binds_io_on_cuda_only(tiny_model):
+    from clibd_cli.bundle import run_session
+
+    session, _ = make_session(tiny_model.bundle / "image.onnx", "cpu")
+    pixels = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    expected = session.run(None, {"pixel_values": pixels})[0]
+    assert np.array_equal(run_session(session, {"pixel_values": pixels}, "cpu"), expected)
+
+    calls = []
+
+    class Binding:  # what onnxruntime's IOBinding is asked, in order
+        def bind_cpu_input(self, name, value):
+            calls.append(("input", name, value.flags.c_contiguous))
+
+        def bind_output(self, name, device):
+            calls.append(("output", name, device))
+
+        def copy_outputs_to_cpu(self):
+            return [expected]
+
+    class CudaSession:
+        def io_binding(self):
+            return Binding()
+
+        def get_outputs(self):
+            return session.get_outputs()
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run",))
+
+        def run(self, *args):
+            raise AssertionError("a CUDA session is run through IO binding")
+
+    got = run_session(CudaSession(), {"pixel_values": pixels[:, :, ::2, ::2]}, "cuda")
+    assert np.array_equal(got, expected) and got.dtype == np.float32
+    assert calls == [("input", "pixel_values", True), ("output", "embeddings", "cuda"), ("run",)]

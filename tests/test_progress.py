@@ -174,6 +174,26 @@ def test_build_index_on_a_log_prints_no_progress(tmp_path: Path, reference_speci
 BUILD_STAGES = ("reading references", "embedding dna", "calibrating dna", "writing the index and its search graph")
 
 
+def test_build_index_on_a_log_reports_each_long_step_as_it_ends(tmp_path: Path, reference_specimens,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a log, a step that took long enough gets one line when it ends (here every step counts as long)."""
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+    from clibd_cli.cli import console
+
+    monkeypatch.setattr(console, "LOGGED_STEP_SECONDS", 0.0)
+    fasta = write_fasta(tmp_path / "ref.fasta", reference_specimens)
+    result = CliRunner().invoke(app, ["build-index", "-o", str(tmp_path / "idx"), "-b", str(fasta)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    ends = [next((i for i, line in enumerate(lines) if line.startswith(stage) and ": done in " in line), -1)
+            for stage in BUILD_STAGES]
+    assert -1 not in ends and ends == sorted(ends), lines
+    assert f"embedding dna ({len(reference_specimens)}): done in " in result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+
+
 def test_build_index_on_a_terminal_shows_each_stage(tmp_path: Path, reference_specimens) -> None:
     """Calibrating and building the search graph took minutes each on 90,000 BOLD barcodes and showed nothing."""
     fasta = write_fasta(tmp_path / "ref.fasta", reference_specimens)

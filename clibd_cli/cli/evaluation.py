@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from clibd_cli.cli.console import progress_bar, wrote
+from clibd_cli.cli.console import step_progress, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import Device, IdColumn, ImageColumn, SeqColumn, TrustCheckpoint, Workers
 from clibd_cli.errors import ClibdError
@@ -51,7 +51,7 @@ def evaluate(
         require_matplotlib()
     reading = ReadOptions(id_column=id_column, sequence_column=sequence_column, image_column=image_column)
     report = evaluate_model(model, data, split=split, precision=precision, reading=reading, device=device,
-                            workers=workers, trust_checkpoint=trust_checkpoint, progress=progress_bar)
+                            workers=workers, trust_checkpoint=trust_checkpoint, progress=step_progress)
     console = Console(width=None if sys.stdout.isatty() else 160)  # a file or pipe gets unwrapped tables
     console.print(_paper_table(report))
     console.print(_open_set_table(report))

@@ -163,8 +163,14 @@ def classify(
         counts = out.write(run.results(advance), stdout(highlight=False))
     skipped = f" ({len(done):,} already done)" if done else ""
     unit = "specimens" if group_by else "photos"
-    stderr().print(f"{sum(counts.values()):,} {unit}{skipped} on {run.bundle.used_device or 'cpu'}: "
-                   f"{_counted(counts, STATUSES)}")
+    stderr().print(f"{sum(counts.values()):,} {unit}{skipped} on {_device(run.bundle)}: {_counted(counts, STATUSES)}")
+
+
+def _device(bundle) -> str:
+    """Where the image encoder ran: ``cpu``, ``cuda``, and the precision when not fp32 (``cuda (fp16)``)."""
+    device = bundle.used_device or "cpu"
+    precision = bundle.precision("image") if bundle.used_device else "fp32"
+    return device if precision == "fp32" else f"{device} ({precision})"
 
 
 @user_errors

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clibd_cli.cli.console import progress_bar, say, stderr, stdout, wrote
+from clibd_cli.cli.console import say, stderr, stdout, step_progress, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import (
     BundleOption,
@@ -69,7 +69,7 @@ def build_index(
     options = BuildOptions(append=append, force=force, kmer=kmer, calibrate=calibrate, precision=precision,
                            reading=reading, device=device, workers=workers, threads=threads)
     report = build(output, barcodes=barcodes or [], images=images, text_keys=text_keys, model=model, options=options,
-                   progress=progress_bar, notify=say)
+                   progress=step_progress, notify=say)
     for modality, part in report.parts.items():
         _print_part(output, modality, part)
     stderr().print(f"done in {report.seconds:.1f} s")
@@ -128,7 +128,7 @@ def calibrate(
     options = CalibrateOptions(precision=precision, sample=sample, novel_share=novel_share, neighbours=neighbours,
                                seed=seed, reading=reading)
     calibration = calibrate_index(index_path, queries=queries, images=images, against=against, model=model,
-                                  device=device, options=options, notify=say, progress=progress_bar)
+                                  device=device, options=options, notify=say, progress=step_progress)
     stdout().print(_thresholds_table(calibration, precision))
 
 
