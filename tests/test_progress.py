@@ -206,3 +206,19 @@ def test_build_index_on_a_terminal_shows_each_stage(tmp_path: Path, reference_sp
     assert -1 not in positions and positions == sorted(positions), positions
     assert "0/96" in plain and "96/96" in plain  # the embedding bar counts records
     assert plain.rstrip().splitlines()[-1].startswith("done in ")
+
+
+def test_simulate_reports_its_steps_in_a_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`clibd simulate` renders photos for a minute at 60 species: a log hears each step as it ends."""
+    from typer.testing import CliRunner
+
+    from clibd_cli.app import app
+    from clibd_cli.cli import console
+
+    monkeypatch.setattr(console, "LOGGED_STEP_SECONDS", 0.0)
+    result = CliRunner().invoke(app, ["simulate", "-o", str(tmp_path / "sim"), "--species", "5", "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    records = sum(1 for _ in (tmp_path / "sim" / "images").iterdir())
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"rendering photos ({records}): done in ")
+    assert lines[1].startswith("writing clibd.hdf5: done in ")

@@ -67,7 +67,7 @@ def test_write_simulation_is_byte_identical_per_seed(tmp_path: Path) -> None:
 
 def test_parallel_rendering_gives_the_same_bytes() -> None:
     specimens = syn.simulate(n_species=6, seed=11, image_size=48)[:12]
-    assert syn.encode_images(specimens, workers=2) == syn.encode_images(specimens, workers=1)
+    assert list(syn.encode_images(specimens, workers=2)) == list(syn.encode_images(specimens, workers=1))
 
 
 def test_taxonomy_tree_shape_and_names() -> None:

@@ -28,7 +28,7 @@ import csv
 import io
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 from clibd_cli.schema import KEY_SPLITS, RANKS, SEEN_SPLITS, UNSEEN_SPLITS, Specimen
 from clibd_cli.split import clibd_split
+from clibd_cli.workflow import Progress, no_progress
 
 TSV_COLUMNS: tuple[str, ...] = ("processid", "image_file", "nucleotides", *RANKS, "split")
 SPLITS: tuple[str, ...] = (*SEEN_SPLITS, *UNSEEN_SPLITS, "no_split")  # the splits a simulation fills
@@ -889,35 +890,42 @@ def _encode(job: tuple[SimulatedSpecimen, int]) -> bytes:
     return specimen.jpeg(quality)
 
 
-def encode_images(specimens: Sequence[SimulatedSpecimen], jpeg_quality: int = 90, workers: int = 1) -> list[bytes]:
-    """JPEG bytes per specimen; rendering is seeded per specimen, so `workers` never changes the bytes."""
+def encode_images(specimens: Sequence[SimulatedSpecimen], jpeg_quality: int = 90, workers: int = 1,
+                  ) -> Iterator[bytes]:
+    """JPEG bytes per specimen, in order, as they are rendered (so a caller can show progress); rendering is
+    seeded per specimen, so `workers` never changes the bytes."""
     jobs = [(specimen, jpeg_quality) for specimen in specimens]
     if workers <= 1 or len(jobs) < 2 * workers:
-        return [_encode(job) for job in jobs]
+        yield from map(_encode, jobs)
+        return
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_encode, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+        yield from pool.map(_encode, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
 
 
 def write_simulation(out_dir: Path | str, n_species: int = 60, seed: int = 0, image_size: int = 224,
                      specimens_per_species: tuple[int, int] = (6, 14), jpeg_quality: int = 90,
-                     hdf5: bool = True, workers: int = 1) -> dict[str, Any]:
+                     hdf5: bool = True, workers: int = 1, progress: Progress = no_progress) -> dict[str, Any]:
     """Write `specimens.tsv`, `images/*.jpg` and (unless `hdf5=False`) `clibd.hdf5` under `out_dir`.
 
     `workers` > 1 renders images in that many processes (same bytes, less wall time).  Returns a
     summary: record, species and taxon counts, records per split/group and the file names.
+    ``progress`` hears the photos rendered and the HDF5 step (`clibd simulate` shows them).
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     specimens = simulate(n_species, specimens_per_species, seed, image_size)
     jpegs: dict[str, bytes] = {}
-    for specimen, data in zip(specimens, encode_images(specimens, jpeg_quality, workers), strict=True):
-        (out / specimen.image).write_bytes(data)
-        jpegs[specimen.id] = data
+    with progress("rendering photos", len(specimens)) as advance:
+        for specimen, data in zip(specimens, encode_images(specimens, jpeg_quality, workers), strict=True):
+            (out / specimen.image).write_bytes(data)
+            jpegs[specimen.id] = data
+            advance(1)
     write_tsv(out / "specimens.tsv", specimens)
     if hdf5:
-        write_hdf5(out / "clibd.hdf5", specimens, jpegs)
+        with progress("writing clibd.hdf5", None):
+            write_hdf5(out / "clibd.hdf5", specimens, jpegs)
     counts = {name: sum(s.split == name for s in specimens) for name in SPLITS}
     counts["all_keys"] = sum(counts[name] for name in KEY_SPLITS)
     seen = {s.species for s in specimens if s.split in SEEN_SPLITS}

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clibd_cli.cli.console import stderr, stdout, wrote
+from clibd_cli.cli.console import stderr, stdout, step_progress, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import TrustCheckpoint
 from clibd_cli.errors import ClibdError
@@ -17,7 +17,7 @@ from clibd_training.config import presets
 @user_errors
 def simulate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the synthetic specimens to.")],
-    species: Annotated[int, typer.Option(min=4, help="Number of species.")] = 60,
+    species: Annotated[int, typer.Option(min=5, help="Number of species (at least 5: seen and unseen splits).")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     image_size: Annotated[int, typer.Option(min=32, help="Photo size in pixels.")] = 224,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering photos.")] = 1,
@@ -28,7 +28,8 @@ def simulate(
 
     if output.exists() and any(output.iterdir()) and not force:
         raise ClibdError(f"{output}: is not empty. Use --force or another folder.")
-    summary = write_simulation(output, n_species=species, seed=seed, image_size=image_size, workers=workers)
+    summary = write_simulation(output, n_species=species, seed=seed, image_size=image_size, workers=workers,
+                               progress=step_progress)
     wrote(f"{output}: {summary['records']:,} synthetic specimens of {summary['species']:,} species "
           "(specimens.tsv, images/, clibd.hdf5)")
 
