@@ -42,6 +42,11 @@ NEVER = 1.01  # a cosine threshold no hit can reach
 UNCALIBRATED_BELOW = -1.0  # thresholds under this (clibd_cli.classify.UNCALIBRATED) mean "not calibrated"
 WILSON_Z = 1.0  # one-sided ~84 % upper confidence limit on a calibration set's wrong-call rate
 OPEN_SET_SAMPLE = 1000  # taxa per leave-out level (barcodes)
+# Short reads (metabarcoding amplicons): thresholds fitted on 200 bp stretches of the calibration queries
+# serve queries whose top hit overlaps fewer than 300 columns, above species (:func:`fit_short_reads`).
+# (A 313 bp Leray read keeps the whole-barcode thresholds: its wrong calls were already within the limits.)
+SHORT_READ_WINDOW = 200
+SHORT_READ_OVERLAP = 300
 
 
 @dataclass
@@ -199,12 +204,15 @@ def _leave_out_sample(codes: dict[str, np.ndarray], level: str, sample: int, rng
 
 
 def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: int = 10, candidates: int = 32,
-                   aligned: int | None = None, chunk: int = 64) -> list:
+                   aligned: int | None = None, chunk: int = 64, window: int | None = None, seed: int = 0) -> list:
     """Verified hits of reference records queried with their own record (or whole taxon) removed.
 
     Exact search over the distinct vectors, chunk by chunk, so memory stays O(references): a vector
     is skipped when every record behind it is left out, and left-out records never become hits.
+    ``window``: each query is cut to a stretch of that many bases at a random place (``seed``), as a
+    short read of its region; its candidates are still those of the whole barcode.
     """
+    cut = np.random.default_rng(seed)
     from clibd_cli.match import DEFAULT_ALIGNED, verified_hits
 
     aligned = DEFAULT_ALIGNED if aligned is None else aligned
@@ -225,7 +233,11 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
             top = top[np.isfinite(s[top])]
             excluded = np.zeros(len(vector_of), dtype=bool)
             excluded[left_out] = True
-            out.append(verified_hits(inputs[vector_of[row]], index, top, s[top], k, aligned,
+            query = inputs[vector_of[row]]
+            if window is not None and len(query) > window:
+                first = int(cut.integers(0, len(query) - window + 1))
+                query = query[first : first + window]
+            out.append(verified_hits(query, index, top, s[top], k, aligned,
                                      keep=lambda members, excluded=excluded: ~excluded[members]))
     return out
 
@@ -259,7 +271,7 @@ def false_call_threshold(scores: np.ndarray, correct: np.ndarray, rate: float) -
 
 def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = OPEN_SET_SAMPLE,
                        seed: int = 0, k: int = 10, candidates: int = 32,
-                       floors: dict[str, float] | None = None) -> Calibration:
+                       floors: dict[str, float] | None = None, window: int | None = None) -> Calibration:
     """Identity thresholds per rank, each fitted where that rank's decision is made.
 
     Each rank is fitted on two sets: queries whose taxon at that rank is in the reference and queries
@@ -275,7 +287,8 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
     taxa per level, every taxon of most references: with 300 of the 736 species of a real BOLD reference,
     the species threshold moved between 97.9 and 98.5 % with the seed, with all of them it stayed at 97.4 %.
     A rank with too few wrong calls to locate its threshold (or a reference of one taxon at that level)
-    keeps the ``floors`` value (conventional identity cut-offs by default).
+    keeps the ``floors`` value (conventional identity cut-offs by default).  ``window``: the queries are
+    cut to stretches of that many bases (thresholds for short reads, :data:`SHORT_READ_WINDOW`).
     """
     from clibd_cli.align import CONVENTIONAL
     from clibd_cli.match import IDENTITY_TAU, assign_verified
@@ -290,7 +303,7 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
     for level in LEVELS:
         rows = _leave_out_sample(codes, level, sample, rng)
         counts[level] = len(rows)
-        hits = leave_out_hits(index, rows, level, k=k, candidates=candidates)
+        hits = leave_out_hits(index, rows, level, k=k, candidates=candidates, window=window, seed=seed + 7)
         assignments = assign_verified(hits, index, {}, k, IDENTITY_TAU)
         truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
         scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
@@ -318,9 +331,11 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
             entry.update(threshold=t, note="too few wrong calls (or taxa) to calibrate; conventional cut-off used")
         thresholds[rank] = t
         report["ranks"][rank] = entry
-    report.update({"method": "open-set leave-taxon-out (alignment identity)", "queries": sum(counts.values()),
-                   "k": k, "candidates": candidates, "seed": seed,
-                   "score": "identity"})
+    method = "open-set leave-taxon-out (alignment identity)"
+    if window is not None:
+        method += f" on {window} bp stretches"
+    report.update({"method": method, "queries": sum(counts.values()), "k": k, "candidates": candidates,
+                   "seed": seed, "score": "identity", **({"window": window} if window is not None else {})})
     return _nested(thresholds, report)
 
 
@@ -420,6 +435,24 @@ def calibrate_photos(index: Path, images: Path, against: str, bundle: ModelBundl
     return calibration
 
 
+def fit_short_reads(part: ReferenceIndex, main: Calibration, *, target: float = DEFAULT_PRECISION, seed: int = 0,
+                    k: int = 10, sample: int = OPEN_SET_SAMPLE) -> None:
+    """Fit and store the thresholds for short reads (:data:`SHORT_READ_WINDOW` bp stretches of the same
+    open-set queries), never looser than ``main``'s: a short read does not support a call a whole barcode
+    at the same identity would not.
+
+    Above species only: species keeps ``main``'s threshold (the fitted one stays in the report).  Measured
+    on the split case of benchmarks/dna_vs_vsearch.py (200 bp reads): the window-fitted species threshold
+    (98.5 % against 97.4 %) cut present species named right from 98.6 to 97.7 % (VSEARCH: 99.0 %), while
+    with the whole-barcode one absent species were named wrongly 2.5 % of the time (1.2 % with it), well
+    within 5 %; the genus threshold (95.9 % against 94.1 %) is what brought wrong genera from 6.5 to 2.1 %.
+    """
+    short = calibrate_open_set(part, target=target, seed=seed, k=k, sample=sample, window=SHORT_READ_WINDOW)
+    stricter = {rank: max(short.thresholds[rank], main.thresholds[rank]) for rank in short.thresholds}
+    stricter["species"] = main.thresholds["species"]
+    part.set_short_read_thresholds(stricter, short.report, SHORT_READ_WINDOW, SHORT_READ_OVERLAP)
+
+
 def calibrate_barcodes(index: Path, queries: str | Path | None = None, bundle: ModelBundle | None = None,
                        options: CalibrateOptions = CalibrateOptions(), notes: Notes | None = None) -> Calibration:
     """The index's own thresholds, from labelled ``queries`` or by leaving out parts of the reference; stored."""
@@ -437,6 +470,8 @@ def calibrate_barcodes(index: Path, queries: str | Path | None = None, bundle: M
             if part.modality == "dna":
                 calibration = calibrate_open_set(part, target=options.precision, k=options.neighbours,
                                                  sample=options.sample or OPEN_SET_SAMPLE, seed=options.seed)
+                fit_short_reads(part, calibration, target=options.precision, seed=options.seed,
+                                k=options.neighbours, sample=options.sample or OPEN_SET_SAMPLE)
             else:
                 calibration = calibrate_leave_species_out(part, target=options.precision, k=options.neighbours,
                                                           sample=options.sample or 1000, seed=options.seed,

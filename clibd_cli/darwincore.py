@@ -147,6 +147,10 @@ def _thresholds(row: Mapping[str, Any], subject: str, info: Mapping[str, Any]) -
     thresholds = info.get("thresholds") or {}
     if subject == PHOTO:  # one set per reference modality
         thresholds = thresholds.get(_text(row.get("against")), {}) if isinstance(thresholds, Mapping) else {}
+    short, overlap = info.get("short_read_thresholds"), row.get("overlap")
+    if subject == BARCODE and isinstance(short, Mapping) and isinstance(overlap, int | float) and \
+            overlap < short.get("below_overlap", 0):  # the read was called with the short-read set
+        thresholds = short.get("thresholds") or {}
     return {r: v for r, v in thresholds.items() if isinstance(v, int | float)}
 
 

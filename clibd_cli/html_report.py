@@ -71,6 +71,10 @@ def _thresholds(meta: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, fl
     against = row.get("against")
     if against and isinstance(table.get(against), dict):
         table = table[against]
+    short, overlap = meta.get("short_read_thresholds"), to_number(row.get("overlap"))
+    if isinstance(short, dict) and isinstance(short.get("thresholds"), dict) and overlap is not None and \
+            overlap < (to_number(short.get("below_overlap")) or 0):  # a short read: called with that set
+        table = short["thresholds"]
     return {rank: number for rank in RANKS if (number := to_number(table.get(rank))) is not None
             and 0.0 <= number <= 1.0}
 

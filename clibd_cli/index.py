@@ -206,6 +206,18 @@ class ReferenceIndex:
         cross = self.spec.cross_thresholds.get(query_modality)
         return dict(cross.thresholds) if cross else None
 
+    def short_read_thresholds(self) -> tuple[dict[str, float], int] | None:
+        """(thresholds, below_overlap) for barcode queries with a short overlap, or None (not fitted)."""
+        short = self.spec.short_reads
+        return (dict(short.thresholds), short.below_overlap) if short else None
+
+    def set_short_read_thresholds(self, thresholds: dict[str, float], calibration: dict, window: int,
+                                  below_overlap: int) -> None:
+        """Store thresholds fitted on ``window``-bp stretches, for queries overlapping < ``below_overlap``."""
+        self.manifest["short_reads"] = {"thresholds": {rank: float(thresholds[rank]) for rank in RANKS},
+                                        "calibration": calibration, "window": window, "below_overlap": below_overlap}
+        self._spec = None
+
     def set_cross_thresholds(self, query_modality: str, thresholds: dict[str, float], calibration: dict) -> None:
         """Store thresholds calibrated for queries of another modality (written on the next save)."""
         self.manifest.setdefault("cross_thresholds", {})[query_modality] = {

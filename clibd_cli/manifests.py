@@ -106,6 +106,17 @@ class CrossCalibration(_Open):
     """The report of the calibration that set them."""
 
 
+class ShortReadCalibration(CrossCalibration):
+    """Thresholds for barcode queries whose top hit overlaps fewer than ``below_overlap`` columns
+    (``parts.dna.short_reads``), fitted like the part's own on ``window``-bp stretches of the calibration
+    queries: identity over 200 columns scatters more than over 658, so a short read needs a higher one."""
+
+    window: PositiveInt
+    """Length of the calibration queries' stretches (bp)."""
+    below_overlap: PositiveInt
+    """Queries whose top hit's overlap is shorter than this use these thresholds."""
+
+
 class Counts(_Open):
     """How much a part holds (``parts.<modality>.counts``): checked against its files on load, printed."""
 
@@ -135,6 +146,8 @@ class IndexPart(_Open):
     """How ``thresholds`` were set."""
     cross_thresholds: dict[Modality, CrossCalibration] = {}
     """Thresholds for queries of other modalities (e.g. photos against barcodes)."""
+    short_reads: ShortReadCalibration | None = None
+    """Barcodes: thresholds for queries with a short overlap (absent in indexes built before them)."""
     counts: Counts
     """Records, distinct vectors and taxa of this part."""
     fingerprint: str

@@ -11,7 +11,9 @@ overlap, the distance every barcoding lab reasons in, instead of on the k-mer co
 identity only above ~95 %.  Reads shorter than :data:`FRAGMENT_LENGTH` also get the references that
 share the most exact 12-mers with them (:mod:`clibd_cli.anchors`): a composition profile of a 200 bp
 read misses its species among the nearest profiles ~5 % of the time on real BOLD data.  Identity is
-computed over the overlap only, so a fragment and a full barcode are compared fairly.
+computed over the overlap only, so a fragment and a full barcode are compared fairly; a query whose top
+hit overlaps fewer than 300 columns is called with the index's short-read thresholds, fitted on 200 bp
+stretches (identity over few columns scatters more, :func:`clibd_cli.calibrate.fit_short_reads`).
 
 :class:`MatchRun` is the whole `clibd match` workflow (query files streamed, the index opened or a
 reference file embedded, thresholds chosen, the record a resumable output keeps) for any caller;
@@ -57,6 +59,7 @@ FRAGMENT_CANDIDATES = 16
 LOW_OVERLAP_SHARE = 0.75  # the top hit covers less than this share of the query: flag low_overlap
 THRESHOLD_SOURCES = ("calibrated", "conventional")
 SCORE = "alignment identity over the overlap (fraction)"
+ShortReads = tuple[dict[str, float], int]  # thresholds for short overlaps, and the overlap they apply below
 FLAGS = ("reverse_complement", "low_overlap", "short", "ambiguous", "multiple_bins", "shared_bin",
          "single_reference", "conflict")
 
@@ -180,8 +183,12 @@ def _error_row(query: SequenceRecord, reason: str) -> dict:
 
 def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
              thresholds: dict[str, float], options: MatchOptions = MatchOptions(),
-             progress: Callable[[int], None] | None = None) -> Iterator[MatchResult]:
+             progress: Callable[[int], None] | None = None, short_reads: ShortReads | None = None,
+             ) -> Iterator[MatchResult]:
     """Yield a :class:`MatchResult` per query, in input order, batch by batch (errors included).
+
+    ``short_reads``: (thresholds, below_overlap) for queries whose top verified hit overlaps fewer columns
+    (:meth:`ReferenceIndex.short_read_thresholds`); the others are called with ``thresholds``.
 
     ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): only one batch is held.
     Verification runs on ``options.threads`` threads (default: all cores): NumPy and Opal release the
@@ -206,7 +213,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
             usable = [q for q in batch if q.sequence]
             found = _propose(usable, index, encoder, options)
             hits = list(pool.map(check, found)) if pool is not None else [check(f) for f in found]
-            assignments = iter(assign_verified(hits, index, thresholds, k))
+            assignments = iter(_assign(hits, index, thresholds, short_reads, k))
             results = iter(zip(usable, hits, strict=True))
             for query in batch:
                 if not query.sequence:
@@ -214,9 +221,27 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                                                         "ends)"), [], marker=query.marker)
                     continue
                 _, h = next(results)
-                yield _result(query, h, next(assignments), index, thresholds, options.top_k)
+                assignment, used = next(assignments)
+                yield _result(query, h, assignment, index, used, options.top_k)
             if progress is not None:
                 progress(len(batch))
+
+
+def _assign(hits: list[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float],
+            short_reads: ShortReads | None, k: int) -> list[tuple[Assignment, dict[str, float]]]:
+    """Each query's assignment and the thresholds it was called with (short overlaps: ``short_reads``'s)."""
+    if short_reads is None:
+        return [(a, thresholds) for a in assign_verified(hits, index, thresholds, k)]
+    short_thresholds, below = short_reads
+    short = [bool(len(h.records)) and h.overlap[0] < below for h in hits]
+    out: list[tuple[Assignment, dict[str, float]] | None] = [None] * len(hits)
+    for flag, used in ((False, thresholds), (True, short_thresholds)):
+        rows = [i for i, s in enumerate(short) if s == flag]
+        if not rows:
+            continue
+        for i, a in zip(rows, assign_verified([hits[i] for i in rows], index, used, k), strict=True):
+            out[i] = (a, used)
+    return out  # type: ignore[return-value]
 
 
 def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder, options: MatchOptions,
@@ -342,6 +367,8 @@ class MatchRun:
     options: MatchOptions
     notes: Notes
     _pending: Iterator[SequenceRecord] = field(repr=False)
+    short_reads: ShortReads | None = None
+    """(thresholds, below_overlap): the index's thresholds for queries whose top hit overlaps less."""
 
     @classmethod
     def open(cls, queries: str | Path | Iterable[str | Path], index: str | Path | OpenIndex, *,
@@ -378,8 +405,12 @@ class MatchRun:
         base = dict(CONVENTIONAL) if thresholds == "conventional" else opened.index.thresholds
         provenance = "conventional identity cut-offs" if thresholds == "conventional" else \
             opened.index.manifest.get("calibration", {}).get("method", "")
+        short = opened.index.short_read_thresholds() if thresholds == "calibrated" else None
+        # never looser than the main set, which `clibd calibrate --queries` may have raised since
+        short_reads = ({**{rank: max(value, base[rank]) for rank, value in short[0].items()}, **overrides}, short[1]
+                       ) if short else None
         return cls(stream, opened, {**base, **overrides}, provenance, overrides, options or MatchOptions(), notes,
-                   chain(first, records))
+                   chain(first, records), short_reads)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -390,14 +421,16 @@ class MatchRun:
                 "index": str(self.opened.path), "thresholds": self.thresholds,
                 "thresholds_from": self.thresholds_from, "overrides": self.overrides, "score": SCORE,
                 "neighbours": options.neighbours, "candidates": options.candidates,
-                "search": index.search_description()}
+                "search": index.search_description(),
+                **({"short_read_thresholds": {"thresholds": self.short_reads[0],
+                                              "below_overlap": self.short_reads[1]}} if self.short_reads else {})}
 
     @property
     def identity(self) -> dict[str, Any]:
         """What must not change between a run and its --resume (or their calls would not be comparable)."""
         info = self.info
         return {k: info[k] for k in ("encoder_fingerprint", "index_fingerprint", "thresholds", "neighbours",
-                                     "candidates")}
+                                     "candidates", "short_read_thresholds") if k in info}
 
     def results(self, skip: Iterable[str] = (), progress: Callable[[int], None] | None = None,
                 ) -> Iterator[MatchResult]:
@@ -405,7 +438,7 @@ class MatchRun:
         skip = set(skip)
         todo = (q for q in self._pending if q.id not in skip)
         return identify(todo, self.opened.index, self.opened.encoder, self.thresholds, self.options,
-                        progress=progress)
+                        progress=progress, short_reads=self.short_reads)
 
     def finish(self) -> Notes:
         """Add what the exhausted query stream left out (rows of other markers) to the notes; all notes."""

@@ -146,7 +146,7 @@ def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, 
     A reference too small to calibrate keeps the encoder's default thresholds, with a note; returns
     whether it was calibrated.
     """
-    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set
+    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set, fit_short_reads
 
     try:
         if index.modality == "dna":  # barcodes are called on alignment identity
@@ -158,6 +158,8 @@ def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, 
             notes.note("too few labelled references to calibrate; using the encoder's default thresholds.")
         return False
     index.set_thresholds(calibration.thresholds, calibration.report)
+    if index.modality == "dna":  # and for short reads, whose identity over fewer columns scatters more
+        fit_short_reads(index, calibration, target=precision, seed=seed)
     return True
 
 

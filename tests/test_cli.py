@@ -427,8 +427,10 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     assert after["calibration"]["ranks"]["genus"]["fitted_on"] == ["species", "genus"]
     expected = calibrate_open_set(ReferenceIndex.load(target), target=0.9, sample=60, seed=3)
     assert thresholds == expected.thresholds
-    assert {k: v for k, v in after.items() if k not in ("thresholds", "calibration")} == \
-        {k: v for k, v in before.items() if k not in ("thresholds", "calibration")}
+    refit = ("thresholds", "calibration", "short_reads")  # short reads: refitted alongside, never looser
+    assert {k: v for k, v in after.items() if k not in refit} == {k: v for k, v in before.items() if k not in refit}
+    assert after["short_reads"]["window"] == 200 and "short_reads" not in before
+    assert all(after["short_reads"]["thresholds"][rank] >= thresholds[rank] for rank in thresholds)
     assert "species" in result.stdout and "threshold" in result.stdout
     # The calibrated thresholds are what `match` uses.
     out = tmp_path / "out.json"

@@ -239,3 +239,18 @@ def test_classify_demo_writes_dwc_without_dna_terms(tmp_path, monkeypatch):
 ])
 def test_specific_epithet_only_of_a_binomial(species, genus, epithet):
     assert specific_epithet(species, genus) == epithet
+
+
+def test_remarks_quote_the_threshold_set_the_read_was_called_with():
+    """A read whose top hit overlaps fewer columns than the run's short-read bound was called with that set."""
+    from clibd_cli.darwincore import BARCODE, identification_remarks
+
+    info = {"thresholds": {"order": 0.85, "family": 0.9, "genus": 0.94, "species": 0.97},
+            "short_read_thresholds": {"thresholds": {"order": 0.9, "family": 0.95, "genus": 0.955,
+                                                     "species": 0.98}, "below_overlap": 300}}
+    row = {"status": "rolled_up", "rank": "genus", "genus_score": 0.96, "species_score": 0.965,
+           "top_hit_id": "R1", "identity": 96.5, "flags": ""}
+    short = identification_remarks({**row, "overlap": 220}, BARCODE, info)
+    full = identification_remarks({**row, "overlap": 640}, BARCODE, info)
+    assert "(threshold 0.955)" in short and "(threshold 0.980)" in short
+    assert "(threshold 0.940)" in full and "(threshold 0.970)" in full

@@ -153,3 +153,43 @@ def test_anchor_table_finds_references_covering_a_fragment():
     assert table.candidates(reverse_complement(read), 3).size == 0 or table.candidates(
         reverse_complement(read), 3)[0] != 17  # words are strand-specific; match tries both strands
     assert table.candidates(random_sequence(rng, 200), 3).size <= 3
+
+
+def _mutate(sequence: str, changes: int, rng: np.random.Generator) -> str:
+    bases = list(sequence)
+    for i in rng.choice(len(bases), size=changes, replace=False):
+        bases[i] = "ACGT"[("ACGT".index(bases[i]) + 1) % 4]
+    return "".join(bases)
+
+
+def test_short_overlaps_are_called_with_the_short_read_thresholds():
+    """A 220 bp read at 96 % identity passes the whole-barcode species threshold (95 %) but not the short-read
+    one (97 %); the same divergence over a whole barcode keeps its species call."""
+    rng = np.random.default_rng(5)
+    lineage = ("Diptera", "Culicidae", "Aedes")
+    reference = [Specimen(f"R{i}", *lineage, f"Aedes s{i}", f"BOLD:AAB000{i}", random_sequence(rng, 600))
+                 for i in range(3)]
+    target = reference[0].sequence
+    read = _mutate(target[200:420], 9, rng)  # 211 / 220 = 95.9 %
+    full = _mutate(target, 24, rng)  # 576 / 600 = 96.0 %
+    queries = [SequenceRecord("read", read), SequenceRecord("full", full)]
+    thresholds = {"order": 0.85, "family": 0.90, "genus": 0.93, "species": 0.95}
+    short = ({**thresholds, "species": 0.97}, 300)
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    plain = {r.row["query_id"]: r.row for r in identify(queries, index, KmerProfileEncoder(), thresholds)}
+    routed = {r.row["query_id"]: r.row for r in identify(queries, index, KmerProfileEncoder(), thresholds,
+                                                         short_reads=short)}
+    assert plain["read"]["species"] == "Aedes s0" and int(plain["read"]["overlap"]) >= 215
+    assert routed["read"]["species"] == "" and routed["read"]["genus"] == "Aedes"
+    assert plain["full"]["species"] == routed["full"]["species"] == "Aedes s0"
+
+
+def test_an_index_holds_short_read_thresholds_no_looser_than_its_own(split_reference, tmp_path):
+    reference, _, _ = split_reference
+    clibd_ok("build-index", "-b", write_fasta(tmp_path / "ref.fasta", reference), "-o", tmp_path / "idx")
+    index = ReferenceIndex.load(tmp_path / "idx", "dna")
+    short, below = index.short_read_thresholds()
+    assert below == 300 and index.spec.short_reads.window == 200
+    assert all(short[rank] >= index.thresholds[rank] for rank in short)
+    assert short["species"] == index.thresholds["species"]  # species keeps the whole-barcode threshold
+    assert "200 bp" in index.manifest["short_reads"]["calibration"]["method"]

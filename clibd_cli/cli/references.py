@@ -90,6 +90,10 @@ def _print_part(output: Path, modality: str, part: ReferenceIndex) -> None:
         console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANKS
                                                              if r in thresholds)
                       + f" ({part.manifest['calibration'].get('method')})")
+    short = part.manifest.get("short_reads")
+    if short:
+        console.print(f"  short reads (overlap < {short['below_overlap']} bp): " + ", ".join(
+            f"{r} {short['thresholds'][r]:.3f}" for r in RANKS) + f" (fitted on {short['window']} bp stretches)")
     for query, entry in part.manifest.get("cross_thresholds", {}).items():
         console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANKS)
                       + " (leave-species-out)")
