@@ -4,10 +4,11 @@ Issue 9 asks that absent-species reads cut to 200 bp get a wrong genus ≤ 5 % o
 ≥ 40 %; on the `split` case of `dna_vs_vsearch.py` clibd gives 6.5 % wrong (VSEARCH at 95 %: 5.4 %).  The
 index's thresholds are fitted on full barcodes, and identity over 200 columns is noisier than over 658.  This
 benchmark fits the same open-set thresholds (leave-taxon-out, 95 % per set, one query per taxon:
-:func:`clibd_cli.calibrate.calibrate_open_set`'s recipe) on a random ``--window``-bp window of each calibration
-query instead of the whole barcode, then scores the case's absent- and present-species reads cut to their last
-``--window`` bp at a range of genus thresholds, including the full-length and the window-fitted ones (calls
-made with the whole-barcode thresholds, the index's short-read set switched off: what motivated that set).
+:func:`clibd_cli.calibrate.calibrate_open_set` with ``window``, as `build-index` fits its short-read set) on a
+random ``--window``-bp window of each calibration query instead of the whole barcode, then scores the case's
+absent- and present-species reads cut to their last ``--window`` bp at a range of genus thresholds, including
+the full-length and the window-fitted ones (calls made with the whole-barcode thresholds, the index's
+short-read set switched off: what motivated that set).
 
     python benchmarks/fragment_thresholds.py [--window 200]
 """
@@ -26,63 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 from dna_vs_vsearch import DEFAULT_DATA, split_case, write_fasta
 
-from clibd_cli import calibrate as cal
+from clibd_cli.calibrate import calibrate_open_set
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.match import DEFAULT_ALIGNED, IDENTITY_TAU, assign_verified, verified_hits
 from clibd_cli.schema import RANKS
 from clibd_cli.sequences import SequenceRecord, read_sequences
 
 SECTION = "Thresholds fitted on short reads (200 bp, split case)"
 
 
-def window_hits(index: ReferenceIndex, rows: np.ndarray, level: str, window: int, rng: np.random.Generator,
-                k: int = 10, candidates: int = 32, chunk: int = 64) -> list:
-    """:func:`clibd_cli.calibrate.leave_out_hits`, each query cut to a random ``window``-bp stretch."""
-    codes = index.lineage_codes()
-    rank = None if level == "record" else level
-    vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
-    per_vector = np.bincount(vector_of, minlength=len(vectors))
-    out = []
-    for start in range(0, len(rows), chunk):
-        block = rows[start : start + chunk]
-        scores = vectors[vector_of[block]] @ vectors.T
-        for i, row in enumerate(block):
-            left_out = np.array([row]) if rank is None else np.flatnonzero(codes[rank] == codes[rank][row])
-            remaining = per_vector - np.bincount(vector_of[left_out], minlength=len(vectors))
-            s = np.where(remaining > 0, scores[i], -np.inf)
-            top = np.argpartition(-s, min(candidates, len(s) - 1))[:candidates]
-            top = top[np.argsort(-s[top], kind="stable")]
-            top = top[np.isfinite(s[top])]
-            excluded = np.zeros(len(vector_of), dtype=bool)
-            excluded[left_out] = True
-            sequence = inputs[vector_of[row]]
-            if len(sequence) > window:
-                first = int(rng.integers(0, len(sequence) - window + 1))
-                sequence = sequence[first : first + window]
-            out.append(verified_hits(sequence, index, top, s[top], k, DEFAULT_ALIGNED,
-                                     keep=lambda members, excluded=excluded: ~excluded[members]))
-    return out
-
-
 def window_thresholds(index: ReferenceIndex, window: int, seed: int = 0) -> dict[str, float]:
-    """Open-set thresholds per rank at 95 % (per set, Wilson-bounded), fitted on windows of the queries."""
-    rng, window_rng = np.random.default_rng(seed), np.random.default_rng(seed + 7)
-    codes = index.lineage_codes()
-    calls = {}
-    for level in cal.LEVELS:
-        rows = cal._leave_out_sample(codes, level, cal.OPEN_SET_SAMPLE, rng)
-        assignments = assign_verified(window_hits(index, rows, level, window, window_rng), index, {}, 10,
-                                      IDENTITY_TAU)
-        truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
-        calls[level] = ({rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS},
-                        cal.correct_calls(assignments, truth))
-    out = {}
-    for rank in RANKS:
-        present, absent = cal.RANK_SETS[rank]
-        rate = 1.0 - cal.DEFAULT_PRECISION
-        out[rank] = max(cal.false_call_threshold(calls[present][0][rank], calls[present][1][rank], rate),
-                        cal.false_call_threshold(calls[absent][0][rank], calls[absent][1][rank], rate))
-    return out
+    """Open-set thresholds per rank at 95 %, fitted on ``window``-bp stretches: what `build-index` fits for
+    short reads (:func:`clibd_cli.calibrate.fit_short_reads`, before its floors)."""
+    return calibrate_open_set(index, seed=seed, window=window).thresholds
 
 
 def genus_calls(work: Path, records: list[SequenceRecord], window: int) -> tuple[np.ndarray, np.ndarray]:

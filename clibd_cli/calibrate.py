@@ -17,10 +17,10 @@ labelled photos) under the folder's write lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +67,35 @@ def describe_threshold(threshold: float, *, short: bool = False) -> str:
     if threshold < UNCALIBRATED_BELOW:
         return "not calibrated" if short else "not calibrated (every rank is called)"
     return f"{threshold:.3f}"
+
+
+def applied_thresholds(info: Mapping[str, Any], row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The threshold set a row of a `match` or `classify` output was called with, from the run's ``info``:
+    classify's set for the row's reference modality (``against``), match's short-read set where the top
+    hit overlapped fewer columns than it applies below; {} when the info has none.  Values as recorded."""
+    table = info.get("thresholds")
+    if not isinstance(table, Mapping):
+        return {}
+    against = row.get("against")
+    if against and isinstance(table.get(against), Mapping):
+        table = table[against]
+    short = info.get("short_read_thresholds")
+    if isinstance(short, Mapping) and isinstance(short.get("thresholds"), Mapping):
+        overlap, below = _finite(row.get("overlap")), _finite(short.get("below_overlap"))
+        if overlap is not None and below is not None and overlap < below:
+            table = short["thresholds"]
+    return table
+
+
+def _finite(value: Any) -> float | None:
+    """A cell (number or CSV text) as a finite float, else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def threshold_for_precision(scores: np.ndarray, correct: np.ndarray, target: float,

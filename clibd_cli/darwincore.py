@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clibd_cli import __version__
-from clibd_cli.calibrate import describe_threshold
+from clibd_cli.calibrate import applied_thresholds, describe_threshold
 from clibd_cli.schema import RANKS
 
 BARCODE, PHOTO = "barcode", "photo"
@@ -116,7 +116,7 @@ def identification_remarks(row: Mapping[str, Any], subject: str, info: Mapping[s
     if status == "error":
         reason = _text(row.get("error")) or "the query could not be read"
         return "; ".join([*parts, f"error: not identified ({reason})"])
-    thresholds = _thresholds(row, subject, info)
+    thresholds = _thresholds(row, info)
     rank = _text(row.get("rank"))
     parts.append(f"{status}: {_STATUS_MEANS.get(status, status)}")
     if rank:
@@ -143,15 +143,8 @@ def _method(row: Mapping[str, Any], subject: str, info: Mapping[str, Any]) -> st
     return f"clibd classify: photo embedding{model} against {against or 'reference'} references"
 
 
-def _thresholds(row: Mapping[str, Any], subject: str, info: Mapping[str, Any]) -> dict[str, float]:
-    thresholds = info.get("thresholds") or {}
-    if subject == PHOTO:  # one set per reference modality
-        thresholds = thresholds.get(_text(row.get("against")), {}) if isinstance(thresholds, Mapping) else {}
-    short, overlap = info.get("short_read_thresholds"), row.get("overlap")
-    if subject == BARCODE and isinstance(short, Mapping) and isinstance(overlap, int | float) and \
-            overlap < short.get("below_overlap", 0):  # the read was called with the short-read set
-        thresholds = short.get("thresholds") or {}
-    return {r: v for r, v in thresholds.items() if isinstance(v, int | float)}
+def _thresholds(row: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, float]:
+    return {r: v for r, v in applied_thresholds(info, row).items() if isinstance(v, int | float)}
 
 
 def _score(row: Mapping[str, Any], rank: str, thresholds: Mapping[str, float]) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clibd_cli import __version__
-from clibd_cli.calibrate import describe_threshold
+from clibd_cli.calibrate import applied_thresholds, describe_threshold
 from clibd_cli.result_files import RunResults, to_number
 from clibd_cli.schema import RANKS
 
@@ -64,17 +64,8 @@ def _e(value: Any) -> str:
 
 
 def _thresholds(meta: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, float]:
-    """The thresholds that applied to ``row``: match records {rank: t}, classify {modality: {rank: t}}."""
-    table = meta.get("thresholds")
-    if not isinstance(table, dict):
-        return {}
-    against = row.get("against")
-    if against and isinstance(table.get(against), dict):
-        table = table[against]
-    short, overlap = meta.get("short_read_thresholds"), to_number(row.get("overlap"))
-    if isinstance(short, dict) and isinstance(short.get("thresholds"), dict) and overlap is not None and \
-            overlap < (to_number(short.get("below_overlap")) or 0):  # a short read: called with that set
-        table = short["thresholds"]
+    """The thresholds that applied to ``row`` (:func:`~clibd_cli.calibrate.applied_thresholds`), as numbers in 0–1."""
+    table = applied_thresholds(meta, row)
     return {rank: number for rank in RANKS if (number := to_number(table.get(rank))) is not None
             and 0.0 <= number <= 1.0}
 

@@ -443,25 +443,24 @@ def _add_variant(kind: str, make: Callable[[Path, Path], None], options: dict[st
             del spec[kind]
 
 
-def _int8_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
-    mean = min(part["cosine_mean"] for part in agreement.values())
-    if mean < INT8_MIN_MEAN_COSINE:
-        return False, f"mean cosine to fp32 {mean:.4f} < {INT8_MIN_MEAN_COSINE}"
+def _verdict(agreement: dict[str, Any], statistic: str, minimum: float, neighbours_minimum: float,
+             label: str, digits: int) -> tuple[bool, str]:
+    """Keep a variant when the worst ``statistic`` (a cosine to fp32) over the input kinds reaches ``minimum``
+    (NaN or inf never does) and, on real inputs, its top-1 neighbour agreement reaches ``neighbours_minimum``."""
+    worst = min(part[statistic] for part in agreement.values())
+    if not np.isfinite(worst) or worst < minimum:
+        return False, f"{label} to fp32 {worst:.{digits}f} < {minimum}"
     neighbours = agreement.get("real", {}).get("top1_neighbour_agreement")
-    if neighbours is not None and np.isfinite(neighbours) and neighbours < INT8_MIN_NEIGHBOUR_AGREEMENT:
-        return False, f"top-1 neighbour agreement {neighbours:.3f} < {INT8_MIN_NEIGHBOUR_AGREEMENT}"
     if neighbours is None or not np.isfinite(neighbours):
         return True, "cosine only (no real inputs to measure neighbour agreement)"
+    if neighbours < neighbours_minimum:
+        return False, f"top-1 neighbour agreement {neighbours:.3f} < {neighbours_minimum}"
     return True, "agrees with fp32"
+
+
+def _int8_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
+    return _verdict(agreement, "cosine_mean", INT8_MIN_MEAN_COSINE, INT8_MIN_NEIGHBOUR_AGREEMENT, "mean cosine", 4)
 
 
 def _fp16_verdict(agreement: dict[str, Any]) -> tuple[bool, str]:
-    lowest = min(part["cosine_min"] for part in agreement.values())
-    if not np.isfinite(lowest) or lowest < FP16_MIN_COSINE:
-        return False, f"min cosine to fp32 {lowest:.5f} < {FP16_MIN_COSINE}"
-    neighbours = agreement.get("real", {}).get("top1_neighbour_agreement")
-    if neighbours is not None and np.isfinite(neighbours) and neighbours < FP16_MIN_NEIGHBOUR_AGREEMENT:
-        return False, f"top-1 neighbour agreement {neighbours:.3f} < {FP16_MIN_NEIGHBOUR_AGREEMENT}"
-    if neighbours is None or not np.isfinite(neighbours):
-        return True, "cosine only (no real inputs to measure neighbour agreement)"
-    return True, "agrees with fp32"
+    return _verdict(agreement, "cosine_min", FP16_MIN_COSINE, FP16_MIN_NEIGHBOUR_AGREEMENT, "min cosine", 5)
