@@ -37,7 +37,7 @@ SECTION = "Thresholds fitted on short reads (200 bp, split case)"
 
 def window_thresholds(index: ReferenceIndex, window: int, seed: int = 0) -> dict[str, float]:
     """Open-set thresholds per rank at 95 %, fitted on ``window``-bp stretches: what `build-index` fits for
-    short reads (:func:`clibd_cli.calibrate.fit_short_reads`, before its floors)."""
+    short reads (:func:`clibd_cli.calibrate.calibrate_barcode_part`, before its floors)."""
     return calibrate_open_set(index, seed=seed, window=window).thresholds
 
 

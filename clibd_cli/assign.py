@@ -9,7 +9,11 @@ per rank controls both "too far" and "ambiguous".  (A product ``best × share`` 
 ranks a 0.99 hit with 20 % dissent below a lone 0.93 hit of a species missing from the reference,
 and cost 0.3 points of species accuracy on real BOLD data at the same rate of wrong names.)  The
 call is the lowest rank whose score passes its threshold; ranks above it come from the same
-lineage, so a call is always taxonomically consistent.
+lineage, so a call is always taxonomically consistent.  A barcode call may also be made below its
+threshold by a *lead rule*: from a lower threshold when the winner's best hit is far enough above the best
+verified candidate of any other taxon at that rank (:attr:`RankCall.lead`, :class:`LeadRule`,
+:func:`clibd_cli.match.assign_verified`), which the ten voting hits, often copies of one haplotype, cannot
+show.
 
 Statuses:
 * ``assigned``: species called;
@@ -22,7 +26,9 @@ Statuses:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +37,15 @@ from clibd_cli.sequences import RANKS
 DEFAULT_TAU = 0.02
 DISSENT_PENALTY = 0.2  # measured on bold_insect_coi_dev: 0.1-0.3 within 0.05 points
 STATUSES = ("assigned", "rolled_up", "novel_candidate", "no_match")
+
+
+class LeadRule(NamedTuple):
+    """A second way to call a rank: from ``threshold`` (below the rank's own) when the winner leads every
+    other taxon at that rank by at least ``lead`` (identity, fraction).  Fitted by
+    :func:`clibd_cli.calibrate.calibrate_open_set`."""
+
+    lead: float
+    threshold: float
 
 
 @dataclass
@@ -42,6 +57,9 @@ class RankCall:
     score: float
     support: int
     best_hit: int  # column of the best hit in this lineage, -1 if none
+    lead: float = float("inf")
+    """How far the lineage's best hit is above the best hit of any other lineage at this rank, among every
+    verified candidate (barcodes, :func:`clibd_cli.match.assign_verified`); infinite when none is known."""
 
 
 @dataclass
@@ -114,11 +132,19 @@ def assign_batch(similarities: np.ndarray, taxonomy: dict[str, np.ndarray], thre
     rank); `codes` may pass precomputed :func:`lineage_codes` of the same hits.
     """
     similarities = np.atleast_2d(np.asarray(similarities, dtype=np.float64))
+    return [decide(sims, calls, thresholds)
+            for sims, calls in zip(similarities, batch_rank_calls(similarities, taxonomy, tau, codes), strict=True)]
+
+
+def batch_rank_calls(similarities: np.ndarray, taxonomy: dict[str, np.ndarray], tau: float = DEFAULT_TAU,
+                     codes: dict[str, np.ndarray] | None = None) -> list[dict[str, RankCall]]:
+    """The winning lineage per rank of each row of a [n_queries, k] similarity matrix, before any threshold
+    (:func:`decide` makes the call); arguments as :func:`assign_batch`."""
+    similarities = np.atleast_2d(np.asarray(similarities, dtype=np.float64))
     taxonomy = {rank: np.asarray(taxonomy[rank], dtype=object).reshape(similarities.shape) for rank in RANKS}
     batch = _batch_calls(similarities, codes if codes is not None else lineage_codes(taxonomy), tau)
-    species_threshold = thresholds.get("species", 1.0)
     results = []
-    for i, sims in enumerate(similarities):
+    for i in range(len(similarities)):
         calls = {}
         for depth, rank in enumerate(RANKS):
             winner, score, support, best_hit = (int(batch[rank][0][i]), float(batch[rank][1][i]),
@@ -128,19 +154,26 @@ def assign_batch(similarities: np.ndarray, taxonomy: dict[str, np.ndarray], thre
                 continue
             lineage = tuple(taxonomy[r][i][winner] for r in RANKS[: depth + 1])
             calls[rank] = RankCall(lineage[-1], lineage, score, support, best_hit)
-        results.append(_decide(sims, calls, thresholds, species_threshold))
+        results.append(calls)
     return results
 
 
-def _decide(sims: np.ndarray, calls: dict[str, RankCall], thresholds: dict[str, float],
-            species_threshold: float) -> Assignment:
-    """Status and labels from the per-rank calls (see the module docstring)."""
+def decide(sims: np.ndarray, calls: dict[str, RankCall], thresholds: dict[str, float],
+           leads: Mapping[str, LeadRule] | None = None) -> Assignment:
+    """Status and labels from the per-rank calls (see the module docstring); ``leads``: the ranks' lead rules."""
+    leads = leads or {}
+
+    def passes(rank: str) -> bool:
+        call, rule = calls[rank], leads.get(rank)
+        return bool(call.label) and (call.score >= thresholds.get(rank, 1.0) or (
+            rule is not None and call.lead >= rule.lead and call.score >= rule.threshold))
+
+    species_threshold = thresholds.get("species", 1.0)
     has_top = sims.size > 0 and np.isfinite(sims[0])
     top_similarity = float(sims[0]) if has_top else float("nan")
     top_hit = 0 if has_top else -1
     scores = {rank: calls[rank].score for rank in RANKS}
-    called = next((rank for rank in reversed(RANKS)
-                   if calls[rank].label and calls[rank].score >= thresholds.get(rank, 1.0)), "")
+    called = next((rank for rank in reversed(RANKS) if passes(rank)), "")
     labels = dict.fromkeys(RANKS, "")
     if not called:
         return Assignment("no_match", "", labels, scores, 0, top_hit, top_similarity, calls)

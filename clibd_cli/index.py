@@ -42,7 +42,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +51,7 @@ import numpy as np
 
 from clibd_cli import __version__
 from clibd_cli.align import CONVENTIONAL, base_codes
+from clibd_cli.assign import LeadRule
 from clibd_cli.atomic import read_json
 from clibd_cli.checksums import MANIFEST_CHECKSUM, manifest_checksum, sha256_file
 from clibd_cli.confine import confined
@@ -81,6 +82,7 @@ from clibd_cli.sequences import RANKS, SequenceRecord, require_taxonomy
 
 if TYPE_CHECKING:  # clibd_cli.manifests (pydantic) is imported when a manifest is first read
     from clibd_cli.manifests import IndexManifest, IndexPart
+    from clibd_cli.match import ShortReads
 
 FORMAT_VERSION = 4  # 4: generation folders (3: flat layout, still read); 3: barcode thresholds are identities
 READABLE_VERSIONS = (3, 4)
@@ -206,16 +208,25 @@ class ReferenceIndex:
         cross = self.spec.cross_thresholds.get(query_modality)
         return dict(cross.thresholds) if cross else None
 
-    def short_read_thresholds(self) -> tuple[dict[str, float], int] | None:
-        """(thresholds, below_overlap) for barcode queries with a short overlap, or None (not fitted)."""
+    @property
+    def leads(self) -> dict[str, LeadRule]:
+        """The barcode part's lead rules, per rank that has one (:class:`clibd_cli.assign.LeadRule`)."""
+        return _lead_rules(self.spec.leads)
+
+    def short_read_thresholds(self) -> ShortReads | None:
+        """The thresholds (and lead rules) for barcode queries with a short overlap, or None (not fitted)."""
+        from clibd_cli.match import ShortReads
+
         short = self.spec.short_reads
-        return (dict(short.thresholds), short.below_overlap) if short else None
+        return ShortReads(dict(short.thresholds), short.below_overlap, _lead_rules(short.leads)) if short else None
 
     def set_short_read_thresholds(self, thresholds: dict[str, float], calibration: dict, window: int,
-                                  below_overlap: int) -> None:
-        """Store thresholds fitted on ``window``-bp stretches, for queries overlapping < ``below_overlap``."""
+                                  below_overlap: int, leads: Mapping[str, LeadRule] | None = None) -> None:
+        """Store thresholds (and lead rules) fitted on ``window``-bp stretches, for queries overlapping
+        < ``below_overlap``."""
         self.manifest["short_reads"] = {"thresholds": {rank: float(thresholds[rank]) for rank in RANKS},
-                                        "calibration": calibration, "window": window, "below_overlap": below_overlap}
+                                        "calibration": calibration, "window": window, "below_overlap": below_overlap,
+                                        **_leads_entry(leads)}
         self._spec = None
 
     def set_cross_thresholds(self, query_modality: str, thresholds: dict[str, float], calibration: dict) -> None:
@@ -534,10 +545,14 @@ class ReferenceIndex:
         index._spec = part
         return index
 
-    def set_thresholds(self, thresholds: dict[str, float], calibration: dict) -> None:
-        """Store calibrated thresholds in the manifest (written on the next save)."""
+    def set_thresholds(self, thresholds: dict[str, float], calibration: dict,
+                       leads: Mapping[str, LeadRule] | None = None) -> None:
+        """Store calibrated thresholds (and the lead rules calibrated with them, replacing any earlier ones) in the
+        manifest (written on the next save)."""
         self.manifest["thresholds"] = {rank: float(thresholds[rank]) for rank in RANKS}
         self.manifest["calibration"] = calibration
+        self.manifest.pop("leads", None)
+        self.manifest.update(_leads_entry(leads))
         self._spec = None
 
     def save_manifest(self) -> None:
@@ -555,6 +570,19 @@ class ReferenceIndex:
 
 
 # ------------------------------------------------------------------------------- whole index
+
+def _leads_entry(leads: Mapping[str, LeadRule] | None) -> dict:
+    """``{"leads": …}`` for a manifest where any rank has a lead rule, else nothing (older readers see no
+    change)."""
+    kept = {rank: {"lead": round(float(leads[rank].lead), 6), "threshold": round(float(leads[rank].threshold), 6)}
+            for rank in RANKS if leads and rank in leads}
+    return {"leads": kept} if kept else {}
+
+
+def _lead_rules(stored: Mapping) -> dict[str, LeadRule]:
+    """Stored lead rules (manifest models) as :class:`clibd_cli.assign.LeadRule`."""
+    return {rank: LeadRule(rule.lead, rule.threshold) for rank, rule in stored.items()}
+
 
 def index_modalities(directory: Path) -> list[str]:
     """The modalities (parts) a saved index holds."""

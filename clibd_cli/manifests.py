@@ -94,6 +94,14 @@ class RankThresholds(TypedDict):
     species: float
 
 
+class LeadRule(_Open):
+    """A rank is also called from ``threshold`` when its winner's best hit is at least ``lead`` (identity,
+    fraction) above the best verified candidate of any other taxon at that rank."""
+
+    lead: float
+    threshold: float
+
+
 class CrossCalibration(_Open):
     """Thresholds for queries of another modality (``parts.<modality>.cross_thresholds.<query modality>``).
 
@@ -113,6 +121,8 @@ class ShortReadCalibration(CrossCalibration):
 
     window: PositiveInt
     """Length of the calibration queries' stretches (bp)."""
+    leads: dict[str, LeadRule] = {}
+    """Lead rules, as for the part's own."""
     below_overlap: PositiveInt
     """Queries whose top hit's overlap is shorter than this use these thresholds."""
 
@@ -144,6 +154,9 @@ class IndexPart(_Open):
     """Per rank, the score at which queries of this modality are called (identity for barcodes)."""
     calibration: Calibration
     """How ``thresholds`` were set."""
+    leads: dict[str, LeadRule] = {}
+    """Barcodes: per rank, a second, lower threshold for calls far enough ahead of any other taxon; calibrated
+    with ``thresholds`` (absent: none, as in indexes built before lead rules)."""
     cross_thresholds: dict[Modality, CrossCalibration] = {}
     """Thresholds for queries of other modalities (e.g. photos against barcodes)."""
     short_reads: ShortReadCalibration | None = None

@@ -146,20 +146,18 @@ def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, 
     A reference too small to calibrate keeps the encoder's default thresholds, with a note; returns
     whether it was calibrated.
     """
-    from clibd_cli.calibrate import calibrate_leave_species_out, calibrate_open_set, fit_short_reads
+    from clibd_cli.calibrate import calibrate_barcode_part, calibrate_leave_species_out
 
     try:
-        if index.modality == "dna":  # barcodes are called on alignment identity
-            calibration = calibrate_open_set(index, target=precision, seed=seed)
+        if index.modality == "dna":  # barcodes are called on alignment identity, short reads on their own set
+            calibrate_barcode_part(index, target=precision, seed=seed)
         else:
             calibration = calibrate_leave_species_out(index, target=precision, seed=seed)
+            index.set_thresholds(calibration.thresholds, calibration.report)
     except ValueError:
         if notes is not None:
             notes.note("too few labelled references to calibrate; using the encoder's default thresholds.")
         return False
-    index.set_thresholds(calibration.thresholds, calibration.report)
-    if index.modality == "dna":  # and for short reads, whose identity over fewer columns scatters more
-        fit_short_reads(index, calibration, target=precision, seed=seed)
     return True
 
 

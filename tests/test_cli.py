@@ -431,7 +431,15 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     assert {k: v for k, v in after.items() if k not in refit} == {k: v for k, v in before.items() if k not in refit}
     assert after["short_reads"]["window"] == 200 and "short_reads" not in before
     assert all(after["short_reads"]["thresholds"][rank] >= thresholds[rank] for rank in thresholds)
+    # One shared leave-out search fits both sets: the short-read set is what a fit of its own gives.
+    alone = calibrate_open_set(ReferenceIndex.load(target), target=0.9, sample=60, seed=3, window=200)
+    assert after["short_reads"]["calibration"]["ranks"] == alone.report["ranks"]
     assert "species" in result.stdout and "threshold" in result.stdout
+    short, leads = after["short_reads"]["thresholds"], after["short_reads"].get("leads", {})
+    assert ("short reads (overlap < 300 bp): " + ", ".join(
+        f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead)"
+                                 if r in leads else "") for r in short)
+            + " (fitted on 200 bp stretches)") in " ".join(result.stdout.split())
     # The calibrated thresholds are what `match` uses.
     out = tmp_path / "out.json"
     assert_ok(invoke("match", files["queries"], "-i", target, "-o", out))

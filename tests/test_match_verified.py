@@ -188,8 +188,9 @@ def test_an_index_holds_short_read_thresholds_no_looser_than_its_own(split_refer
     reference, _, _ = split_reference
     clibd_ok("build-index", "-b", write_fasta(tmp_path / "ref.fasta", reference), "-o", tmp_path / "idx")
     index = ReferenceIndex.load(tmp_path / "idx", "dna")
-    short, below = index.short_read_thresholds()
+    short, below, leads = index.short_read_thresholds()
     assert below == 300 and index.spec.short_reads.window == 200
     assert all(short[rank] >= index.thresholds[rank] for rank in short)
+    assert all((leads or {}).get(rank, 0.0) >= lead for rank, lead in index.leads.items())
     assert short["species"] == index.thresholds["species"]  # species keeps the whole-barcode threshold
     assert "200 bp" in index.manifest["short_reads"]["calibration"]["method"]

@@ -72,7 +72,7 @@ def match(
                                "target precision) or conventional (identity 97/95/90/85 % for species/genus/"
                                "family/order).")] = "calibrated",
     candidates: Annotated[int, typer.Option(min=1, max=1000, help="Distinct references proposed per query by the "
-                          "k-mer search and verified by alignment.")] = 32,
+                          "k-mer search and verified by alignment.")] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per batch.")] = 1024,
     threads: Annotated[int | None, typer.Option(help="Search threads (default: all cores).")] = None,
     model: ModelOption = None,

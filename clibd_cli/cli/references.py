@@ -31,6 +31,9 @@ from clibd_cli.errors import ClibdError
 from clibd_cli.schema import RANKS
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from clibd_cli.assign import LeadRule
     from clibd_cli.calibrate import Calibration
     from clibd_cli.index import ReferenceIndex
 
@@ -85,15 +88,13 @@ def _print_part(output: Path, modality: str, part: ReferenceIndex) -> None:
     console.print(f"[green]wrote[/green] {output} \\[{modality}]: {counts['records']:,} records, "
                   f"{counts['species']:,} species, {counts['genus']:,} genera ({what}; search: "
                   f"{part.manifest.get('search', 'exact')})")
-    thresholds = part.thresholds
     if modality != "text":  # taxonomy strings are references, never queries
-        console.print(f"  {modality} queries: " + ", ".join(f"{r} {thresholds[r]:.3f}" for r in RANKS
-                                                             if r in thresholds)
+        console.print(f"  {modality} queries: " + _thresholds_text(part.thresholds, part.leads)
                       + f" ({part.manifest['calibration'].get('method')})")
-    short = part.manifest.get("short_reads")
+    short = part.short_read_thresholds()
     if short:
-        console.print(f"  short reads (overlap < {short['below_overlap']} bp): " + ", ".join(
-            f"{r} {short['thresholds'][r]:.3f}" for r in RANKS) + f" (fitted on {short['window']} bp stretches)")
+        console.print("  " + _short_reads_line(short.thresholds, short.below_overlap, part.spec.short_reads.window,
+                                               short.leads))
     for query, entry in part.manifest.get("cross_thresholds", {}).items():
         console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANKS)
                       + " (leave-species-out)")
@@ -134,6 +135,32 @@ def calibrate(
     calibration = calibrate_index(index_path, queries=queries, images=images, against=against, model=model,
                                   device=device, options=options, notify=say, progress=step_progress)
     stdout().print(_thresholds_table(calibration, precision))
+    if calibration.short_reads is not None:
+        from clibd_cli.index import ReferenceIndex
+
+        part = ReferenceIndex.load(index_path, "dna")
+        short = part.short_read_thresholds()
+        stdout().print(_short_reads_line(short.thresholds, short.below_overlap, part.spec.short_reads.window,
+                                         short.leads))
+
+
+def _thresholds_text(thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None) -> str:
+    """Per rank its threshold, and its lead rule where it has one."""
+    leads = leads or {}
+    return ", ".join(f"{r} {thresholds[r]:.3f}" + (f" (or {_lead_text(leads[r])} ahead)" if r in leads else "")
+                     for r in RANKS if r in thresholds)
+
+
+def _lead_text(rule: LeadRule) -> str:
+    """A lead rule in a few characters: its threshold, and the lead in identity points."""
+    return f"{rule.threshold:.3f}, {100 * rule.lead:.2g} pts"
+
+
+def _short_reads_line(thresholds: dict[str, float], below_overlap: int, window: int,
+                      leads: Mapping[str, LeadRule] | None) -> str:
+    """The thresholds for short reads in one line (`build-index`, `calibrate`)."""
+    return (f"short reads (overlap < {below_overlap} bp): " + _thresholds_text(thresholds, leads)
+            + f" (fitted on {window} bp stretches)")
 
 
 def _thresholds_table(calibration: Calibration, precision: float):
@@ -163,16 +190,19 @@ def _thresholds_table(calibration: Calibration, precision: float):
     table = Table(title=f"thresholds for precision {precision:.2f} ({calibration.report['method']}, "
                         f"{calibration.report['queries']} queries)")
     open_set = "right_present" in calibration.report["ranks"]["species"]
-    columns = (("rank", "threshold", "right (taxon present)", "wrong (taxon present)", "wrong (taxon left out)")
-               if open_set else ("rank", "threshold", "precision", "coverage"))
+    columns = (("rank", "threshold", "or, if ahead", "right (taxon present)", "wrong (taxon present)",
+                "wrong (taxon left out)") if open_set else ("rank", "threshold", "precision", "coverage"))
     for column in columns:
         table.add_column(column)
     for rank in RANKS:
         info = calibration.report["ranks"][rank]
         keys = ("right_present", "false_calls_present", "false_calls_absent") if open_set else ("precision", "coverage")
         threshold = calibration.thresholds[rank]
-        table.add_row(rank, describe_threshold(threshold, short=True),
-                      *(cell(info.get(key)) for key in keys))
+        lead = ([_lead_text(calibration.leads[rank]) if rank in calibration.leads else "–"] if open_set else [])
+        table.add_row(rank, describe_threshold(threshold, short=True), *lead, *(cell(info.get(key)) for key in keys))
+    if calibration.leads:
+        captions.append("or, if ahead: a call is also made from this lower identity when its taxon's best hit is "
+                        "that many identity points above the best hit of any other taxon at that rank.")
     return Group(table, *(Text(line) for line in captions))
 
 

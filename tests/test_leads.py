@@ -1,0 +1,154 @@
+"""A call must lead every other taxon at its rank: the lead is measured over all verified candidates (not
+only the ten hits that vote), calibrated with the thresholds, stored in the index and recorded by `match`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import Specimen, clibd_ok, invoke, random_sequence, to_records, write_fasta
+
+from clibd_cli.align import align_many
+from clibd_cli.assign import LeadRule
+from clibd_cli.calibrate import _lead_rule, _open_set_thresholds, _Scored
+from clibd_cli.encoders import KmerProfileEncoder
+from clibd_cli.index import ReferenceIndex
+from clibd_cli.match import MatchOptions, identify
+from clibd_cli.sequences import RANKS, SequenceRecord
+
+THRESHOLDS = {"order": 0.80, "family": 0.85, "genus": 0.90, "species": 0.97}
+
+
+def _mutate(sequence: str, changes: int, rng: np.random.Generator) -> str:
+    bases = list(sequence)
+    for i in rng.choice(len(bases), size=changes, replace=False):
+        bases[i] = "ACGT"[("ACGT".index(bases[i]) + 1) % 4]
+    return "".join(bases)
+
+
+def _rivals_case():
+    """A query 93 % identical to genus Aedes, whose twelve records of one barcode fill every voting hit,
+    and 92.5 % identical to genus Culex of the same family: the Culex record is no hit, yet a rival."""
+    rng = np.random.default_rng(11)
+    ancestor = random_sequence(rng, 600)
+    aedes = _mutate(ancestor, 21, rng)
+    culex = _mutate(ancestor, 24, rng)
+    query = _mutate(ancestor, 21, rng)
+    reference = [Specimen(f"AE{i}", "Diptera", "Culicidae", "Aedes", "Aedes one", "BOLD:AAA0001", aedes)
+                 for i in range(12)]
+    reference.append(Specimen("CX1", "Diptera", "Culicidae", "Culex", "Culex one", "BOLD:AAA0002", culex))
+    reference.append(Specimen("TI1", "Diptera", "Tipulidae", "Tipula", "Tipula one", "BOLD:AAA0003",
+                              random_sequence(rng, 600)))
+    return reference, query
+
+
+def _match(reference, query, thresholds=THRESHOLDS, leads=None):
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    (result,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), thresholds,
+                         MatchOptions(top_k=20), leads=leads)
+    return result
+
+
+def test_a_rival_outside_the_voting_hits_sets_the_lead():
+    reference, query = _rivals_case()
+    high = {**THRESHOLDS, "genus": 0.95}  # 93 % is below the genus threshold: family only, unless a lead rule
+    plain = _match(reference, query, high)
+    assert {hit["genus"] for hit in plain.hits[:10]} == {"Aedes"}  # ten voting hits, one barcode: no dissent
+    assert plain.row["genus"] == "" and plain.row["family"] == "Culicidae"
+    aedes, culex = align_many(query, [reference[0].sequence, reference[12].sequence])
+    lead = 100 * (aedes.identity - culex.identity)
+    assert 0 < lead < 2 and float(plain.row["identity"]) == round(100 * aedes.identity, 2)  # points
+    # A rule calling genus from 92 % when 2 points ahead does not call it: Culex is within 2 points ...
+    strict = _match(reference, query, high, {"genus": LeadRule(0.02, 0.92)})
+    assert strict.row["genus"] == "" and strict.row["rank"] == "family"
+    # ... one needing 0.1 point does, and one from 94 % does not.
+    assert _match(reference, query, high, {"genus": LeadRule(0.001, 0.92)}).row["genus"] == "Aedes"
+    assert _match(reference, query, high, {"genus": LeadRule(0.001, 0.94)}).row["genus"] == ""
+    # Without the Culex record nothing else is near: any lead is met.
+    alone = [s for s in reference if s.genus != "Culex"]
+    assert _match(alone, query, high, {"genus": LeadRule(0.05, 0.92)}).row["genus"] == "Aedes"
+
+
+def _scored(scores, leads, correct) -> _Scored:
+    """One calibration set whose genus calls are as given and whose calls at other ranks are all right."""
+    return _Scored({rank: np.asarray(scores, float) for rank in RANKS},
+                   {rank: np.asarray(leads, float) for rank in RANKS},
+                   {rank: np.asarray(correct, bool) if rank == "genus" else np.ones(len(scores), bool)
+                    for rank in RANKS})
+
+
+def test_calibration_adds_a_lead_rule_only_where_it_names_more_taxa_right():
+    """Wrong calls sit between two taxa (lead ≈ 0): the plain threshold must stay above them, while calls far
+    ahead of any other taxon can be made lower; where leads tell right from wrong apart nothing, no rule."""
+    rng = np.random.default_rng(3)
+    n = 400
+    right = rng.uniform(0.90, 0.99, n)
+    wrong = rng.uniform(0.90, 0.96, n)
+    present = _scored(np.r_[right, wrong[: n // 4]], np.r_[np.full(n, 0.05), np.zeros(n // 4)],
+                      np.r_[np.ones(n), np.zeros(n // 4)])
+    absent = _scored(wrong, np.where(np.arange(n) < n // 50, 0.05, 0.001), np.zeros(n))
+    threshold, rule = _lead_rule(present, absent, "genus", 0.05, 0.85)
+    assert threshold > 0.95  # above nearly every wrong call
+    assert 0.001 < rule.lead <= 0.05 and 0.85 <= rule.threshold < threshold - 0.02
+    plain_right = float(np.sum(right >= threshold))
+    assert present.called("genus", threshold, rule).sum() > plain_right + 0.2 * n
+    # The wrong calls of both ways together stay within the bound, in each set.
+    assert absent.called("genus", threshold, rule).sum() <= 0.05 * n
+    assert (present.called("genus", threshold, rule) & ~present.correct["genus"]).sum() <= 0.05 * (n + n // 4)
+    # Never below the rank above's threshold.
+    assert _lead_rule(present, absent, "genus", 0.05, 0.93)[1].threshold >= 0.93
+    # Where no lead tells right from wrong, no rule is kept.
+    flat = [_scored(x.scores["genus"], np.full(len(x.scores["genus"]), 0.05), x.correct["genus"])
+            for x in (present, absent)]
+    assert _lead_rule(*flat, "genus", 0.05, 0.85)[1] is None
+    # Through the whole fit: the rule is stored with its threshold and reported.
+    calls = {"record": present, "species": present, "genus": absent, "family": absent, "order": absent}
+    counts = {level: len(scored.scores["genus"]) for level, scored in calls.items()}
+    report = _open_set_thresholds(calls, counts, 0.95, {}, None, 10, 64, 0).report["ranks"]
+    expected = _lead_rule(present, absent, "genus", 0.05, report["family"]["threshold"])[1]
+    assert report["genus"]["lead_rule"] == expected._asdict() and report["genus"]["false_calls_absent"] <= 0.05
+
+
+def test_leads_are_stored_and_recorded_by_match(tmp_path):
+    reference, query = _rivals_case()
+    clibd_ok("build-index", "-b", write_fasta(tmp_path / "ref.fasta", reference), "-o", tmp_path / "idx",
+             "--no-calibrate")
+    index = ReferenceIndex.load(tmp_path / "idx", "dna")
+    assert index.leads == {}
+    high = {**THRESHOLDS, "genus": 0.95}
+    index.set_thresholds(high, {"method": "test"}, {"genus": LeadRule(0.001, 0.92)})
+    index.save_manifest()
+    stored = json.loads((tmp_path / "idx" / "index.json").read_text())["parts"]["dna"]
+    assert stored["leads"] == {"genus": {"lead": 0.001, "threshold": 0.92}}
+    assert ReferenceIndex.load(tmp_path / "idx", "dna").leads == {"genus": LeadRule(0.001, 0.92)}
+    (tmp_path / "q.fasta").write_text(f">q\n{query}\n")
+    clibd_ok("match", tmp_path / "q.fasta", "-i", tmp_path / "idx", "-o", tmp_path / "out.json")
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["info"]["leads"] == {"genus": {"lead": 0.001, "threshold": 0.92}}
+    (row,) = out["results"]
+    assert row["genus"] == "Aedes" and float(row["identity"]) < 95  # called by the lead rule
+    # Conventional cut-offs, or the user's own genus threshold, come without the rule.
+    for extra in (["--thresholds", "conventional"], ["--threshold", "genus=0.95"]):
+        clibd_ok("match", tmp_path / "q.fasta", "-i", tmp_path / "idx", "-o", tmp_path / "other.json", "--force",
+                 *extra)
+        other = json.loads((tmp_path / "other.json").read_text())
+        assert "leads" not in other["info"] and other["results"][0]["genus"] == ""
+    # Refitting without lead rules (labelled queries) clears them rather than keeping stale ones ...
+    index = ReferenceIndex.load(tmp_path / "idx", "dna")
+    index.set_thresholds(high, {"method": "test"})
+    index.save_manifest()
+    assert ReferenceIndex.load(tmp_path / "idx", "dna").leads == {}
+    # ... and an output called with other rules is not continued by --resume.
+    result = invoke("match", tmp_path / "q.fasta", "-i", tmp_path / "idx", "-o", tmp_path / "out.json", "--resume")
+    assert result.exit_code == 2 and "leads" in result.output
+
+
+def test_match_proposes_as_many_candidates_as_calibration_verified():
+    """Leads are calibrated on the rivals among DEFAULT_CANDIDATES; `clibd match` must see as many."""
+    import inspect
+
+    from clibd_cli.cli.identify import match
+    from clibd_cli.match import DEFAULT_CANDIDATES
+
+    default = inspect.signature(match).parameters["candidates"].default
+    assert default == DEFAULT_CANDIDATES == MatchOptions().candidates
