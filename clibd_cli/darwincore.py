@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clibd_cli import __version__
-from clibd_cli.calibrate import applied_thresholds, describe_threshold
+from clibd_cli.calibrate import applied_lead_rules, applied_thresholds, describe_threshold
 from clibd_cli.schema import RANKS
 
 BARCODE, PHOTO = "barcode", "photo"
@@ -120,7 +120,7 @@ def identification_remarks(row: Mapping[str, Any], subject: str, info: Mapping[s
     rank = _text(row.get("rank"))
     parts.append(f"{status}: {_STATUS_MEANS.get(status, status)}")
     if rank:
-        parts.append(f"called to {rank}, {_score(row, rank, thresholds)}")
+        parts.append(f"called to {rank}, {_score(row, rank, thresholds)}{_by_lead(row, rank, thresholds, info)}")
     finer = RANKS[RANKS.index(rank) + 1] if rank in RANKS[:-1] else (RANKS[0] if not rank else "")
     if finer:
         parts.append(f"{finer} not called, {_score(row, finer, thresholds)}")
@@ -154,6 +154,15 @@ def _score(row: Mapping[str, Any], rank: str, thresholds: Mapping[str, float]) -
     if threshold is None:
         return text
     return f"{text} (threshold {describe_threshold(threshold)})"
+
+
+def _by_lead(row: Mapping[str, Any], rank: str, thresholds: Mapping[str, float], info: Mapping[str, Any]) -> str:
+    """For a rank called below its threshold by its lead rule: which rule."""
+    rule, score, threshold = applied_lead_rules(info, row).get(rank), row.get(f"{rank}_score"), thresholds.get(rank)
+    if not isinstance(rule, Mapping) or not isinstance(score, int | float) or threshold is None or score >= threshold:
+        return ""
+    return (f", by its lead rule: from {rule['threshold']:.3f} when {100 * rule['lead']:.2g} identity points "
+            f"above any other {rank}")
 
 
 def _top_hit(row: Mapping[str, Any], subject: str) -> str:

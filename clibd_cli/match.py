@@ -47,9 +47,10 @@ if TYPE_CHECKING:
     from clibd_cli.references import OpenIndex
 
 DEFAULT_NEIGHBOURS = 10
-# 64, not 32: the verified candidates are also the rivals a call must lead (assign_verified), and the 32
-# nearest profiles of a species missing from the reference are often haplotypes of one close species.
-# Held-out case of benchmarks/dna_vs_vsearch.py, absent species: right genus 39.1 % with 32, 40.2 % with 64.
+# 64, not 32: the 32 nearest profiles of a species missing from the reference are often haplotypes of one
+# close species, and the verified candidates are also the rivals a lead rule measures (assign_verified).
+# Held-out case of benchmarks/dna_vs_vsearch.py, absent species given their right order: 70.4 % with 32,
+# 88.7 % with 64 (order threshold 87.9 % in both: closer references are found).
 DEFAULT_CANDIDATES = 64
 # Calls identical to 10 on 600 real held-out queries, 37 % faster.  3 changed 1 of 12,000 real calls but
 # let 5 queries of a missing synthetic genus get a genus call (test_missing_genus_stops_above_genus).
@@ -260,7 +261,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
             usable = [q for q in batch if q.sequence]
             found = _propose(usable, index, encoder, options)
             hits = list(pool.map(check, found)) if pool is not None else [check(f) for f in found]
-            assignments = iter(_assign(hits, index, ShortReads(thresholds, 0, leads), short_reads, k))
+            assignments = iter(_assign(hits, index, thresholds, leads, short_reads, k))
             results = iter(zip(usable, hits, strict=True))
             for query in batch:
                 if not query.sequence:
@@ -274,20 +275,21 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 progress(len(batch))
 
 
-def _assign(hits: list[VerifiedHits], index: ReferenceIndex, main: ShortReads, short_reads: ShortReads | None,
-            k: int) -> list[tuple[Assignment, dict[str, float]]]:
-    """Each query's assignment and the thresholds it was called with: ``main``'s thresholds and leads, or for
-    a top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``'."""
+def _assign(hits: list[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float],
+            leads: Mapping[str, LeadRule] | None, short_reads: ShortReads | None, k: int,
+            ) -> list[tuple[Assignment, dict[str, float]]]:
+    """Each query's assignment and the thresholds it was called with: ``thresholds`` and ``leads``, or for a
+    top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``' own."""
     below = short_reads.below_overlap if short_reads is not None else 0
     short = [bool(len(h.records)) and h.overlap[0] < below for h in hits]
     out: list[tuple[Assignment, dict[str, float]] | None] = [None] * len(hits)
-    for flag, rule in ((False, main), (True, short_reads)):
+    sets = ((False, thresholds, leads),) + (((True, short_reads.thresholds, short_reads.leads),) if short_reads else ())
+    for flag, used, rules in sets:
         rows = [i for i, s in enumerate(short) if s == flag]
-        if not rows or rule is None:
-            continue
-        chosen = assign_verified([hits[i] for i in rows], index, rule.thresholds, k, leads=rule.leads)
-        for i, a in zip(rows, chosen, strict=True):
-            out[i] = (a, rule.thresholds)
+        if rows:
+            chosen = assign_verified([hits[i] for i in rows], index, used, k, leads=rules)
+            for i, a in zip(rows, chosen, strict=True):
+                out[i] = (a, used)
     return out  # type: ignore[return-value]
 
 

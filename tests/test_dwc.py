@@ -254,3 +254,20 @@ def test_remarks_quote_the_threshold_set_the_read_was_called_with():
     full = identification_remarks({**row, "overlap": 640}, BARCODE, info)
     assert "(threshold 0.955)" in short and "(threshold 0.980)" in short
     assert "(threshold 0.940)" in full and "(threshold 0.970)" in full
+
+
+def test_remarks_name_the_lead_rule_a_call_below_its_threshold_was_made_by():
+    from clibd_cli.darwincore import BARCODE, identification_remarks
+
+    info = {"thresholds": {"order": 0.85, "family": 0.9, "genus": 0.95, "species": 0.97},
+            "leads": {"genus": {"lead": 0.02, "threshold": 0.93}},
+            "short_read_thresholds": {"thresholds": {"order": 0.9, "family": 0.95, "genus": 0.96, "species": 0.98},
+                                      "below_overlap": 300}}
+    row = {"status": "novel_candidate", "rank": "genus", "genus_score": 0.935, "species_score": 0.935,
+           "top_hit_id": "R1", "identity": 93.5, "overlap": 640, "flags": ""}
+    remarks = identification_remarks(row, BARCODE, info)
+    assert "called to genus, score 0.935 (threshold 0.950), by its lead rule: from 0.930 when 2 identity points " \
+           "above any other genus" in remarks
+    # A call above its threshold, or a short read (whose set has no rule), names no rule.
+    assert "lead rule" not in identification_remarks({**row, "genus_score": 0.955}, BARCODE, info)
+    assert "lead rule" not in identification_remarks({**row, "overlap": 200}, BARCODE, info)
