@@ -152,6 +152,7 @@ class ReferenceIndex:
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
+        self._rivals: tuple[np.ndarray, np.ndarray] | None = None
         self._inputs: list[str] | None = None
         self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
         self._bins: dict[str, int] | None = None
@@ -340,6 +341,24 @@ class ReferenceIndex:
         """Record rows (0-based) that share distinct vector ``vector``, in record order."""
         indptr, members = self._members()
         return members[indptr[vector] : indptr[vector + 1]]
+
+    def rival_members(self, vector: int) -> np.ndarray:
+        """Record rows standing for the taxa behind distinct vector ``vector``: the first record of each species
+        lineage, and every record of unknown species (they may differ at any rank).  What a call's lead is
+        measured against (:func:`clibd_cli.match.verified_hits`) without expanding a haplotype shared by
+        hundreds of records; computed for every vector at once, on first use."""
+        if self._rivals is None:
+            vector_of = self.labels.vector
+            rows = np.arange(len(vector_of))
+            species = self.lineage_codes()["species"]
+            key = np.where(species >= 0, species, -1 - rows)
+            order = np.lexsort((rows, key, vector_of))
+            v, k = vector_of[order], key[order]
+            reps = order[np.r_[True, (v[1:] != v[:-1]) | (k[1:] != k[:-1])]] if len(order) else order
+            indptr = np.searchsorted(vector_of[reps], np.arange(len(self._members()[0])))
+            self._rivals = (indptr, reps)
+        indptr, reps = self._rivals
+        return reps[indptr[vector] : indptr[vector + 1]]
 
     def vector_inputs(self) -> list[str]:
         """The embedded input behind each distinct vector (a barcode for DNA parts), in vector order.

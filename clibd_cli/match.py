@@ -115,8 +115,9 @@ class VerifiedHits:
     cosine: np.ndarray
     reverse: bool = False
     rivals: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    """Every verified candidate that covers the query, one record per species lineage of each (the taxa a
-    call must lead, :attr:`clibd_cli.assign.RankCall.lead`), with its identity and overlap."""
+    """Every verified candidate that covers the query, as the records standing for its taxa
+    (:meth:`ReferenceIndex.rival_members`), with its identity and overlap: what a call's lead is measured
+    against (:attr:`clibd_cli.assign.RankCall.lead`)."""
     rival_identity: np.ndarray = field(default_factory=lambda: np.empty(0))
     rival_overlap: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
@@ -127,38 +128,36 @@ def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosine
     """Align ``query`` to candidate vectors, rank by (identity, overlap), expand to the first k records.
 
     ``keep`` filters record rows (leave-one-out calibration removes the query's own taxon).  Every
-    verified candidate also lands in the rivals (one record per species lineage it holds).
+    verified candidate also lands in the rivals (:meth:`ReferenceIndex.rival_members`).
     """
     valid = vectors >= 0
     vectors, cosines = vectors[valid], cosines[valid]
     inputs = index.vector_inputs()
     found = verify(query, [inputs[v] for v in vectors], full=aligned, codes=index.input_codes(vectors))
     rows, identity, overlap, cosine = [], [], [], []
-    rivals, rival_identity, rival_overlap = [], [], []
-    species = index.lineage_codes()["species"]
+    rivals, counts = [], []
     order = sorted((i for i, a in enumerate(found) if a is not None and a.coverage >= MIN_COVERAGE),
                    key=lambda i: (-found[i].identity, -found[i].overlap, -cosines[i]))
     for i in order:
-        members = index.members(int(vectors[i]))
+        if len(rows) < k:
+            members = index.members(int(vectors[i]))
+            if keep is not None:
+                members = members[keep(members)]
+            for record in members[: k - len(rows)]:
+                rows.append(record)
+                identity.append(found[i].identity)
+                overlap.append(found[i].overlap)
+                cosine.append(cosines[i])
+        standing = index.rival_members(int(vectors[i]))
         if keep is not None:
-            members = members[keep(members)]
-        for record in members[: k - len(rows)]:
-            rows.append(record)
-            identity.append(found[i].identity)
-            overlap.append(found[i].overlap)
-            cosine.append(cosines[i])
-        if len(members) > 1:  # records of unknown species each stay: they may hold different genera
-            code = species[members]
-            _, first = np.unique(code, return_index=True)
-            members = np.union1d(members[first], members[code < 0])
-        rivals.append(members)
-        rival_identity.append(np.full(len(members), found[i].identity))
-        rival_overlap.append(np.full(len(members), found[i].overlap))
+            standing = standing[keep(standing)]
+        rivals.append(standing)
+        counts.append(len(standing))
     return VerifiedHits(np.array(rows, dtype=np.int64), np.array(identity), np.array(overlap, dtype=np.int64),
                         np.array(cosine, dtype=np.float64),
                         rivals=np.concatenate(rivals).astype(np.int64) if rivals else np.empty(0, dtype=np.int64),
-                        rival_identity=np.concatenate(rival_identity) if rivals else np.empty(0),
-                        rival_overlap=np.concatenate(rival_overlap) if rivals else np.empty(0, dtype=np.int64))
+                        rival_identity=np.repeat([found[i].identity for i in order], counts),
+                        rival_overlap=np.repeat(np.array([found[i].overlap for i in order], dtype=np.int64), counts))
 
 
 def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float], k: int,

@@ -152,3 +152,36 @@ def test_match_proposes_as_many_candidates_as_calibration_verified():
 
     default = inspect.signature(match).parameters["candidates"].default
     assert default == DEFAULT_CANDIDATES == MatchOptions().candidates
+
+
+def test_rivals_stand_for_each_species_of_a_shared_barcode():
+    """A barcode shared by 30 records of two species and two records of unknown species: four rivals."""
+    rng = np.random.default_rng(2)
+    shared, other = random_sequence(rng, 600), random_sequence(rng, 600)
+    reference = [Specimen(f"A{i}", "Diptera", "Culicidae", "Aedes", "Aedes one", "", shared) for i in range(20)]
+    reference += [Specimen(f"B{i}", "Diptera", "Culicidae", "Culex", "Culex one", "", shared) for i in range(10)]
+    reference += [Specimen(f"U{i}", "Diptera", "Tipulidae", "", "", "", shared) for i in range(2)]
+    reference.append(Specimen("O1", "Diptera", "Tipulidae", "Tipula", "Tipula one", "", other))
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    vector = int(index.labels.vector[0])
+    standing = index.rival_members(vector)
+    ids = sorted(index.labels.record_id[standing])
+    assert ids == ["A0", "B0", "U0", "U1"]
+    assert list(index.labels.record_id[index.rival_members(int(index.labels.vector[-1]))]) == ["O1"]
+    # A query 93 % identical to the shared barcode: its genus, a tie between Aedes and Culex, leads by 0,
+    # so no lead rule calls it, although the ten voting hits are all Aedes.
+    query = _mutate(shared, 42, rng)
+    (result,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), {**THRESHOLDS, "genus": 0.95},
+                         MatchOptions(), leads={"genus": LeadRule(0.0025, 0.90)})
+    assert result.row["genus"] == "" and result.row["family"] == "Culicidae"
+
+
+def test_readme_shows_a_lead_rule_as_build_index_and_calibrate_print_it():
+    from pathlib import Path
+
+    from clibd_cli.cli.references import _thresholds_text
+
+    printed = _thresholds_text({"genus": 0.956}, {"genus": LeadRule(0.02, 0.928)})
+    assert printed == "genus 0.956 (or 0.928, 2 pts ahead)"
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"`{printed}`" in readme
