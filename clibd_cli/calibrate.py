@@ -33,6 +33,7 @@ from clibd_cli.workflow import Listener, Notes, Progress, ReadOptions, as_notes,
 
 if TYPE_CHECKING:
     from clibd_cli.bundle import ModelBundle
+    from clibd_cli.match import ShortReads
 
 DEFAULT_PRECISION = 0.95
 DEFAULT_NOVEL_SHARE = 0.25
@@ -57,8 +58,9 @@ class Calibration:
     report: dict
     leads: dict[str, LeadRule] = field(default_factory=dict)
     """Barcodes (open set): per rank, the lower threshold a call far enough ahead of any other taxon needs."""
-    short_reads: dict[str, float] | None = None
-    """Barcodes: the thresholds for short reads fitted with these (:func:`calibrate_barcode_part`)."""
+    short_reads: ShortReads | None = None
+    """Barcodes: the thresholds (and lead rules) for short reads fitted with these, as stored
+    (:func:`calibrate_barcode_part`)."""
 
 
 def describe_threshold(threshold: float, *, short: bool = False) -> str:
@@ -605,10 +607,10 @@ def calibrate_barcode_part(part: ReferenceIndex, *, target: float = DEFAULT_PREC
              for rank, rule in short.leads.items() if rank != "species" and rank in main.leads}
     if "species" in main.leads:
         rules["species"] = main.leads["species"]
+    rules = {rank: rule for rank, rule in rules.items() if rule.threshold < stricter[rank]}
     part.set_thresholds(main.thresholds, main.report, main.leads)
-    part.set_short_read_thresholds(stricter, short.report, SHORT_READ_WINDOW, SHORT_READ_OVERLAP,
-                                   {rank: rule for rank, rule in rules.items() if rule.threshold < stricter[rank]})
-    main.short_reads = stricter
+    part.set_short_read_thresholds(stricter, short.report, SHORT_READ_WINDOW, SHORT_READ_OVERLAP, rules)
+    main.short_reads = part.short_read_thresholds()
     return main
 
 

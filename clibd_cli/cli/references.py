@@ -135,13 +135,11 @@ def calibrate(
     calibration = calibrate_index(index_path, queries=queries, images=images, against=against, model=model,
                                   device=device, options=options, notify=say, progress=step_progress)
     stdout().print(_thresholds_table(calibration, precision))
-    if calibration.short_reads is not None:
-        from clibd_cli.index import ReferenceIndex
+    short = calibration.short_reads
+    if short is not None:
+        from clibd_cli.calibrate import SHORT_READ_WINDOW
 
-        part = ReferenceIndex.load(index_path, "dna")
-        short = part.short_read_thresholds()
-        stdout().print(_short_reads_line(short.thresholds, short.below_overlap, part.spec.short_reads.window,
-                                         short.leads))
+        stdout().print(_short_reads_line(short.thresholds, short.below_overlap, SHORT_READ_WINDOW, short.leads))
 
 
 def _thresholds_text(thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None) -> str:
