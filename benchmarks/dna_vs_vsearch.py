@@ -216,6 +216,15 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
     return lines, summary
 
 
+def read_data(data: Path) -> list[SequenceRecord]:
+    """The BOLD records both tools are run on; exits with one line when vsearch or the data is missing."""
+    if shutil.which("vsearch") is None:
+        sys.exit("vsearch is not installed (Debian: apt-get install vsearch)")
+    if not data.exists():
+        sys.exit(f"{data}: not found")
+    return read_sequences([data]).records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -227,11 +236,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
-    if shutil.which("vsearch") is None:
-        sys.exit("vsearch is not installed (Debian: apt-get install vsearch)")
-    if not args.data.exists():
-        sys.exit(f"{args.data}: not found")
-    records = read_sequences([args.data]).records
+    records = read_data(args.data)
     body = ["Right / wrong: share of queries whose call at that rank names their taxon / another taxon "
             "(uncalled ranks are neither; for absent species every species name is wrong). VSEARCH calls a rank "
             "when its top hit passes 97 / 95 / 90 / 85 %; clibd uses its open-set calibrated identity thresholds.",

@@ -12,24 +12,14 @@ candidates cost), and `vsearch --usearch_global --strand both`.  Wall time of th
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
-from dna_vs_vsearch import DEFAULT_DATA, held_out_case, write_fasta
-
-from clibd_cli.sequences import read_sequences
-
-
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+from dna_vs_vsearch import DEFAULT_DATA, held_out_case, read_data, timed, write_fasta
 
 
 def main() -> None:
@@ -39,11 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
-    if shutil.which("vsearch") is None:
-        sys.exit("vsearch is not installed (Debian: apt-get install vsearch)")
-    if not args.data.exists():
-        sys.exit(f"{args.data}: not found")
-    reference, present, absent = held_out_case(read_sequences([args.data]).records, 3000, 3000, 0.05, 0)
+    reference, present, absent = held_out_case(read_data(args.data), 3000, 3000, 0.05, 0)
     threads = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="clibd-speed-") as tmp:
         work = Path(tmp)

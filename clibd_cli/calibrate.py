@@ -415,10 +415,10 @@ def _lead_rule(p: _Scored, a: _Scored, rank: str, rate: float, above: float | No
     """
     sets = [(x.scores[rank], x.leads[rank], x.correct[rank]) for x in (p, a)]
     plain = max(false_call_threshold(s, c, rate) for s, _, c in sets)
-    s_p, l_p, c_p = sets[0]
-    best = (float(np.sum(c_p & (s_p >= plain))), plain, None)
     if above is None or plain >= NEVER:
         return plain, None
+    s_p, l_p, c_p = sets[0]
+    best = (float(np.sum(c_p & (s_p >= plain))), plain, None)
     wrong = [~c & np.isfinite(s) & (s > 0) for s, _, c in sets]
     allowed = [allowed_wrong(len(s), rate) if len(s) else 0 for s, _, _ in sets]
     # Raising the plain threshold past a wrong call frees room for the lead rule's: try each such step.

@@ -73,6 +73,14 @@ def random_sequence(rng: np.random.Generator, length: int) -> str:
     return "".join(rng.choice(list(BASES), size=length))
 
 
+def substitute(sequence: str, changes: int, rng: np.random.Generator) -> str:
+    """Exactly ``changes`` sites, drawn without replacement, each changed to the next base (A→C→G→T→A)."""
+    bases = list(sequence)
+    for i in rng.choice(len(bases), size=changes, replace=False):
+        bases[i] = "ACGT"[("ACGT".index(bases[i]) + 1) % 4]
+    return "".join(bases)
+
+
 def mutate(sequence: str, rate: float, rng: np.random.Generator) -> str:
     """Substitute each site with probability `rate` by one of the three other bases."""
     codes = np.frombuffer(sequence.encode(), dtype=np.uint8).copy()

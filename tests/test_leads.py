@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import Specimen, clibd_ok, invoke, random_sequence, to_records, write_fasta
+from conftest import Specimen, clibd_ok, invoke, random_sequence, substitute, to_records, write_fasta
 
 from clibd_cli.align import align_many
 from clibd_cli.assign import LeadRule
@@ -19,21 +19,14 @@ from clibd_cli.sequences import RANKS, SequenceRecord
 THRESHOLDS = {"order": 0.80, "family": 0.85, "genus": 0.90, "species": 0.97}
 
 
-def _mutate(sequence: str, changes: int, rng: np.random.Generator) -> str:
-    bases = list(sequence)
-    for i in rng.choice(len(bases), size=changes, replace=False):
-        bases[i] = "ACGT"[("ACGT".index(bases[i]) + 1) % 4]
-    return "".join(bases)
-
-
 def _rivals_case():
     """A query 93 % identical to genus Aedes, whose twelve records of one barcode fill every voting hit,
     and 92.5 % identical to genus Culex of the same family: the Culex record is no hit, yet a rival."""
     rng = np.random.default_rng(11)
     ancestor = random_sequence(rng, 600)
-    aedes = _mutate(ancestor, 21, rng)
-    culex = _mutate(ancestor, 24, rng)
-    query = _mutate(ancestor, 21, rng)
+    aedes = substitute(ancestor, 21, rng)
+    culex = substitute(ancestor, 24, rng)
+    query = substitute(ancestor, 21, rng)
     reference = [Specimen(f"AE{i}", "Diptera", "Culicidae", "Aedes", "Aedes one", "BOLD:AAA0001", aedes)
                  for i in range(12)]
     reference.append(Specimen("CX1", "Diptera", "Culicidae", "Culex", "Culex one", "BOLD:AAA0002", culex))
@@ -170,7 +163,7 @@ def test_rivals_stand_for_each_species_of_a_shared_barcode():
     assert list(index.labels.record_id[index.rival_members(int(index.labels.vector[-1]))]) == ["O1"]
     # A query 93 % identical to the shared barcode: its genus, a tie between Aedes and Culex, leads by 0,
     # so no lead rule calls it, although the ten voting hits are all Aedes.
-    query = _mutate(shared, 42, rng)
+    query = substitute(shared, 42, rng)
     (result,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), {**THRESHOLDS, "genus": 0.95},
                          MatchOptions(), leads={"genus": LeadRule(0.0025, 0.90)})
     assert result.row["genus"] == "" and result.row["family"] == "Culicidae"

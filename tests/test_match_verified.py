@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import Specimen, clibd_ok, make_reference, random_sequence, read_rows, to_records, write_fasta
+from conftest import Specimen, clibd_ok, make_reference, random_sequence, read_rows, substitute, to_records, write_fasta
 
 from clibd_cli.align import CONVENTIONAL, reverse_complement
 from clibd_cli.calibrate import calibrate_open_set
@@ -155,13 +155,6 @@ def test_anchor_table_finds_references_covering_a_fragment():
     assert table.candidates(random_sequence(rng, 200), 3).size <= 3
 
 
-def _mutate(sequence: str, changes: int, rng: np.random.Generator) -> str:
-    bases = list(sequence)
-    for i in rng.choice(len(bases), size=changes, replace=False):
-        bases[i] = "ACGT"[("ACGT".index(bases[i]) + 1) % 4]
-    return "".join(bases)
-
-
 def test_short_overlaps_are_called_with_the_short_read_thresholds():
     """A 220 bp read at 96 % identity passes the whole-barcode species threshold (95 %) but not the short-read
     one (97 %); the same divergence over a whole barcode keeps its species call."""
@@ -170,8 +163,8 @@ def test_short_overlaps_are_called_with_the_short_read_thresholds():
     reference = [Specimen(f"R{i}", *lineage, f"Aedes s{i}", f"BOLD:AAB000{i}", random_sequence(rng, 600))
                  for i in range(3)]
     target = reference[0].sequence
-    read = _mutate(target[200:420], 9, rng)  # 211 / 220 = 95.9 %
-    full = _mutate(target, 24, rng)  # 576 / 600 = 96.0 %
+    read = substitute(target[200:420], 9, rng)  # 211 / 220 = 95.9 %
+    full = substitute(target, 24, rng)  # 576 / 600 = 96.0 %
     queries = [SequenceRecord("read", read), SequenceRecord("full", full)]
     thresholds = {"order": 0.85, "family": 0.90, "genus": 0.93, "species": 0.95}
     short = ({**thresholds, "species": 0.97}, 300)
