@@ -12,8 +12,10 @@ call is the lowest rank whose score passes its threshold; ranks above it come fr
 lineage, so a call is always taxonomically consistent.  A barcode call may also be made below its
 threshold by a *lead rule*: from a lower threshold when the winner's best hit is far enough above the best
 verified candidate of any other taxon at that rank (:attr:`RankCall.lead`, :class:`LeadRule`,
-:func:`clibd_cli.match.assign_verified`), which the ten voting hits, often copies of one haplotype, cannot
-show.
+:func:`clibd_cli.match.assign_verified`), which the ten voting records, often copies of one haplotype, cannot
+show.  For barcodes a column is a taxon behind a reference barcode, voting with its share of the ten records
+(:func:`clibd_cli.match.verified_hits`): records of several taxa sharing one barcode all vote, in proportion,
+whichever of them the file lists first.
 
 Statuses:
 * ``assigned``: species called;
@@ -98,13 +100,20 @@ def lineage_codes(taxonomy: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _batch_calls(similarities: np.ndarray, codes: dict[str, np.ndarray], tau: float,
+                 votes: np.ndarray | None = None, records: np.ndarray | None = None,
                  ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per rank: (winning hit column or -1, score, support, best hit column) for a [n, k] batch."""
+    """Per rank: (winning hit column or -1, score, support, best hit column) for a [n, k] batch.
+
+    ``votes``: how many votes each column casts (default 1), ``records``: how many records it stands for in
+    the support (default 1); see :func:`batch_rank_calls`."""
     sims = np.asarray(similarities, dtype=np.float64)
     valid = np.isfinite(sims)
     safe = np.where(valid, sims, -np.inf)
     top = np.where(valid.any(axis=1), safe.max(axis=1, initial=-np.inf), 0.0)
     weights = np.where(valid, np.exp((np.where(valid, sims, 0.0) - top[:, None]) / tau), 0.0)
+    if votes is not None:
+        weights = weights * votes
+    records = np.ones(sims.shape, dtype=np.int64) if records is None else records
     rows = np.arange(len(sims))
     out = {}
     for rank in RANKS:
@@ -120,7 +129,8 @@ def _batch_calls(similarities: np.ndarray, codes: dict[str, np.ndarray], tau: fl
         share = np.divide(vote[rows, winner], total, out=np.zeros(len(sims)), where=total > 0)
         score = np.where(has, best[rows, winner] - DISSENT_PENALTY * (1.0 - share), 0.0)
         members = same[rows, winner]
-        out[rank] = (np.where(has, winner, -1), score, members.sum(axis=1), np.where(has, members.argmax(axis=1), -1))
+        out[rank] = (np.where(has, winner, -1), score, (members * records).sum(axis=1),
+                     np.where(has, members.argmax(axis=1), -1))
     return out
 
 
@@ -137,12 +147,16 @@ def assign_batch(similarities: np.ndarray, taxonomy: dict[str, np.ndarray], thre
 
 
 def batch_rank_calls(similarities: np.ndarray, taxonomy: dict[str, np.ndarray], tau: float = DEFAULT_TAU,
-                     codes: dict[str, np.ndarray] | None = None) -> list[dict[str, RankCall]]:
+                     codes: dict[str, np.ndarray] | None = None, votes: np.ndarray | None = None,
+                     records: np.ndarray | None = None) -> list[dict[str, RankCall]]:
     """The winning lineage per rank of each row of a [n_queries, k] similarity matrix, before any threshold
-    (:func:`decide` makes the call); arguments as :func:`assign_batch`."""
+    (:func:`decide` makes the call); arguments as :func:`assign_batch`.
+
+    A column may stand for several records of one taxon (a barcode shared by many records): ``votes`` [n, k]
+    is its share of the vote (default 1), ``records`` [n, k] how many records it adds to the support."""
     similarities = np.atleast_2d(np.asarray(similarities, dtype=np.float64))
     taxonomy = {rank: np.asarray(taxonomy[rank], dtype=object).reshape(similarities.shape) for rank in RANKS}
-    batch = _batch_calls(similarities, codes if codes is not None else lineage_codes(taxonomy), tau)
+    batch = _batch_calls(similarities, codes if codes is not None else lineage_codes(taxonomy), tau, votes, records)
     results = []
     for i in range(len(similarities)):
         calls = {}

@@ -152,7 +152,8 @@ class ReferenceIndex:
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
-        self._rivals: tuple[np.ndarray, np.ndarray] | None = None
+        self._taxa: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lineage_key: np.ndarray | None = None
         self._inputs: list[str] | None = None
         self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
         self._bins: dict[str, int] | None = None
@@ -342,23 +343,41 @@ class ReferenceIndex:
         indptr, members = self._members()
         return members[indptr[vector] : indptr[vector + 1]]
 
-    def rival_members(self, vector: int) -> np.ndarray:
-        """Record rows standing for the taxa behind distinct vector ``vector``: the first record of each species
-        lineage, and every record of unknown species (they may differ at any rank).  What a call's lead is
-        measured against (:func:`clibd_cli.match.verified_hits`) without expanding a haplotype shared by
-        hundreds of records; computed for every vector at once, on first use."""
-        if self._rivals is None:
+    def taxa(self, vector: int) -> tuple[np.ndarray, np.ndarray]:
+        """The taxa behind distinct vector ``vector``: for each lineage (as far as it is known) the first record
+        of it, in record order, and how many records of it share the vector.
+
+        A barcode shared by 20 records of one species and 10 of another is two taxa of 20 and 10 records:
+        what the vote weighs and a call's lead is measured against (:func:`clibd_cli.match.verified_hits`)
+        without expanding a haplotype shared by hundreds of records.  Computed for every vector at once, on
+        first use."""
+        if self._taxa is None:
             vector_of = self.labels.vector
             rows = np.arange(len(vector_of))
-            species = self.lineage_codes()["species"]
-            key = np.where(species >= 0, species, -1 - rows)
+            key = self.lineage_key()
             order = np.lexsort((rows, key, vector_of))
             v, k = vector_of[order], key[order]
-            reps = order[np.r_[True, (v[1:] != v[:-1]) | (k[1:] != k[:-1])]] if len(order) else order
+            starts = np.flatnonzero(np.r_[True, (v[1:] != v[:-1]) | (k[1:] != k[:-1])]) if len(order) else order
+            counts = np.diff(np.r_[starts, len(order)])
+            reps = order[starts]
+            by_row = np.lexsort((reps, vector_of[reps]))  # within a vector, in record order
+            reps, counts = reps[by_row], counts[by_row]
             indptr = np.searchsorted(vector_of[reps], np.arange(len(self._members()[0])))
-            self._rivals = (indptr, reps)
-        indptr, reps = self._rivals
-        return reps[indptr[vector] : indptr[vector + 1]]
+            self._taxa = (indptr, reps, counts)
+        indptr, reps, counts = self._taxa
+        return reps[indptr[vector] : indptr[vector + 1]], counts[indptr[vector] : indptr[vector + 1]]
+
+    def lineage_key(self) -> np.ndarray:
+        """An integer per record naming its lineage down to its deepest known rank (records of one species share
+        it; a record known only to genus shares it with the others known only to that genus)."""
+        if self._lineage_key is None:
+            codes = self.lineage_codes()
+            key = np.full(len(self.labels.vector), -1, dtype=np.int64)
+            for depth, rank in enumerate(RANKS, start=1):
+                known = codes[rank] >= 0
+                key[known] = codes[rank][known] * (len(RANKS) + 1) + depth
+            self._lineage_key = key
+        return self._lineage_key
 
     def vector_inputs(self) -> list[str]:
         """The embedded input behind each distinct vector (a barcode for DNA parts), in vector order.

@@ -60,6 +60,7 @@ MIN_SPECIES_OVERLAP = 100  # bp: a shorter overlap cannot support a species call
 MIN_COVERAGE = 0.5  # a hit must cover this share of the shorter sequence to count at all
 FRAGMENT_LENGTH = 500  # bp: shorter queries also get candidates by shared exact 12-mers
 FRAGMENT_CANDIDATES = 16
+VOTE_CELLS = 4_000_000  # queries × columns² assigned at once (assign_verified)
 LOW_OVERLAP_SHARE = 0.75  # the top hit covers less than this share of the query: flag low_overlap
 THRESHOLD_SOURCES = ("calibrated", "conventional")
 SCORE = "alignment identity over the overlap (fraction)"
@@ -107,35 +108,77 @@ class MatchResult:
 
 @dataclass
 class VerifiedHits:
-    """One query's references ranked by alignment identity (record rows, 0-based)."""
+    """One query's verified references, ranked by alignment identity.
+
+    ``records`` … ``cosine``: the first k records (0-based rows), what the hits table lists.  ``taxa`` …
+    ``votes``: every verified candidate as the taxa behind it (:meth:`ReferenceIndex.taxa`: one record per
+    lineage, with how many records of that lineage share the barcode), in the same order.  A call is voted
+    by the leading taxa (``votes`` > 0: the first k records' worth, shared in proportion where a barcode, or
+    several at one identity, stand for more records than the vote has room for), and its lead is measured
+    against all of them (:attr:`clibd_cli.assign.RankCall.lead`).
+    """
 
     records: np.ndarray
     identity: np.ndarray  # fraction, per record
     overlap: np.ndarray
     cosine: np.ndarray
     reverse: bool = False
-    rivals: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    """Every verified candidate that covers the query, as the records standing for its taxa
-    (:meth:`ReferenceIndex.rival_members`), with its identity and overlap: what a call's lead is measured
-    against (:attr:`clibd_cli.assign.RankCall.lead`)."""
-    rival_identity: np.ndarray = field(default_factory=lambda: np.empty(0))
-    rival_overlap: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    taxa: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    taxon_identity: np.ndarray = field(default_factory=lambda: np.empty(0))
+    taxon_overlap: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    taxon_records: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    votes: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @property
+    def voters(self) -> int:
+        """How many of the leading taxa vote."""
+        return int(np.count_nonzero(self.votes))
+
+
+def _taxa(index: ReferenceIndex, vector: int, keep: Callable[[np.ndarray], np.ndarray] | None,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`ReferenceIndex.taxa` of ``vector`` among the records ``keep`` keeps (all when None)."""
+    if keep is None:
+        return index.taxa(vector)
+    members = index.members(vector)
+    members = members[keep(members)]
+    _, first, counts = np.unique(index.lineage_key()[members], return_index=True, return_counts=True)
+    by_row = np.argsort(first)
+    return members[first[by_row]], counts[by_row]
+
+
+def _votes(identity: np.ndarray, overlap: np.ndarray, records: np.ndarray, k: int) -> np.ndarray:
+    """Each taxon's share of a vote of k records, taxa in ranked order: whole while there is room, and where a
+    group of equal (identity, overlap) stands for more records than are left, the room is shared in proportion
+    to their records, so which of them came first does not decide a tie."""
+    votes = np.zeros(len(records))
+    used, start = 0.0, 0
+    while start < len(records) and used < k:
+        stop = start + 1
+        while stop < len(records) and identity[stop] == identity[start] and overlap[stop] == overlap[start]:
+            stop += 1
+        total = float(records[start:stop].sum())
+        take = min(total, k - used)
+        votes[start:stop] = records[start:stop] * (take / total)
+        used += take
+        start = stop
+    return votes
 
 
 def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosines: np.ndarray, k: int,
                   aligned: int = DEFAULT_ALIGNED, keep: Callable[[np.ndarray], np.ndarray] | None = None,
                   ) -> VerifiedHits:
-    """Align ``query`` to candidate vectors, rank by (identity, overlap), expand to the first k records.
+    """Align ``query`` to candidate vectors, rank by (identity, overlap), expand to the first k records and to
+    the taxa behind every candidate.
 
-    ``keep`` filters record rows (leave-one-out calibration removes the query's own taxon).  Every
-    verified candidate also lands in the rivals (:meth:`ReferenceIndex.rival_members`).
+    ``keep`` filters record rows (leave-one-out calibration removes the query's own taxon).
     """
     valid = vectors >= 0
     vectors, cosines = vectors[valid], cosines[valid]
     inputs = index.vector_inputs()
     found = verify(query, [inputs[v] for v in vectors], full=aligned, codes=index.input_codes(vectors))
     rows, identity, overlap, cosine = [], [], [], []
-    rivals, counts = [], []
+    taxa, counts, sizes = [], [], []
     order = sorted((i for i, a in enumerate(found) if a is not None and a.coverage >= MIN_COVERAGE),
                    key=lambda i: (-found[i].identity, -found[i].overlap, -cosines[i]))
     for i in order:
@@ -148,52 +191,65 @@ def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosine
                 identity.append(found[i].identity)
                 overlap.append(found[i].overlap)
                 cosine.append(cosines[i])
-        standing = index.rival_members(int(vectors[i]))
-        if keep is not None:
-            standing = standing[keep(standing)]
-        rivals.append(standing)
-        counts.append(len(standing))
+        standing, records = _taxa(index, int(vectors[i]), keep)
+        taxa.append(standing)
+        counts.append(records)
+        sizes.append(len(standing))
+    taxon_identity = np.repeat([found[i].identity for i in order], sizes)
+    taxon_overlap = np.repeat(np.array([found[i].overlap for i in order], dtype=np.int64), sizes)
+    taxon_records = np.concatenate(counts).astype(np.int64) if counts else np.empty(0, dtype=np.int64)
     return VerifiedHits(np.array(rows, dtype=np.int64), np.array(identity), np.array(overlap, dtype=np.int64),
                         np.array(cosine, dtype=np.float64),
-                        rivals=np.concatenate(rivals).astype(np.int64) if rivals else np.empty(0, dtype=np.int64),
-                        rival_identity=np.repeat([found[i].identity for i in order], counts),
-                        rival_overlap=np.repeat(np.array([found[i].overlap for i in order], dtype=np.int64), counts))
+                        taxa=np.concatenate(taxa).astype(np.int64) if taxa else np.empty(0, dtype=np.int64),
+                        taxon_identity=taxon_identity, taxon_overlap=taxon_overlap, taxon_records=taxon_records,
+                        votes=_votes(taxon_identity, taxon_overlap, taxon_records, k))
 
 
 def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float], k: int,
                     tau: float = IDENTITY_TAU, leads: Mapping[str, LeadRule] | None = None) -> list[Assignment]:
-    """Per-rank calls on identity.  Hits whose overlap is too short to support a species abstain there.
+    """Per-rank calls on identity, voted by each query's leading taxa (:class:`VerifiedHits`); a call's
+    ``best_hit`` is a column of ``taxa``.  Hits whose overlap is too short to support a species abstain there.
 
     Each rank's winner also gets its lead over every other taxon at that rank among the verified
     candidates (:attr:`clibd_cli.assign.RankCall.lead`), for the ranks' lead rules (``leads``, calibrated by
-    :func:`clibd_cli.calibrate.calibrate_open_set`).  The ten hits the vote sees are often records of one
-    haplotype, which hides a second genus 0.2 points further away.
+    :func:`clibd_cli.calibrate.calibrate_open_set`).  The taxa that vote are often one haplotype, which hides
+    a second genus 0.2 points further away.
     """
+    width = max((h.voters for h in hits), default=0) or 1
+    step = max(1, VOTE_CELLS // width**2)  # the vote compares every pair of columns: bounded memory
+    if len(hits) > step:
+        return [a for start in range(0, len(hits), step)
+                for a in assign_verified(hits[start : start + step], index, thresholds, k, tau, leads)]
     n = len(hits)
-    sims = np.full((n, k), -np.inf)
-    labels = np.full((n, k), -1, dtype=np.int64)
+    sims = np.full((n, width), -np.inf)
+    labels = np.full((n, width), -1, dtype=np.int64)
+    votes = np.zeros((n, width))
+    records = np.zeros((n, width), dtype=np.int64)
+    short = np.zeros((n, width), dtype=bool)
     for i, h in enumerate(hits):
-        sims[i, : len(h.records)] = h.identity
-        labels[i, : len(h.records)] = h.records + 1
+        m = h.voters
+        sims[i, :m] = h.taxon_identity[:m]
+        labels[i, :m] = h.taxa[:m] + 1
+        votes[i, :m] = h.votes[:m]
+        records[i, :m] = h.taxon_records[:m]
+        short[i, :m] = h.taxon_overlap[:m] < MIN_SPECIES_OVERLAP
     taxonomy = index.taxonomy_of(labels)
     codes = index.lineage_codes_of(labels)
-    short = np.zeros((n, k), dtype=bool)
-    for i, h in enumerate(hits):
-        short[i, : len(h.records)] = h.overlap < MIN_SPECIES_OVERLAP
     taxonomy["species"] = np.where(short, "", taxonomy["species"])
     codes["species"] = np.where(short, -1, codes["species"])
     every = index.lineage_codes()
     out = []
-    for i, (h, calls) in enumerate(zip(hits, batch_rank_calls(sims, taxonomy, tau, codes), strict=True)):
+    for i, (h, calls) in enumerate(zip(hits, batch_rank_calls(sims, taxonomy, tau, codes, votes, records),
+                                       strict=True)):
         for rank, call in calls.items():
             if call.best_hit < 0:
                 continue
-            rival = every[rank][h.rivals]
+            rival = every[rank][h.taxa]
             if rank == "species":
-                rival = np.where(h.rival_overlap < MIN_SPECIES_OVERLAP, -1, rival)
+                rival = np.where(h.taxon_overlap < MIN_SPECIES_OVERLAP, -1, rival)
             other = (rival >= 0) & (rival != codes[rank][i, call.best_hit])
             if other.any():
-                call.lead = float(sims[i, call.best_hit] - h.rival_identity[other].max())
+                call.lead = float(sims[i, call.best_hit] - h.taxon_identity[other].max())
         out.append(decide(sims[i], calls, thresholds, leads))
     return out
 
@@ -207,7 +263,7 @@ def _flags(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, in
         if hits.overlap[0] < max(MIN_SPECIES_OVERLAP, LOW_OVERLAP_SHARE * len(query.sequence)) and \
                 hits.overlap[0] < len(query.sequence):
             flags.add("low_overlap")
-        close = hits.records[hits.identity >= thresholds.get("species", 1.0)]
+        close = hits.taxa[hits.taxon_identity >= thresholds.get("species", 1.0)]
         bins = {b for b in index.labels.bin[close] if b}
         if len(bins) > 1:
             flags.add("multiple_bins")
@@ -330,14 +386,15 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
 def _result(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, index: ReferenceIndex,
             thresholds: dict[str, float], top_k: int) -> MatchResult:
     ids, bins = index.labels.record_id[hits.records], index.labels.bin[hits.records]
-    row = result_row(query.id, assignment, ids, bins, _flags(query, hits, assignment, index, thresholds))
+    row = result_row(query.id, assignment, index.labels.record_id[hits.taxa], index.labels.bin[hits.taxa],
+                     _flags(query, hits, assignment, index, thresholds))
     has = len(hits.records) > 0
     row["identity"] = round(100 * float(hits.identity[0]), 2) if has else float("nan")
     row["overlap"] = int(hits.overlap[0]) if has else ""
     row["top_hit_similarity"] = float(hits.cosine[0]) if has else float("nan")
     for rank in RANKS:
         best = assignment.calls[rank].best_hit if rank in assignment.calls else -1
-        row[f"{rank}_identity"] = round(100 * float(hits.identity[best]), 2) if best >= 0 and \
+        row[f"{rank}_identity"] = round(100 * float(hits.taxon_identity[best]), 2) if best >= 0 and \
             assignment.labels[rank] else float("nan")
     taxonomy = {rank: index.labels.ranks[rank][hits.records] for rank in RANKS}
     out_hits = [{"query_id": query.id, "hit_rank": j + 1, "hit_id": ids[j], "similarity": float(hits.cosine[j]),

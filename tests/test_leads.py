@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import Specimen, clibd_ok, invoke, random_sequence, substitute, to_records, write_fasta
 
 from clibd_cli.align import align_many
-from clibd_cli.assign import LeadRule
+from clibd_cli.assign import DISSENT_PENALTY, LeadRule
 from clibd_cli.calibrate import _lead_rule, _open_set_thresholds, _Scored
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
@@ -147,22 +148,56 @@ def test_match_proposes_as_many_candidates_as_calibration_verified():
     assert default == DEFAULT_CANDIDATES == MatchOptions().candidates
 
 
-def test_rivals_stand_for_each_species_of_a_shared_barcode():
-    """A barcode shared by 30 records of two species and two records of unknown species: four rivals."""
+def _shared_barcode_case(n_aedes: int, n_culex: int):
+    """A barcode shared by records of two genera of one family and two records known only to family; another
+    family's barcode."""
     rng = np.random.default_rng(2)
     shared, other = random_sequence(rng, 600), random_sequence(rng, 600)
-    reference = [Specimen(f"A{i}", "Diptera", "Culicidae", "Aedes", "Aedes one", "", shared) for i in range(20)]
-    reference += [Specimen(f"B{i}", "Diptera", "Culicidae", "Culex", "Culex one", "", shared) for i in range(10)]
-    reference += [Specimen(f"U{i}", "Diptera", "Tipulidae", "", "", "", shared) for i in range(2)]
+    reference = [Specimen(f"A{i}", "Diptera", "Culicidae", "Aedes", "Aedes one", "BOLD:AAA0001", shared)
+                 for i in range(n_aedes)]
+    reference += [Specimen(f"B{i}", "Diptera", "Culicidae", "Culex", "Culex one", "BOLD:AAA0002", shared)
+                  for i in range(n_culex)]
+    reference += [Specimen(f"U{i}", "Diptera", "Culicidae", "", "", "", shared) for i in range(2)]
     reference.append(Specimen("O1", "Diptera", "Tipulidae", "Tipula", "Tipula one", "", other))
-    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
-    vector = int(index.labels.vector[0])
-    standing = index.rival_members(vector)
-    ids = sorted(index.labels.record_id[standing])
-    assert ids == ["A0", "B0", "U0", "U1"]
-    assert list(index.labels.record_id[index.rival_members(int(index.labels.vector[-1]))]) == ["O1"]
-    # A query 93 % identical to the shared barcode: its genus, a tie between Aedes and Culex, leads by 0,
-    # so no lead rule calls it, although the ten voting hits are all Aedes.
+    return ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder()), shared, rng
+
+
+def test_a_shared_barcode_stands_for_each_of_its_taxa_with_its_records():
+    index, _, _ = _shared_barcode_case(20, 10)
+    standing, counts = index.taxa(int(index.labels.vector[0]))
+    assert list(index.labels.record_id[standing]) == ["A0", "B0", "U0"] and list(counts) == [20, 10, 2]
+    standing, counts = index.taxa(int(index.labels.vector[-1]))
+    assert list(index.labels.record_id[standing]) == ["O1"] and list(counts) == [1]
+
+
+def test_a_barcode_shared_by_two_genera_is_called_at_their_family():
+    """20 Aedes and 10 Culex records share the query's barcode: the first ten records are all Aedes, yet the
+    vote weighs the barcode's taxa by their records (2:1): a third of the vote dissents, so at a genus
+    threshold as calibrated on real BOLD data (0.95) neither genus nor species is called."""
+    index, shared, _ = _shared_barcode_case(20, 10)
+    (result,) = identify([SequenceRecord("q", shared)], index, KmerProfileEncoder(), {**THRESHOLDS, "genus": 0.95},
+                         MatchOptions())
+    row = result.row
+    assert (row["family"], row["genus"], row["species"]) == ("Culicidae", "", "")
+    assert {"conflict", "multiple_bins"} <= set(row["flags"].split(","))
+    assert row["genus_score"] == row["species_score"] == pytest.approx(1 - DISSENT_PENALTY / 3)
+    assert row["support"] == 32
+
+
+def test_a_lone_misfiled_record_flags_the_call_but_does_not_block_it():
+    """20 Aedes records and one Culex record share the barcode: Aedes wins the vote by far, and the Culex
+    record above the species threshold is flagged."""
+    index, shared, _ = _shared_barcode_case(20, 1)
+    (result,) = identify([SequenceRecord("q", shared)], index, KmerProfileEncoder(), THRESHOLDS, MatchOptions())
+    row = result.row
+    assert (row["species"], row["status"], row["support"]) == ("Aedes one", "assigned", 20)
+    assert "conflict" in row["flags"].split(",")
+
+
+def test_a_genus_tied_with_another_has_no_lead():
+    """A query 93 % identical to the shared barcode: its genus, a tie between Aedes and Culex, leads by 0,
+    so no lead rule calls it."""
+    index, shared, rng = _shared_barcode_case(20, 10)
     query = substitute(shared, 42, rng)
     (result,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), {**THRESHOLDS, "genus": 0.95},
                          MatchOptions(), leads={"genus": LeadRule(0.0025, 0.90)})
