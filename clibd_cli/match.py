@@ -141,7 +141,10 @@ def _taxa(index: ReferenceIndex, vector: int, keep: Callable[[np.ndarray], np.nd
     if keep is None:
         return index.taxa(vector)
     members = index.members(vector)
-    members = members[keep(members)]
+    kept = keep(members)
+    if kept.all():
+        return index.taxa(vector)
+    members = members[kept]
     _, first, counts = np.unique(index.lineage_key()[members], return_index=True, return_counts=True)
     by_row = np.argsort(first)
     return members[first[by_row]], counts[by_row]
