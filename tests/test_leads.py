@@ -213,3 +213,17 @@ def test_readme_shows_a_lead_rule_as_build_index_and_calibrate_print_it():
     assert printed == "genus 0.956 (or 0.928, 2 pts ahead)"
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert f"`{printed}`" in readme
+
+
+def test_the_vote_shares_its_room_among_taxa_tied_at_one_identity():
+    """Ten records' worth of vote: whole while there is room; a tie that holds more records than are left
+    shares the rest in proportion, whichever taxon the file listed first."""
+    from clibd_cli.match import _votes
+
+    votes = _votes(np.array([1.0, 1.0, 0.99]), np.array([650, 650, 650]), np.array([20, 10, 5]), 10)
+    assert votes == pytest.approx([20 / 3, 10 / 3, 0.0])
+    votes = _votes(np.array([1.0, 0.99, 0.99, 0.98]), np.array([650, 650, 650, 650]), np.array([4, 10, 20, 3]), 10)
+    assert votes == pytest.approx([4.0, 2.0, 4.0, 0.0])
+    # a longer overlap at the same identity ranks first and is no tie
+    votes = _votes(np.array([0.99, 0.99]), np.array([658, 313]), np.array([12, 12]), 10)
+    assert votes == pytest.approx([10.0, 0.0])
