@@ -82,18 +82,23 @@ def lineage_codes(taxonomy: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """An integer per (item, rank) naming its lineage down to that rank; -1 where that rank is unknown.
 
     Comparing integers instead of label tuples makes batch assignment a few numpy operations, and
-    lineages (not bare names) keep homonyms in different families apart.
+    lineages (not bare names) keep homonyms in different families apart.  Codes number the lineages in
+    the order of their label tuples.  Built rank by rank from (parent lineage, label) pairs of integers:
+    joining the labels into one fixed-width string per item took 0.9 GB for a million references.
     """
     codes: dict[str, np.ndarray] = {}
-    prefix = None
+    parent: np.ndarray | None = None
     for rank in RANKS:
         labels = np.asarray(taxonomy[rank], dtype=object)
-        prefix = labels if prefix is None else prefix + "\x1f" + labels
-        if prefix.size == 0:
-            codes[rank] = np.zeros(prefix.shape, dtype=np.int64)
+        flat = labels.ravel()
+        if flat.size == 0:
+            codes[rank] = np.zeros(labels.shape, dtype=np.int64)
             continue
-        _, inverse = np.unique(prefix.astype(str), return_inverse=True)
-        code = inverse.reshape(labels.shape).astype(np.int64)
+        names, label = np.unique(flat, return_inverse=True)  # sorted names; "" (unknown) first
+        key = label.astype(np.int64) if parent is None else parent * len(names) + label
+        _, prefix = np.unique(key, return_inverse=True)
+        parent = prefix.astype(np.int64).ravel()
+        code = parent.reshape(labels.shape).copy()
         code[labels == ""] = -1
         codes[rank] = code
     return codes

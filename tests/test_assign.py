@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clibd_cli.assign import DISSENT_PENALTY, STATUSES, assign, assign_batch, rank_calls
+from clibd_cli.assign import DISSENT_PENALTY, STATUSES, assign, assign_batch, lineage_codes, rank_calls
 from clibd_cli.sequences import RANKS
 
 T = {"order": 0.5, "family": 0.6, "genus": 0.75, "species": 0.9}
@@ -208,3 +208,23 @@ def test_invariants(data):
     assert (result.status == "assigned") == (result.rank == "species")
     if result.status == "novel_candidate":
         assert result.rank in ("genus", "family") and result.top_similarity < thresholds["species"]
+
+
+NAMES = st.sampled_from(["", "Ab", "Ab c", "Abc", "B", "b", "Ä"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(NAMES, NAMES, NAMES, NAMES), min_size=1, max_size=30), st.booleans())
+def test_lineage_codes_number_lineages_in_the_order_of_their_label_tuples(lineages, as_matrix):
+    """Codes are the rank of the lineage's label tuple among the distinct ones (homonyms under different
+    parents apart, "" sorting first), -1 where the rank's own label is unknown; a [n, k] matrix keeps its shape."""
+    n = len(lineages)
+    shape = (n, 1) if as_matrix else (n,)
+    taxonomy = {rank: np.array([lin[i] for lin in lineages], dtype=object).reshape(shape)
+                for i, rank in enumerate(RANKS)}
+    codes = lineage_codes(taxonomy)
+    for depth, rank in enumerate(RANKS, start=1):
+        prefixes = sorted({lin[:depth] for lin in lineages})
+        expected = [-1 if lin[depth - 1] == "" else prefixes.index(lin[:depth]) for lin in lineages]
+        assert codes[rank].shape == shape
+        assert codes[rank].ravel().tolist() == expected
