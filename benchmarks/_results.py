@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -32,6 +33,11 @@ def machine() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return text
+
+
+def invocation() -> str:
+    """The command that ran this benchmark script, as a section records it (``--no-write`` left out)."""
+    return "python benchmarks/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in sys.argv[1:] if a != "--no-write")
 
 
 def write_section(name: str, body: str, command: str, path: Path = RESULTS, measured_on: str | None = None) -> None:

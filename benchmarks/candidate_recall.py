@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case
 
 from clibd_cli.align import _aligner, align_many
@@ -80,8 +80,7 @@ def main() -> None:
                       *lines])
     print(body)
     if not args.no_write:
-        write_section("Candidate recall of the k-mer stage vs exhaustive alignment", body,
-                      "python benchmarks/candidate_recall.py" + "".join(f" {a}" for a in sys.argv[1:]))
+        write_section("Candidate recall of the k-mer stage vs exhaustive alignment", body, invocation())
 
 
 if __name__ == "__main__":

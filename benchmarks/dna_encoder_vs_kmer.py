@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 
 from clibd_cli.schema import RANKS
 
@@ -135,7 +135,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section("DNA→DNA evaluation on real BOLD barcodes: k-mer profile vs trained DNA encoder", text,
-                      "python benchmarks/dna_encoder_vs_kmer.py" + "".join(f" {a}" for a in sys.argv[1:]))
+                      invocation())
 
 
 if __name__ == "__main__":

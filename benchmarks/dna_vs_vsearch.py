@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 
 from clibd_cli.align import reverse_complement
 from clibd_cli.sequences import RANKS, SequenceRecord, read_sequences
@@ -257,8 +257,7 @@ def main() -> None:
             body += lines
             print("\n".join(lines), flush=True)
     if not args.no_write:
-        command = "python benchmarks/dna_vs_vsearch.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section("DNA identification: clibd vs VSEARCH", "\n".join(body), command)
+        write_section("DNA identification: clibd vs VSEARCH", "\n".join(body), invocation())
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import RESULTS, write_section
+from _results import RESULTS, invocation, write_section
 
 SECTION = "Encoder inference on CPU: PyTorch eager vs ONNX fp32 vs ONNX int8 (paper sizes)"
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "bioscan1m_imgfilter_subset"
@@ -393,8 +393,7 @@ def main() -> None:
             f"{(time.perf_counter() - started) / 60:.1f} min.")
     print(body)
     if not (args.quick or args.no_write):
-        command = "python benchmarks/encoders.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section(SECTION, body, command, path=args.out)
+        write_section(SECTION, body, invocation(), path=args.out)
 
 
 if __name__ == "__main__":

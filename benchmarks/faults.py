@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.sequences import RANKS, read_sequences
@@ -184,8 +184,7 @@ def main() -> None:
     lines += [f"| {name} | {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for name, r in table.items()]
     print("\n".join(lines))
     if not args.no_write:
-        write_section("Faults: kill -9 and concurrent writers", "\n".join(lines),
-                      "python benchmarks/faults.py" + "".join(f" {a}" for a in sys.argv[1:]))
+        write_section("Faults: kill -9 and concurrent writers", "\n".join(lines), invocation())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, split_case, write_fasta
 
 from clibd_cli.calibrate import calibrate_open_set
@@ -104,8 +104,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(SECTION, text, "python benchmarks/fragment_thresholds.py" +
-                      "".join(f" {a}" for a in sys.argv[1:] if a != "--no-write"))
+        write_section(SECTION, text, invocation())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.sequences import read_sequences
@@ -77,8 +77,7 @@ def main() -> None:
         del R, S
     lines += ["", f"Exact search; {args.queries} queries per group, 10 % of species held out (seed {args.seed})."]
     if not args.no_write:
-        write_section("k-mer profile encoder: choice of k", "\n".join(lines),
-                      "python benchmarks/kmer_choice.py" + "".join(f" {a}" for a in sys.argv[1:]))
+        write_section("k-mer profile encoder: choice of k", "\n".join(lines), invocation())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case, read_data, timed, write_fasta
 
 
@@ -63,8 +63,7 @@ def main() -> None:
         lines.append(f"| {name} | {' / '.join(f'{s:.1f}' for s in runs)} | {n / best:.0f} | {base / best:.2f}× |")
     print("\n".join(lines))
     if not args.no_write:
-        command = "python benchmarks/match_speed.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section("Barcode identification speed vs VSEARCH (idle machine)", "\n".join(lines), command)
+        write_section("Barcode identification speed vs VSEARCH (idle machine)", "\n".join(lines), invocation())
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
+from _results import invocation, write_section
 
 from clibd_cli.sequences import RANKS, read_sequences
 
@@ -136,8 +136,7 @@ def main() -> None:
                       *projection(peaks), *([f"\n{args.note}"] if args.note else [])])
     print(body)
     if not args.no_write:
-        write_section("Scale: large references", body,
-                      "python benchmarks/scale.py" + "".join(f" {a}" for a in sys.argv[1:]))
+        write_section("Scale: large references", body, invocation())
 
 
 if __name__ == "__main__":

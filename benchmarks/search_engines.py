@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from _results import write_section
+from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case, write_fasta
 
 import clibd_cli.index as index_module
@@ -184,8 +184,7 @@ def main() -> None:
     ]
     print("\n".join(body))
     if not args.no_write:
-        command = "python benchmarks/search_engines.py" + "".join(f" {a}" for a in sys.argv[1:])
-        write_section("Search engines: hnswlib vs exact (no compiler)", "\n".join(body), command)
+        write_section("Search engines: hnswlib vs exact (no compiler)", "\n".join(body), invocation())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section
+from _results import invocation, machine, write_section
 
 SECTION = "Training throughput (paper model sizes)"
 
@@ -241,7 +241,7 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))} (choose from {', '.join(VARIANTS)})")
-    command = "python benchmarks/train_throughput.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = invocation()
 
     def save(rows: list[dict]) -> None:  # after every row: a run stopped by a timeout keeps what it measured
         if args.json:
