@@ -42,7 +42,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,7 +153,7 @@ class ReferenceIndex:
         self._records: list[SequenceRecord] | None = None
         self._codes: dict[str, np.ndarray] | None = None
         self._taxa: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._lineage_key: np.ndarray | None = None
+        self._lineage_keys: np.ndarray | None = None
         self._inputs: list[str] | None = None
         self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
         self._bins: dict[str, int] | None = None
@@ -343,18 +343,28 @@ class ReferenceIndex:
         indptr, members = self._members()
         return members[indptr[vector] : indptr[vector + 1]]
 
-    def taxa(self, vector: int) -> tuple[np.ndarray, np.ndarray]:
+    def taxa(self, vector: int, keep: Callable[[np.ndarray], np.ndarray] | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
         """The taxa behind distinct vector ``vector``: for each lineage (as far as it is known) the first record
-        of it, in record order, and how many records of it share the vector.
+        of it, in record order, and how many records of it share the vector; ``keep`` (a mask of record rows)
+        leaves records out, as leave-out calibration does.
 
         A barcode shared by 20 records of one species and 10 of another is two taxa of 20 and 10 records:
         what the vote weighs and a call's lead is measured against (:func:`clibd_cli.match.verified_hits`)
         without expanding a haplotype shared by hundreds of records.  Computed for every vector at once, on
-        first use."""
+        first use; regrouped only for a vector that lost records to ``keep``."""
+        if keep is not None:
+            members = self.members(vector)
+            kept = keep(members)
+            if not kept.all():
+                members = members[kept]
+                _, first, counts = np.unique(self._lineage_key()[members], return_index=True, return_counts=True)
+                by_row = np.argsort(first)
+                return members[first[by_row]], counts[by_row]
         if self._taxa is None:
             vector_of = self.labels.vector
             rows = np.arange(len(vector_of))
-            key = self.lineage_key()
+            key = self._lineage_key()
             order = np.lexsort((rows, key, vector_of))
             v, k = vector_of[order], key[order]
             starts = np.flatnonzero(np.r_[True, (v[1:] != v[:-1]) | (k[1:] != k[:-1])]) if len(order) else order
@@ -367,17 +377,17 @@ class ReferenceIndex:
         indptr, reps, counts = self._taxa
         return reps[indptr[vector] : indptr[vector + 1]], counts[indptr[vector] : indptr[vector + 1]]
 
-    def lineage_key(self) -> np.ndarray:
+    def _lineage_key(self) -> np.ndarray:
         """An integer per record naming its lineage down to its deepest known rank (records of one species share
         it; a record known only to genus shares it with the others known only to that genus)."""
-        if self._lineage_key is None:
+        if self._lineage_keys is None:
             codes = self.lineage_codes()
             key = np.full(len(self.labels.vector), -1, dtype=np.int64)
             for depth, rank in enumerate(RANKS, start=1):
                 known = codes[rank] >= 0
                 key[known] = codes[rank][known] * (len(RANKS) + 1) + depth
-            self._lineage_key = key
-        return self._lineage_key
+            self._lineage_keys = key
+        return self._lineage_keys
 
     def vector_inputs(self) -> list[str]:
         """The embedded input behind each distinct vector (a barcode for DNA parts), in vector order.

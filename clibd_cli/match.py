@@ -135,21 +135,6 @@ class VerifiedHits:
         return int(np.count_nonzero(self.votes))
 
 
-def _taxa(index: ReferenceIndex, vector: int, keep: Callable[[np.ndarray], np.ndarray] | None,
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """:meth:`ReferenceIndex.taxa` of ``vector`` among the records ``keep`` keeps (all when None)."""
-    if keep is None:
-        return index.taxa(vector)
-    members = index.members(vector)
-    kept = keep(members)
-    if kept.all():
-        return index.taxa(vector)
-    members = members[kept]
-    _, first, counts = np.unique(index.lineage_key()[members], return_index=True, return_counts=True)
-    by_row = np.argsort(first)
-    return members[first[by_row]], counts[by_row]
-
-
 def _votes(identity: np.ndarray, overlap: np.ndarray, records: np.ndarray, k: int) -> np.ndarray:
     """Each taxon's share of a vote of k records, taxa in ranked order: whole while there is room, and where a
     group of equal (identity, overlap) stands for more records than are left, the room is shared in proportion
@@ -194,7 +179,7 @@ def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosine
                 identity.append(found[i].identity)
                 overlap.append(found[i].overlap)
                 cosine.append(cosines[i])
-        standing, records = _taxa(index, int(vectors[i]), keep)
+        standing, records = index.taxa(int(vectors[i]), keep)
         taxa.append(standing)
         counts.append(records)
         sizes.append(len(standing))
@@ -389,7 +374,8 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
 def _result(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, index: ReferenceIndex,
             thresholds: dict[str, float], top_k: int) -> MatchResult:
     ids, bins = index.labels.record_id[hits.records], index.labels.bin[hits.records]
-    row = result_row(query.id, assignment, index.labels.record_id[hits.taxa], index.labels.bin[hits.taxa],
+    voters = hits.taxa[: hits.voters]  # the columns the assignment's hit indices point at
+    row = result_row(query.id, assignment, index.labels.record_id[voters], index.labels.bin[voters],
                      _flags(query, hits, assignment, index, thresholds))
     has = len(hits.records) > 0
     row["identity"] = round(100 * float(hits.identity[0]), 2) if has else float("nan")
