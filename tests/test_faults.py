@@ -251,6 +251,13 @@ def test_resume_refuses_to_mix_runs(tmp_path, queries, indexes):
     assert invoke("match", fasta, "-i", a, "-o", out, "--resume").exit_code == 0  # the same run continues
 
 
+def _one_change(sequence: str, i: int) -> str:
+    """``sequence`` with the base at position ``i // 3`` replaced (three different ways by ``i % 3``)."""
+    p = (i // 3) % len(sequence)
+    base = "ACGT"[("ACGT".index(sequence[p]) + 1 + i % 3) % 4] if sequence[p] in "ACGT" else "A"
+    return sequence[:p] + base + sequence[p + 1 :]
+
+
 def test_hits_survive_kill_and_resume(tmp_path, indexes):
     """kill -9 during `match -o --hits`, then --resume: every query has its rows and hits, none twice."""
     import csv
@@ -260,7 +267,9 @@ def test_hits_survive_kill_and_resume(tmp_path, indexes):
 
     related = make_reference(seed=31, orders=2, families=2, genera=3, species=3, specimens=4, id_prefix="FLT")
     indexed = related[: len(related) // 3]  # the records of index "a"
-    specimens = [replace(indexed[i % len(indexed)], id=f"KIL{i:05d}") for i in range(3000)]
+    # every query a distinct sequence (one base changed): repeats are not aligned again, and would finish too soon
+    specimens = [replace(s, id=f"KIL{i:05d}", sequence=_one_change(s.sequence, i))
+                 for i, s in ((i, indexed[i % len(indexed)]) for i in range(3000))]
     fasta = write_fasta(tmp_path / "many.fasta", specimens)
     out, hits = tmp_path / "o.csv", tmp_path / "h.csv"
     killed = 0

@@ -187,3 +187,42 @@ def test_an_index_holds_short_read_thresholds_no_looser_than_its_own(split_refer
     assert all((leads or {}).get(rank, 0.0) >= lead for rank, lead in index.leads.items())
     assert short["species"] == index.thresholds["species"]  # species keeps the whole-barcode threshold
     assert "200 bp" in index.manifest["short_reads"]["calibration"]["method"]
+
+
+@pytest.mark.parametrize("kept", [None, 1])
+def test_repeated_sequences_get_the_calls_of_their_first(split_reference, monkeypatch, kept):
+    """A repeated sequence is searched and aligned once (while among the last REPEATS_KEPT distinct ones) and
+    gets exactly the row it gets alone, across batches, strands and error rows."""
+    import clibd_cli.match as match
+
+    reference, known, novel = split_reference
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    a, b, c = known[0].sequence, known[1].sequence[-313:], reverse_complement(novel[0].sequence)
+    sequences = [a, b, a, "", c, b, a, c, c, "", a]
+    if kept is not None:
+        monkeypatch.setattr(match, "REPEATS_KEPT", kept)
+    proposed: list[str] = []
+    real_propose = match._propose
+
+    def counting(queries, *args, **kwargs):
+        proposed.extend(q.sequence for q in queries)
+        return real_propose(queries, *args, **kwargs)
+
+    monkeypatch.setattr(match, "_propose", counting)
+    records = [SequenceRecord(f"q{i}", s) for i, s in enumerate(sequences)]
+    rows = [r.row for r in identify(records, index, KmerProfileEncoder(), CONVENTIONAL, MatchOptions(batch_size=2))]
+    distinct = len({s for s in sequences if s})
+    if kept is None:
+        assert sorted(proposed) == sorted({s for s in sequences if s})  # each distinct sequence once
+    else:
+        assert len(proposed) > distinct  # forgotten ones are identified again
+    def text(row: dict) -> dict:  # as printed (NaN != NaN); a batch's vectorised sums may differ in the last bit
+        return {key: f"{value:.12g}" if isinstance(value, float) else str(value) for key, value in row.items()
+                if key != "query_id"}
+
+    alone = {s: text(next(identify([SequenceRecord("x", s)], index, KmerProfileEncoder(), CONVENTIONAL)).row)
+             for s in set(sequences)}
+    assert [r["query_id"] for r in rows] == [f"q{i}" for i in range(len(sequences))]
+    for s, row in zip(sequences, rows, strict=True):
+        assert text(row) == alone[s]
+    assert rows[4]["flags"] == rows[8]["flags"] and "reverse_complement" in rows[4]["flags"]
