@@ -492,13 +492,10 @@ def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, targe
     """Identity thresholds from labelled barcodes (ideally including species absent from the reference),
     identified exactly as `clibd match` does: candidates on both strands, verified by alignment."""
     from clibd_cli.align import CONVENTIONAL
-    from clibd_cli.match import MatchOptions, _propose, assign_verified, verified_hits
+    from clibd_cli.match import MatchOptions, assign_verified, verify_queries
 
-    options = MatchOptions(neighbours=k)
     usable = [q for q in queries if q.sequence]
-    hits = []
-    for sequence, vectors, cosines, _ in _propose(usable, index, encoder, options):
-        hits.append(verified_hits(sequence, index, vectors, cosines, k, options.aligned))
+    hits = verify_queries(usable, index, encoder, MatchOptions(neighbours=k))
     assignments = assign_verified(hits, index, {}, k)
     scores = {rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS}
     truth = {rank: [q.label(rank) for q in usable] for rank in RANKS}

@@ -293,16 +293,6 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     index.check_encoder(encoder)
     k = options.neighbours
     short_reads = ShortReads(*short_reads) if short_reads is not None else None
-    if index.size:  # load the shared lookup tables before threads read them
-        index.input_codes([0])
-        index.members(0)
-
-    def check(found: tuple[str, np.ndarray, np.ndarray, bool]) -> VerifiedHits:
-        seq, vectors, cosines, reverse = found
-        hits = verified_hits(seq, index, vectors, cosines, k, options.aligned)
-        hits.reverse = reverse
-        return hits
-
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     workers = options.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
@@ -310,8 +300,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
         while batch := list(islice(stream, options.batch_size)):
             called = {q.sequence: seen[q.sequence] for q in batch if q.sequence in seen}
             fresh = list({q.sequence: q for q in batch if q.sequence and q.sequence not in called}.values())
-            found = _propose(fresh, index, encoder, options)
-            hits = list(pool.map(check, found)) if pool is not None else [check(f) for f in found]
+            hits = verify_queries(fresh, index, encoder, options, pool)
             for query, h, (assignment, used) in zip(fresh, hits, _assign(hits, index, thresholds, leads, short_reads,
                                                                           k), strict=True):
                 called[query.sequence] = _Called(h, assignment, used)
@@ -329,6 +318,27 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 seen.popitem(last=False)
             if progress is not None:
                 progress(len(batch))
+
+
+def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
+                   options: MatchOptions = MatchOptions(), pool: ThreadPoolExecutor | None = None,
+                   ) -> list[VerifiedHits]:
+    """Each query's verified hits, on the strand it was identified on: the evidence :func:`identify` calls
+    from, for callers that assign it under thresholds of their own (calibration, threshold trade-offs).
+    Queries must have a sequence; alignments run on ``pool`` when given."""
+
+    def check(found: tuple[str, np.ndarray, np.ndarray, bool]) -> VerifiedHits:
+        seq, vectors, cosines, reverse = found
+        hits = verified_hits(seq, index, vectors, cosines, options.neighbours, options.aligned)
+        hits.reverse = reverse
+        return hits
+
+    if index.size:  # the shared lookup tables are built on first use: before threads read them
+        index.input_codes([0])
+        index.members(0)
+        index.taxa(0)
+    found = _propose(queries, index, encoder, options)
+    return list(pool.map(check, found)) if pool is not None else [check(f) for f in found]
 
 
 class _Called(NamedTuple):
