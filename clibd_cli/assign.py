@@ -39,6 +39,7 @@ from clibd_cli.sequences import RANKS
 DEFAULT_TAU = 0.02
 DISSENT_PENALTY = 0.2  # measured on bold_insect_coi_dev: 0.1-0.3 within 0.05 points
 STATUSES = ("assigned", "rolled_up", "novel_candidate", "no_match")
+SPREAD_RANKS = ("family", "genus")  # ranks whose taxa have a spread (RankCall.spread)
 
 
 class LeadRule(NamedTuple):
@@ -48,6 +49,18 @@ class LeadRule(NamedTuple):
 
     lead: float
     threshold: float
+    within_spread: bool = False
+    """Only where the winner's score also reaches its taxon's spread in the reference (:attr:`RankCall.spread`):
+    a query no farther from the taxon than the taxon's own members are from each other."""
+
+    def as_info(self, digits: int | None = None) -> dict:
+        """As index.json and an output's ``info`` hold it (``within_spread`` only where set, as older readers
+        expect), rounded to ``digits`` if given."""
+        def value(x: float) -> float:
+            return round(float(x), digits) if digits is not None else float(x)
+
+        return {"lead": value(self.lead), "threshold": value(self.threshold),
+                **({"within_spread": True} if self.within_spread else {})}
 
 
 @dataclass
@@ -62,6 +75,10 @@ class RankCall:
     lead: float = float("inf")
     """How far the lineage's best hit is above the best hit of any other lineage at this rank, among every
     verified candidate (barcodes, :func:`clibd_cli.match.assign_verified`); infinite when none is known."""
+    spread: float = float("inf")
+    """The lowest identity between members of the winning taxon that belong to different taxa one rank below
+    (species of a genus, genera of a family), sampled in the reference (:meth:`ReferenceIndex.spreads`);
+    infinite when unknown (a genus of one species shows no spread)."""
 
 
 @dataclass
@@ -185,7 +202,8 @@ def decide(sims: np.ndarray, calls: dict[str, RankCall], thresholds: dict[str, f
     def passes(rank: str) -> bool:
         call, rule = calls[rank], leads.get(rank)
         return bool(call.label) and (call.score >= thresholds.get(rank, 1.0) or (
-            rule is not None and call.lead >= rule.lead and call.score >= rule.threshold))
+            rule is not None and call.lead >= rule.lead and call.score >= rule.threshold
+            and (not rule.within_spread or call.score >= call.spread)))
 
     species_threshold = thresholds.get("species", 1.0)
     has_top = sims.size > 0 and np.isfinite(sims[0])

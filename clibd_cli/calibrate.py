@@ -17,6 +17,7 @@ labelled photos) under the folder's write lock.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ NEVER = 1.01  # a cosine threshold no hit can reach
 UNCALIBRATED_BELOW = -1.0  # thresholds under this (clibd_cli.classify.UNCALIBRATED) mean "not calibrated"
 WILSON_Z = 1.0  # one-sided ~84 % upper confidence limit on a calibration set's wrong-call rate
 OPEN_SET_SAMPLE = 1000  # taxa per leave-out level (barcodes)
+SPREAD_PAIRS = 30  # member pairs aligned per taxon to find its spread (taxon_spreads)
 # Short reads (metabarcoding amplicons): thresholds fitted on 200 bp stretches of the calibration queries
 # serve queries whose top hit overlaps fewer than 300 columns, above species (:func:`calibrate_barcode_part`).
 # (A 313 bp Leray read keeps the whole-barcode thresholds: its wrong calls were already within the limits.)
@@ -325,6 +327,51 @@ def false_call_threshold(scores: np.ndarray, correct: np.ndarray, rate: float) -
     return float(np.nextafter(wrong[allowed], np.inf))
 
 
+def taxon_spreads(index: ReferenceIndex, pairs: int = SPREAD_PAIRS, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per rank of :data:`clibd_cli.assign.SPREAD_RANKS`, per taxon with members of two or more taxa one rank
+    below (a genus with two species, a family with two genera), the lowest alignment identity among ``pairs``
+    pairs of its records drawn from two different such members (seeded): how far apart its own species (or
+    genera) stand in this reference.
+
+    A genus whose species differ by up to 15 % can take a missing species 92 % identical to its nearest
+    member; a genus whose species all lie within 5 % of each other says less about a query 92 % from it.
+    Lead rules may require a call to reach this spread (:class:`clibd_cli.assign.LeadRule`); calibration
+    decides, per rank, whether that serves.  A taxon known from one member shows no spread and gets none.
+    """
+    from clibd_cli.align import align_many
+    from clibd_cli.assign import SPREAD_RANKS
+    from clibd_cli.match import MIN_COVERAGE
+
+    rng = np.random.default_rng(seed)
+    codes = index.lineage_codes()
+    inputs, vector_of = index.vector_inputs(), index.labels.vector
+    out: dict[str, dict[str, float]] = {}
+    for rank in SPREAD_RANKS:
+        parent, child = codes[rank], codes[RANKS[RANKS.index(rank) + 1]]
+        rows = np.flatnonzero((parent >= 0) & (child >= 0))
+        rows = rows[np.lexsort((child[rows], parent[rows]))]  # by taxon, then by member
+        starts = np.flatnonzero(np.r_[True, parent[rows][1:] != parent[rows][:-1]]) if len(rows) else rows
+        table: dict[str, float] = {}
+        for first, stop in zip(starts.tolist(), np.r_[starts[1:], len(rows)].tolist(), strict=True):
+            members = rows[first:stop]
+            _, bounds = np.unique(child[members], return_index=True)
+            if len(bounds) < 2:
+                continue
+            bounds = np.r_[bounds, len(members)]
+            identities = []
+            for _ in range(pairs):
+                i, j = rng.choice(len(bounds) - 1, size=2, replace=False)
+                x = members[rng.integers(bounds[i], bounds[i + 1])]
+                y = members[rng.integers(bounds[j], bounds[j + 1])]
+                (alignment,) = align_many(inputs[vector_of[x]], [inputs[vector_of[y]]])
+                if alignment.coverage >= MIN_COVERAGE:
+                    identities.append(alignment.identity)
+            if identities:
+                table[index.lineage_name(int(members[0]), rank)] = min(identities)
+        out[rank] = table
+    return out
+
+
 def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = OPEN_SET_SAMPLE,
                        seed: int = 0, k: int = 10, candidates: int | None = None,
                        floors: dict[str, float] | None = None, window: int | None = None) -> Calibration:
@@ -386,19 +433,26 @@ class _Scored:
     scores: dict[str, np.ndarray]
     leads: dict[str, np.ndarray]
     correct: dict[str, np.ndarray]
+    spreads: dict[str, np.ndarray]
 
     @classmethod
     def of(cls, assignments, truth: dict[str, Sequence[str]]) -> _Scored:
         return cls({rank: np.array([a.calls[rank].score for a in assignments]) for rank in RANKS},
                    {rank: np.array([a.calls[rank].lead for a in assignments]) for rank in RANKS},
-                   correct_calls(assignments, truth))
+                   correct_calls(assignments, truth),
+                   {rank: np.array([a.calls[rank].spread for a in assignments]) for rank in RANKS})
+
+    def ahead(self, rank: str, lead: float, within_spread: bool) -> np.ndarray:
+        """Which queries' winners at ``rank`` lead by ``lead`` (and reach their taxon's spread, if asked)."""
+        ahead = self.leads[rank] >= lead
+        return ahead & (self.scores[rank] >= self.spreads[rank]) if within_spread else ahead
 
     def called(self, rank: str, threshold: float, rule: LeadRule | None) -> np.ndarray:
         """Which queries get a call at ``rank`` (as :func:`clibd_cli.assign.decide` makes it)."""
         s = self.scores[rank]
         called = s >= threshold
         if rule is not None:
-            called |= (self.leads[rank] >= rule.lead) & (s >= rule.threshold)
+            called |= self.ahead(rank, rule.lead, rule.within_spread) & (s >= rule.threshold)
         return called
 
 
@@ -413,30 +467,30 @@ def _lead_rule(p: _Scored, a: _Scored, rank: str, rate: float, above: float | No
     genus within half a point.  The lower threshold never goes below ``above``, the threshold of the rank
     above (a genus is never called where its family would not be).
     """
-    sets = [(x.scores[rank], x.leads[rank], x.correct[rank]) for x in (p, a)]
-    plain = max(false_call_threshold(s, c, rate) for s, _, c in sets)
+    sets = [(x.scores[rank], x.correct[rank]) for x in (p, a)]
+    plain = max(false_call_threshold(s, c, rate) for s, c in sets)
     if above is None or plain >= NEVER:
         return plain, None
-    s_p, l_p, c_p = sets[0]
+    s_p, c_p = sets[0]
     best = (float(np.sum(c_p & (s_p >= plain))), plain, None)
-    wrong = [~c & np.isfinite(s) & (s > 0) for s, _, c in sets]
-    allowed = [allowed_wrong(len(s), rate) if len(s) else 0 for s, _, _ in sets]
+    wrong = [~c & np.isfinite(s) & (s > 0) for s, c in sets]
+    allowed = [allowed_wrong(len(s), rate) if len(s) else 0 for s, _ in sets]
     # Raising the plain threshold past a wrong call frees room for the lead rule's: try each such step.
-    steps = np.unique(np.concatenate([s[w & (s >= plain)] for (s, _, _), w in zip(sets, wrong, strict=True)]))
+    steps = np.unique(np.concatenate([s[w & (s >= plain)] for (s, _), w in zip(sets, wrong, strict=True)]))
     for t in np.r_[plain, np.nextafter(steps, np.inf)]:
-        used = [int((w & (s >= t)).sum()) for (s, _, _), w in zip(sets, wrong, strict=True)]
-        for lead in LEADS:
+        used = [int((w & (s >= t)).sum()) for (s, _), w in zip(sets, wrong, strict=True)]
+        for lead, within in itertools.product(LEADS, (False, True)):
             low = max(above, 0.0)
-            for (s, leads, _), w, n_used, n_allowed in zip(sets, wrong, used, allowed, strict=True):
-                extra = np.sort(s[w & (leads >= lead) & (s < t)])[::-1]
+            for x, (s, _), w, n_used, n_allowed in zip((p, a), sets, wrong, used, allowed, strict=True):
+                extra = np.sort(s[w & x.ahead(rank, lead, within) & (s < t)])[::-1]
                 room = n_allowed - n_used
                 if len(extra) > room:
                     low = max(low, float(np.nextafter(extra[room], np.inf)))
             if low >= t:
                 continue
-            right = float(np.sum(c_p & ((s_p >= t) | ((l_p >= lead) & (s_p >= low)))))
+            right = float(np.sum(c_p & ((s_p >= t) | (p.ahead(rank, lead, within) & (s_p >= low)))))
             if right > best[0]:
-                best = (right, float(t), LeadRule(lead, low))
+                best = (right, float(t), LeadRule(lead, low, within))
     return best[1], best[2]
 
 
@@ -464,7 +518,7 @@ def _open_set_thresholds(calls: dict[str, _Scored], counts: dict[str, int], targ
                          false_calls_present=float(np.mean(called & ~c_p)),
                          false_calls_absent=float(np.mean(a.called(rank, t, rule) & ~c_a)), wrong_calls_seen=wrong)
             if rule is not None:
-                entry["lead_rule"] = rule._asdict()
+                entry["lead_rule"] = rule.as_info()
         else:
             t = NEVER
             entry.update(threshold=t, wrong_calls_seen=0)
@@ -596,11 +650,13 @@ def calibrate_barcode_part(part: ReferenceIndex, *, target: float = DEFAULT_PREC
     absent species were named wrongly 2.5 % of the time (1.2 % with it), well within 5 %; the genus
     threshold (95.9 % against 94.1 %) is what brought wrong genera from 6.5 to 2.1 %.
     """
+    part.set_spreads(taxon_spreads(part, seed=seed))
     main, short = calibrate_open_sets(part, target=target, seed=seed, k=k, sample=sample,
                                       windows=(None, SHORT_READ_WINDOW))
     stricter = {rank: max(short.thresholds[rank], main.thresholds[rank]) for rank in short.thresholds}
     stricter["species"] = main.thresholds["species"]
-    rules = {rank: LeadRule(max(rule.lead, main.leads[rank].lead), max(rule.threshold, main.leads[rank].threshold))
+    rules = {rank: LeadRule(max(rule.lead, main.leads[rank].lead), max(rule.threshold, main.leads[rank].threshold),
+                            rule.within_spread or main.leads[rank].within_spread)
              for rank, rule in short.leads.items() if rank != "species" and rank in main.leads}
     if "species" in main.leads:
         rules["species"] = main.leads["species"]

@@ -161,8 +161,9 @@ def _by_lead(row: Mapping[str, Any], rank: str, thresholds: Mapping[str, float],
     rule, score, threshold = applied_lead_rules(info, row).get(rank), row.get(f"{rank}_score"), thresholds.get(rank)
     if not isinstance(rule, Mapping) or not isinstance(score, int | float) or threshold is None or score >= threshold:
         return ""
+    spread = f", and within the {rank}'s own spread in the reference" if rule.get("within_spread") else ""
     return (f", by its lead rule: from {rule['threshold']:.3f} when {100 * rule['lead']:.2g} identity points "
-            f"above any other {rank}")
+            f"above any other {rank}{spread}")
 
 
 def _top_hit(row: Mapping[str, Any], subject: str) -> str:

@@ -158,6 +158,7 @@ class ReferenceIndex:
         self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
         self._bins: dict[str, int] | None = None
         self._anchors = None
+        self._spreads: dict[str, np.ndarray] = {}
 
     # ----------------------------------------------------------------------------------- facts
     @property
@@ -473,6 +474,33 @@ class ReferenceIndex:
             self._codes = lineage_codes(self.labels.ranks)
         return self._codes
 
+    def lineage_name(self, row: int, rank: str) -> str:
+        """Record ``row``'s lineage down to ``rank`` as text (``order|family|genus``): a taxon's name that two
+        homonyms in different families do not share, as stored spreads are keyed."""
+        return "|".join(str(self.labels.ranks[r][row]) for r in RANKS[: RANKS.index(rank) + 1])
+
+    def spreads(self, rank: str) -> np.ndarray:
+        """Per lineage code at ``rank`` (:meth:`lineage_codes`), the taxon's spread (:meth:`set_spreads`); +inf
+        where none is stored (a taxon of one member one rank below, or an index built before spreads)."""
+        if rank not in self._spreads:
+            codes = self.lineage_codes()[rank]
+            table = np.full(int(codes.max()) + 1 if len(codes) else 0, np.inf)
+            stored = self.spec.spreads.get(rank, {})
+            if stored:
+                found, first = np.unique(codes, return_index=True)
+                for code, row in zip(found.tolist(), first.tolist(), strict=True):
+                    if code >= 0:
+                        table[code] = stored.get(self.lineage_name(row, rank), np.inf)
+            self._spreads[rank] = table
+        return self._spreads[rank]
+
+    def set_spreads(self, spreads: Mapping[str, Mapping[str, float]]) -> None:
+        """Store each taxon's spread per rank (lineage name → identity; written on the next save)."""
+        self.manifest["spreads"] = {rank: {name: round(float(v), 6) for name, v in sorted(table.items())}
+                                    for rank, table in spreads.items()}
+        self._spec = None
+        self._spreads = {}
+
     def lineage_codes_of(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`lineage_codes` of the records behind a label matrix (-1 for none)."""
         idx = np.where(labels > 0, labels - 1, 0)
@@ -622,14 +650,13 @@ class ReferenceIndex:
 def _leads_entry(leads: Mapping[str, LeadRule] | None) -> dict:
     """``{"leads": …}`` for a manifest where any rank has a lead rule, else nothing (older readers see no
     change)."""
-    kept = {rank: {"lead": round(float(leads[rank].lead), 6), "threshold": round(float(leads[rank].threshold), 6)}
-            for rank in RANKS if leads and rank in leads}
+    kept = {rank: leads[rank].as_info(6) for rank in RANKS if leads and rank in leads}
     return {"leads": kept} if kept else {}
 
 
 def _lead_rules(stored: Mapping) -> dict[str, LeadRule]:
     """Stored lead rules (manifest models) as :class:`clibd_cli.assign.LeadRule`."""
-    return {rank: LeadRule(rule.lead, rule.threshold) for rank, rule in stored.items()}
+    return {rank: LeadRule(rule.lead, rule.threshold, rule.within_spread) for rank, rule in stored.items()}
 
 
 def index_modalities(directory: Path) -> list[str]:

@@ -100,6 +100,8 @@ class LeadRule(_Open):
 
     lead: float
     threshold: float
+    within_spread: bool = False
+    """Only where the winner's identity also reaches its taxon's spread (``spreads``)."""
 
 
 class CrossCalibration(_Open):
@@ -157,6 +159,10 @@ class IndexPart(_Open):
     leads: dict[str, LeadRule] = {}
     """Barcodes: per rank, a second, lower threshold for calls far enough ahead of any other taxon; calibrated
     with ``thresholds`` (absent: none, as in indexes built before lead rules)."""
+    spreads: dict[str, dict[str, float]] = {}
+    """Barcodes: per rank (genus, family), per taxon (``order|family|genus``), the lowest identity found between
+    its members of different taxa one rank below: how far its own species (or genera) stand apart.  Absent
+    for taxa with one such member, and in indexes built before spreads."""
     cross_thresholds: dict[Modality, CrossCalibration] = {}
     """Thresholds for queries of other modalities (e.g. photos against barcodes)."""
     short_reads: ShortReadCalibration | None = None

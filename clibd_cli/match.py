@@ -36,7 +36,7 @@ import numpy as np
 
 from clibd_cli import __version__
 from clibd_cli.align import reverse_complement, verify
-from clibd_cli.assign import DEFAULT_TAU, Assignment, LeadRule, assign_batch, batch_rank_calls, decide
+from clibd_cli.assign import DEFAULT_TAU, SPREAD_RANKS, Assignment, LeadRule, assign_batch, batch_rank_calls, decide
 from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
@@ -228,6 +228,7 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
     taxonomy["species"] = np.where(short, "", taxonomy["species"])
     codes["species"] = np.where(short, -1, codes["species"])
     every = index.lineage_codes()
+    spreads = {rank: index.spreads(rank) for rank in SPREAD_RANKS}
     out = []
     for i, (h, calls) in enumerate(zip(hits, batch_rank_calls(sims, taxonomy, tau, codes, votes, records),
                                        strict=True)):
@@ -240,6 +241,8 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
             other = (rival >= 0) & (rival != codes[rank][i, call.best_hit])
             if other.any():
                 call.lead = float(sims[i, call.best_hit] - h.taxon_identity[other].max())
+            if rank in spreads and 0 <= codes[rank][i, call.best_hit] < len(spreads[rank]):
+                call.spread = float(spreads[rank][codes[rank][i, call.best_hit]])
         out.append(decide(sims[i], calls, thresholds, leads))
     return out
 
@@ -591,4 +594,4 @@ def _without(leads: Mapping[str, LeadRule] | None, overrides: Mapping[str, float
 
 def _leads_info(leads: Mapping[str, LeadRule]) -> dict[str, dict[str, float]]:
     """Lead rules as an output's ``info`` records them."""
-    return {rank: rule._asdict() for rank, rule in leads.items()}
+    return {rank: rule.as_info() for rank, rule in leads.items()}

@@ -437,7 +437,8 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     assert "species" in result.stdout and "threshold" in result.stdout
     short, leads = after["short_reads"]["thresholds"], after["short_reads"].get("leads", {})
     assert ("short reads (overlap < 300 bp): " + ", ".join(
-        f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead)"
+        f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead"
+                                 + (", within spread" if leads[r].get("within_spread") else "") + ")"
                                  if r in leads else "") for r in short)
             + " (fitted on 200 bp stretches)") in " ".join(result.stdout.split())
     # The calibrated thresholds are what `match` uses.

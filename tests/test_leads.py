@@ -63,12 +63,15 @@ def test_a_rival_outside_the_voting_hits_sets_the_lead():
     assert _match(alone, query, high, {"genus": LeadRule(0.05, 0.92)}).row["genus"] == "Aedes"
 
 
-def _scored(scores, leads, correct) -> _Scored:
-    """One calibration set whose genus calls are as given and whose calls at other ranks are all right."""
+def _scored(scores, leads, correct, spreads=None) -> _Scored:
+    """One calibration set whose genus calls are as given and whose calls at other ranks are all right
+    (``spreads``: of the winning genera; none known by default)."""
+    spreads = np.full(len(scores), np.inf) if spreads is None else np.asarray(spreads, float)
     return _Scored({rank: np.asarray(scores, float) for rank in RANKS},
                    {rank: np.asarray(leads, float) for rank in RANKS},
                    {rank: np.asarray(correct, bool) if rank == "genus" else np.ones(len(scores), bool)
-                    for rank in RANKS})
+                    for rank in RANKS},
+                   {rank: spreads for rank in RANKS})
 
 
 def test_calibration_adds_a_lead_rule_only_where_it_names_more_taxa_right():
@@ -100,7 +103,7 @@ def test_calibration_adds_a_lead_rule_only_where_it_names_more_taxa_right():
     counts = {level: len(scored.scores["genus"]) for level, scored in calls.items()}
     report = _open_set_thresholds(calls, counts, 0.95, {}, None, 10, 64, 0).report["ranks"]
     expected = _lead_rule(present, absent, "genus", 0.05, report["family"]["threshold"])[1]
-    assert report["genus"]["lead_rule"] == expected._asdict() and report["genus"]["false_calls_absent"] <= 0.05
+    assert report["genus"]["lead_rule"] == expected.as_info() and report["genus"]["false_calls_absent"] <= 0.05
 
 
 def test_leads_are_stored_and_recorded_by_match(tmp_path):
@@ -227,3 +230,66 @@ def test_the_vote_shares_its_room_among_taxa_tied_at_one_identity():
     # a longer overlap at the same identity ranks first and is no tie
     votes = _votes(np.array([0.99, 0.99]), np.array([658, 313]), np.array([12, 12]), 10)
     assert votes == pytest.approx([10.0, 0.0])
+
+
+def _spread_case():
+    """Two genera of one family, each with two species: *Aedes*'s species 12 % apart (a wide genus),
+    *Culex*'s 1 % apart (a tight one), and a genus of one species in another family."""
+    rng = np.random.default_rng(21)
+    root = random_sequence(rng, 600)
+    aedes, culex = substitute(root, 60, rng), substitute(root, 60, rng)
+    a1, a2 = substitute(aedes, 36, rng), substitute(aedes, 36, rng)
+    c1, c2 = substitute(culex, 3, rng), substitute(culex, 3, rng)
+    lineage = ("Diptera", "Culicidae")
+    reference = [Specimen("A1", *lineage, "Aedes", "Aedes one", "BOLD:AAA0001", a1),
+                 Specimen("A2", *lineage, "Aedes", "Aedes two", "BOLD:AAA0002", a2),
+                 Specimen("C1", *lineage, "Culex", "Culex one", "BOLD:AAA0003", c1),
+                 Specimen("C2", *lineage, "Culex", "Culex two", "BOLD:AAA0004", c2),
+                 Specimen("T1", "Diptera", "Tipulidae", "Tipula", "Tipula one", "BOLD:AAA0005",
+                          random_sequence(rng, 600))]
+    return reference, rng
+
+
+def test_spreads_are_the_lowest_identity_between_members_and_gate_within_spread_rules():
+    from clibd_cli.calibrate import taxon_spreads
+
+    reference, rng = _spread_case()
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    spreads = taxon_spreads(index, pairs=5)
+    seqs = {s.id: s.sequence for s in reference}
+    aedes, culex = (align_many(seqs[x], [seqs[y]])[0].identity for x, y in (("A1", "A2"), ("C1", "C2")))
+    assert spreads["genus"] == pytest.approx({"Diptera|Culicidae|Aedes": aedes, "Diptera|Culicidae|Culex": culex})
+    assert 0.85 < aedes < 0.92 < 0.97 < culex  # Tipula (one species) has no spread
+    across = [align_many(seqs[x], [seqs[y]])[0].identity for x in ("A1", "A2") for y in ("C1", "C2")]
+    assert min(across) <= spreads["family"]["Diptera|Culicidae"] <= max(across)  # genera of the family
+    index.set_spreads(spreads)
+    # A query 6 % from Aedes one (inside Aedes's 12 % spread) and one 6 % from Culex one (outside Culex's 1 %):
+    # the plain genus threshold (97 %) calls neither; a lead rule within spread calls only the first.
+    rule = {"genus": LeadRule(0.02, 0.90, within_spread=True)}
+    high = {**THRESHOLDS, "genus": 0.97}
+    for source, genus, nearest in (("A1", "Aedes", "Aedes"), ("C1", "", "Culex")):
+        query = substitute(seqs[source], 36, rng)
+        (result,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), high, MatchOptions(),
+                             leads=rule)
+        assert result.row["genus"] == genus and result.row["family"] == "Culicidae"
+        (plain,) = identify([SequenceRecord("q", query)], index, KmerProfileEncoder(), high, MatchOptions(),
+                            leads={"genus": LeadRule(0.02, 0.90)})
+        assert plain.row["genus"] == nearest  # without the spread condition both are called
+
+
+def test_calibration_asks_for_the_spread_where_it_tells_right_from_wrong():
+    """Wrong calls far ahead of their rivals but outside their genus's spread: a rule within spread can go lower
+    than one without, and is chosen; where spreads are unknown (inf) no call gets through that way."""
+    rng = np.random.default_rng(5)
+    n = 400
+    right = rng.uniform(0.90, 0.99, n)
+    wrong = rng.uniform(0.90, 0.96, n)
+    spread_right, spread_wrong = np.full(n, 0.85), np.full(n, 0.97)  # right calls inside, wrong ones outside
+    present = _scored(np.r_[right, wrong[: n // 4]], np.full(n + n // 4, 0.05), np.r_[np.ones(n), np.zeros(n // 4)],
+                      np.r_[spread_right, spread_wrong[: n // 4]])
+    absent = _scored(wrong, np.full(n, 0.05), np.zeros(n), spread_wrong)
+    threshold, rule = _lead_rule(present, absent, "genus", 0.05, 0.85)
+    assert rule is not None and rule.within_spread and rule.threshold < 0.91
+    assert absent.called("genus", threshold, rule).sum() <= 0.05 * n
+    unknown = [_scored(x.scores["genus"], x.leads["genus"], x.correct["genus"]) for x in (present, absent)]
+    assert _lead_rule(*unknown, "genus", 0.05, 0.85)[1] is None  # leads alone tell nothing here

@@ -145,13 +145,14 @@ def calibrate(
 def _thresholds_text(thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None) -> str:
     """Per rank its threshold, and its lead rule where it has one."""
     leads = leads or {}
-    return ", ".join(f"{r} {thresholds[r]:.3f}" + (f" (or {_lead_text(leads[r])} ahead)" if r in leads else "")
+    return ", ".join(f"{r} {thresholds[r]:.3f}" + (f" (or {_lead_text(leads[r])})" if r in leads else "")
                      for r in RANKS if r in thresholds)
 
 
 def _lead_text(rule: LeadRule) -> str:
-    """A lead rule in a few characters: its threshold, and the lead in identity points."""
-    return f"{rule.threshold:.3f}, {100 * rule.lead:.2g} pts"
+    """A lead rule in a few words: its threshold, the lead in identity points, and whether the call must also
+    reach its taxon's spread."""
+    return f"{rule.threshold:.3f}, {100 * rule.lead:.2g} pts ahead" + (", within spread" if rule.within_spread else "")
 
 
 def _short_reads_line(thresholds: dict[str, float], below_overlap: int, window: int,
@@ -200,7 +201,9 @@ def _thresholds_table(calibration: Calibration, precision: float):
         table.add_row(rank, describe_threshold(threshold, short=True), *lead, *(cell(info.get(key)) for key in keys))
     if calibration.leads:
         captions.append("or, if ahead: a call is also made from this lower identity when its taxon's best hit is "
-                        "that many identity points above the best hit of any other taxon at that rank.")
+                        "that many identity points above the best hit of any other taxon at that rank (within "
+                        "spread: and no farther from the taxon than its own species, or genera, are from each "
+                        "other in the reference).")
     return Group(table, *(Text(line) for line in captions))
 
 
