@@ -13,7 +13,9 @@ lineage, so a call is always taxonomically consistent.  A barcode call may also 
 threshold by a *lead rule*: from a lower threshold when the winner's best hit is far enough above the best
 verified candidate of any other taxon at that rank (:attr:`RankCall.lead`, :class:`LeadRule`,
 :func:`clibd_cli.match.assign_verified`), which the ten voting records, often copies of one haplotype, cannot
-show.  For barcodes a column is a taxon behind a reference barcode, voting with its share of the ten records
+show; a rule may also require the winner to lie within its taxon's spread in the reference
+(:attr:`RankCall.spread`: no farther from the genus than its own species are from each other).  For
+barcodes a column is a taxon behind a reference barcode, voting with its share of the ten records
 (:func:`clibd_cli.match.verified_hits`): records of several taxa sharing one barcode all vote, in proportion,
 whichever of them the file lists first.
 

@@ -427,7 +427,7 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     assert after["calibration"]["ranks"]["genus"]["fitted_on"] == ["species", "genus"]
     expected = calibrate_open_set(ReferenceIndex.load(target), target=0.9, sample=60, seed=3)
     assert thresholds == expected.thresholds
-    refit = ("thresholds", "calibration", "short_reads")  # short reads: refitted alongside, never looser
+    refit = ("thresholds", "calibration", "short_reads", "spreads")  # refitted alongside (short reads never looser)
     assert {k: v for k, v in after.items() if k not in refit} == {k: v for k, v in before.items() if k not in refit}
     assert after["short_reads"]["window"] == 200 and "short_reads" not in before
     assert all(after["short_reads"]["thresholds"][rank] >= thresholds[rank] for rank in thresholds)

@@ -216,6 +216,8 @@ def test_readme_shows_a_lead_rule_as_build_index_and_calibrate_print_it():
     assert printed == "genus 0.956 (or 0.928, 2 pts ahead)"
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert f"`{printed}`" in readme
+    within = _thresholds_text({"genus": 0.942}, {"genus": LeadRule(0.02, 0.924, within_spread=True)})
+    assert within == "genus 0.942 (or 0.924, 2 pts ahead, within spread)" and f"`{within}`" in readme
 
 
 def test_the_vote_shares_its_room_among_taxa_tied_at_one_identity():
