@@ -18,7 +18,9 @@ labelled photos) under the folder's write lock.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -327,7 +329,8 @@ def false_call_threshold(scores: np.ndarray, correct: np.ndarray, rate: float) -
     return float(np.nextafter(wrong[allowed], np.inf))
 
 
-def taxon_spreads(index: ReferenceIndex, pairs: int = SPREAD_PAIRS, seed: int = 0) -> dict[str, dict[str, float]]:
+def taxon_spreads(index: ReferenceIndex, pairs: int = SPREAD_PAIRS, seed: int = 0,
+                  threads: int | None = None) -> dict[str, dict[str, float]]:
     """Per rank of :data:`clibd_cli.assign.SPREAD_RANKS`, per taxon with members of two or more taxa one rank
     below (a genus with two species, a family with two genera), the lowest alignment identity among ``pairs``
     pairs of its records drawn from two different such members (seeded): how far apart its own species (or
@@ -337,6 +340,8 @@ def taxon_spreads(index: ReferenceIndex, pairs: int = SPREAD_PAIRS, seed: int = 
     member; a genus whose species all lie within 5 % of each other says less about a query 92 % from it.
     Lead rules may require a call to reach this spread (:class:`clibd_cli.assign.LeadRule`); calibration
     decides, per rank, whether that serves.  A taxon known from one member shows no spread and gets none.
+    The pairs are drawn first, then aligned on ``threads`` threads (default: all cores), so the result does
+    not depend on them.
     """
     from clibd_cli.align import align_many
     from clibd_cli.assign import SPREAD_RANKS
@@ -345,30 +350,38 @@ def taxon_spreads(index: ReferenceIndex, pairs: int = SPREAD_PAIRS, seed: int = 
     rng = np.random.default_rng(seed)
     codes = index.lineage_codes()
     inputs, vector_of = index.vector_inputs(), index.labels.vector
-    out: dict[str, dict[str, float]] = {}
+    drawn: list[tuple[str, str, int, int]] = []  # (rank, taxon, record, record)
     for rank in SPREAD_RANKS:
         parent, child = codes[rank], codes[RANKS[RANKS.index(rank) + 1]]
         rows = np.flatnonzero((parent >= 0) & (child >= 0))
         rows = rows[np.lexsort((child[rows], parent[rows]))]  # by taxon, then by member
         starts = np.flatnonzero(np.r_[True, parent[rows][1:] != parent[rows][:-1]]) if len(rows) else rows
-        table: dict[str, float] = {}
         for first, stop in zip(starts.tolist(), np.r_[starts[1:], len(rows)].tolist(), strict=True):
             members = rows[first:stop]
             _, bounds = np.unique(child[members], return_index=True)
             if len(bounds) < 2:
                 continue
             bounds = np.r_[bounds, len(members)]
-            identities = []
+            name = index.lineage_name(int(members[0]), rank)
             for _ in range(pairs):
                 i, j = rng.choice(len(bounds) - 1, size=2, replace=False)
-                x = members[rng.integers(bounds[i], bounds[i + 1])]
-                y = members[rng.integers(bounds[j], bounds[j + 1])]
-                (alignment,) = align_many(inputs[vector_of[x]], [inputs[vector_of[y]]])
-                if alignment.coverage >= MIN_COVERAGE:
-                    identities.append(alignment.identity)
-            if identities:
-                table[index.lineage_name(int(members[0]), rank)] = min(identities)
-        out[rank] = table
+                drawn.append((rank, name, int(members[rng.integers(bounds[i], bounds[i + 1])]),
+                              int(members[rng.integers(bounds[j], bounds[j + 1])])))
+
+    def identity(pair: tuple[int, int]) -> float | None:
+        (alignment,) = align_many(inputs[pair[0]], [inputs[pair[1]]])
+        return alignment.identity if alignment.coverage >= MIN_COVERAGE else None
+
+    # Records sharing a barcode give the same alignment: each pair of barcodes is aligned once (a genus of two
+    # single-record species draws one pair thirty times).
+    barcodes = list(dict.fromkeys((int(vector_of[x]), int(vector_of[y])) for _, _, x, y in drawn))
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        found = dict(zip(barcodes, pool.map(identity, barcodes), strict=True))
+    out: dict[str, dict[str, float]] = {rank: {} for rank in SPREAD_RANKS}
+    for rank, name, x, y in drawn:
+        value = found[int(vector_of[x]), int(vector_of[y])]
+        if value is not None:
+            out[rank][name] = min(value, out[rank].get(name, value))
     return out
 
 
