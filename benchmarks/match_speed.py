@@ -35,7 +35,8 @@ def main() -> None:
     reference, present, absent = held_out_case(read_data(args.data), 3000, 3000, 0.05, 0)
     threads = str(args.threads)
     queries = present + absent
-    distinct = list({q.sequence: q for q in reversed(queries)}.values())[::-1]  # first of each sequence
+    firsts: dict[str, object] = {}
+    distinct = [firsts.setdefault(q.sequence, q) for q in queries if q.sequence not in firsts]
     sets = {f"all {len(queries):,}": queries, f"{len(distinct):,} distinct": distinct}
     with tempfile.TemporaryDirectory(prefix="clibd-speed-") as tmp:
         work = Path(tmp)

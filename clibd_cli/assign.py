@@ -58,11 +58,9 @@ class LeadRule(NamedTuple):
     def as_info(self, digits: int | None = None) -> dict:
         """As index.json and an output's ``info`` hold it (``within_spread`` only where set, as older readers
         expect), rounded to ``digits`` if given."""
-        def value(x: float) -> float:
-            return round(float(x), digits) if digits is not None else float(x)
-
-        return {"lead": value(self.lead), "threshold": value(self.threshold),
-                **({"within_spread": True} if self.within_spread else {})}
+        lead, threshold = (float(self.lead), float(self.threshold)) if digits is None else \
+            (round(float(self.lead), digits), round(float(self.threshold), digits))
+        return {"lead": lead, "threshold": threshold, **({"within_spread": True} if self.within_spread else {})}
 
 
 @dataclass

@@ -314,8 +314,8 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                     continue
                 c = called[query.sequence]
                 yield _result(query, c.hits, c.assignment, index, c.thresholds, options.top_k)
-            seen.update(called)
-            for sequence in called:
+            for sequence, c in called.items():  # most recently seen last, so the oldest go first
+                seen[sequence] = c
                 seen.move_to_end(sequence)
             while len(seen) > REPEATS_KEPT:
                 seen.popitem(last=False)
