@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,8 +35,7 @@ _COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 _local = threading.local()
 
 
-@dataclass(frozen=True)
-class Alignment:
+class Alignment(NamedTuple):
     """One query-target alignment: identity as a fraction (0–1) and the overlap in columns.
 
     ``coverage`` is the overlap as a share of the shorter sequence.  With free end gaps, two unrelated
@@ -137,26 +136,55 @@ def base_codes(sequence: str) -> np.ndarray:
 
 
 def _kmers(codes: np.ndarray, k: int = ANCHOR_K) -> np.ndarray:
-    """Integer code of every k-mer starting at each position (-1 where it holds an N); int32 up to k = 15."""
+    """Integer code of every k-mer starting at each position (-1 where it holds an N); int32 up to k = 15.
+
+    Built by doubling (the codes of 2-, 4-, 8-mers… joined): a handful of array passes instead of k.
+    """
     n = len(codes) - k + 1
     dtype = np.int32 if k <= 15 else np.int64
     if n <= 0:
         return np.empty(0, dtype=dtype)
-    bases = (codes & 3).astype(dtype)
-    value = bases[:n].copy()
-    for j in range(1, k):
-        value <<= 2
-        value |= bases[j : j + n]
-    unknown = np.r_[0, np.cumsum(codes == 4)]
-    value[unknown[k:] != unknown[:n]] = -1
+    value, unknown = _words(codes, k, dtype)
+    if unknown is not None:
+        value[unknown] = -1
     return value
 
 
+def _words(codes: np.ndarray, k: int, dtype: type) -> tuple[np.ndarray, np.ndarray | None]:
+    """The k-mer codes of ``codes`` (N read as T) and where they hold an N (None when no base is N)."""
+    unknown = codes == 4
+    value = _doubled((codes & 3).astype(dtype), k, lambda a, b, width: (a << (2 * width)) | b)
+    if not unknown.any():
+        return value, None
+    return value, _doubled(unknown, k, lambda a, b, width: a | b)
+
+
+def _doubled(single: np.ndarray, k: int, join: Callable[[np.ndarray, np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """``join`` applied over every window of k: windows of 1, 2, 4, 8… joined two by two, then the largest
+    that fit joined up to k (a handful of array passes instead of k).  ``join(a, b, width)`` puts window
+    ``b`` of ``width`` after ``a``."""
+    parts = {1: single}
+    width = 1
+    while 2 * width <= k:
+        part = parts[width]
+        parts[2 * width] = join(part[:-width], part[width:], width)
+        width *= 2
+    value, done = parts[width], width
+    for size in sorted(parts, reverse=True):  # the rest of k, largest part first
+        if done + size <= k:
+            value = join(value[: len(value) - size], parts[size][done:], size)
+            done += size
+    return value[: len(single) - k + 1]
+
+
 def _anchor_table() -> np.ndarray:
-    """A per-thread table k-mer code → query position (-1 = not in the query), reused across queries."""
+    """A per-thread table k-mer code → query position (-1 = not in the query), reused across queries.
+
+    One entry more than there are k-mers: a k-mer holding an N (code -1) reads the last one, always -1.
+    """
     table = getattr(_local, "table", None)
     if table is None:
-        table = _local.table = np.full(4**ANCHOR_K, -1, dtype=np.int32)
+        table = _local.table = np.full(4**ANCHOR_K + 1, -1, dtype=np.int32)
     return table
 
 
@@ -171,33 +199,40 @@ def diagonals(query: np.ndarray, targets: Sequence[np.ndarray], k: int = ANCHOR_
     values, first, counts = np.unique(_kmers(query, k), return_index=True, return_counts=True)
     keep = (counts == 1) & (values >= 0)
     values, first = values[keep], first[keep]
-    if not len(values) or not len(targets):
+    longest = max((len(t) for t in targets), default=0)
+    if not len(values) or longest < k:
         return out
-    lengths = np.array([len(t) for t in targets])
-    kmers = _kmers(np.concatenate(targets), k)
-    owner = np.repeat(np.arange(len(targets), dtype=np.int32), lengths)[: len(kmers)]
-    position = np.arange(len(kmers), dtype=np.int32) - np.r_[0, np.cumsum(lengths)].astype(np.int32)[owner]
-    table = _anchor_table() if k == ANCHOR_K else np.full(4**k, -1, dtype=np.int32)
+    # the targets end to end, k - 1 N between two, so that no k-mer spans two of them
+    lengths = np.fromiter((len(t) for t in targets), dtype=np.int64, count=len(targets))
+    starts = np.r_[0, np.cumsum(lengths + k - 1)[:-1]]
+    joined = np.full(int(starts[-1] + lengths[-1]), 4, dtype=np.uint8)
+    for start, target in zip(starts.tolist(), targets, strict=True):
+        joined[start : start + len(target)] = target
+    table = _anchor_table() if k == ANCHOR_K else np.full(4**k + 1, -1, dtype=np.int32)
     table[values] = first
     try:
-        anchor = np.where(kmers >= 0, table[np.maximum(kmers, 0)], -1)
+        anchor = np.take(table, _kmers(joined, k))
     finally:
         table[values] = -1
-    # k-mers spanning two targets are not k-mers of either
-    hit = (anchor >= 0) & (position <= (lengths[owner] - k))
-    if not hit.any():
+    found = np.flatnonzero(anchor >= 0)
+    if not len(found):
         return out
-    shift = position[hit] - anchor[hit]
-    offset = int(shift.min())
-    width = int(shift.max()) - offset + 1
     # votes per (target, diagonal) counted in a dense table (a few dozen targets × ~1,300 diagonals), not
     # sorted; per target, the diagonal with the most votes (argmax: the first, i.e. smallest shift, on a tie)
-    votes = np.bincount(owner[hit].astype(np.int64) * width + (shift - offset), minlength=len(targets) * width)
-    votes = votes.reshape(len(targets), width)
+    owner = np.repeat(np.arange(len(targets), dtype=np.int64), lengths + k - 1)[found]
+    shift = found - starts[owner] - anchor[found]
+    offset = int(shift.min())
+    span = int(shift.max()) - offset + 1
+    votes = np.bincount(owner * span + (shift - offset), minlength=len(targets) * span).reshape(len(targets), span)
     best = votes.argmax(axis=1)
     for t in np.flatnonzero(votes[np.arange(len(targets)), best] > 0).tolist():
         out[t] = int(best[t]) + offset
     return out
+
+
+# Column score by (target base, query base), the target base 5 where the diagonal leaves the target
+_SCORES = np.array([[0 if 5 in (a, b) or 4 in (a, b) else (MATCH if a == b else MISMATCH) for b in range(5)]
+                    for a in range(6)], dtype=np.int8).ravel()
 
 
 def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequence[int | None],
@@ -206,31 +241,37 @@ def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequ
 
     With free end gaps a terminal mismatch scores less than leaving the end unaligned, so along one
     diagonal the alignment is its maximum-scoring segment: identity and overlap over that segment.
-    All targets at once, in one padded matrix.
+    All targets at once: each one's diagonal laid under the query as a row of one matrix, 5 where it
+    leaves the target.  Columns there score 0, so the best segment (the first maximum, begun after the
+    last minimum before it) never includes them.
     """
     rows = [i for i, shift in enumerate(shifts) if shift is not None]
     out: list[Alignment | None] = [None] * len(targets)
-    if not rows or not len(query):
+    n = len(query)
+    if not rows or not n:
         return out
-    lengths = np.array([len(targets[i]) for i in rows])
-    padded = np.full((len(rows), int(lengths.max()) + 1), 5, dtype=np.uint8)
+    under = np.full((len(rows), n), 5, dtype=np.uint8)
     for r, i in enumerate(rows):
-        padded[r, : lengths[r]] = targets[i]
-    shift = np.array([shifts[i] for i in rows])[:, None]
-    position = np.arange(len(query))[None, :] + shift
-    inside = (position >= 0) & (position < lengths[:, None])
-    t = np.take_along_axis(padded, np.clip(position, 0, padded.shape[1] - 1), axis=1)
-    same = (t == query[None, :]) & (query[None, :] != 4) & inside
-    score = np.where(same, MATCH, np.where((t == 4) | (query[None, :] == 4), 0, MISMATCH))
-    score = np.where(inside, score, -(10**6))  # the segment never leaves the overlap
-    total = np.concatenate([np.zeros((len(rows), 1), dtype=np.int64), np.cumsum(score, axis=1)], axis=1)
+        shift, target = shifts[i], targets[i]
+        lo, hi = max(0, -shift), min(n, len(target) - shift)
+        if hi > lo:
+            under[r, lo:hi] = target[lo + shift : hi + shift]
+    score = _SCORES[under * 5 + query[None, :]]
+    total = np.zeros((len(rows), n + 1), dtype=np.int32)
+    np.cumsum(score, axis=1, dtype=np.int32, out=total[:, 1:])
     low = np.minimum.accumulate(total, axis=1)
     stop = np.argmax(total - low, axis=1)
-    at_low = (total == low[np.arange(len(rows)), stop][:, None]) & (np.arange(total.shape[1])[None, :] <= stop[:, None])
-    begin = total.shape[1] - 1 - np.argmax(at_low[:, ::-1], axis=1)
-    hits = np.concatenate([np.zeros((len(rows), 1), dtype=np.int64), np.cumsum(same, axis=1)], axis=1)
-    matches = hits[np.arange(len(rows)), stop] - hits[np.arange(len(rows)), begin]
+    each = np.arange(len(rows))
+    at_low = (total == low[each, stop][:, None]) & (np.arange(n + 1)[None, :] <= stop[:, None])
+    begin = n - np.argmax(at_low[:, ::-1], axis=1)
+    # score = 2 matches - 3 mismatches over columns without an N: matches follow from score and columns
     columns = stop - begin
+    matches = (total[each, stop] - total[each, begin] - MISMATCH * columns) // (MATCH - MISMATCH)
+    unknown = np.flatnonzero((under == 4).any(axis=1)) if not (query == 4).any() else each
+    if len(unknown):  # an N scores 0 and matches nothing: count the matches
+        hits = np.zeros((len(unknown), n + 1), dtype=np.int32)
+        np.cumsum(score[unknown] == MATCH, axis=1, dtype=np.int32, out=hits[:, 1:])
+        matches[unknown] = hits[np.arange(len(unknown)), stop[unknown]] - hits[np.arange(len(unknown)), begin[unknown]]
     for r, i in enumerate(rows):
         c = int(columns[r])
         out[i] = Alignment(int(matches[r]) / c if c > 0 else 0.0, max(c, 0), int(matches[r]))

@@ -88,3 +88,31 @@ def test_identity_matches_biopython_on_real_barcodes():
     # Co-optimal alignments of distant pairs may place a gap differently: tiny differences only.
     assert np.mean(differences[:, 0] <= 0.005) >= 0.97 and differences[:, 0].max() <= 0.03
     assert np.median(differences[:, 1]) == 0
+
+
+def test_kmer_codes_and_diagonal_segments_match_direct_counting():
+    """The vectorised k-mer codes and best diagonal segments, against one-position-at-a-time definitions."""
+    from clibd_cli.align import _kmers, base_codes, diagonals, ungapped_many
+
+    rng = np.random.default_rng(11)
+    for k in (1, 3, 10, 12, 16):
+        codes = base_codes("".join(rng.choice(list("ACGTN"), 300, p=[0.24, 0.24, 0.24, 0.24, 0.04])))
+        expected = [-1 if 4 in codes[i : i + k] else int("".join(str(c) for c in codes[i : i + k]), 4)
+                    for i in range(len(codes) - k + 1)]
+        assert _kmers(codes, k).tolist() == expected
+    query = mutate(random_sequence(rng, 400), 0.05, rng)
+    q = base_codes(query[:150] + "N" + query[151:])
+    targets = [base_codes(t) for t in (query[40:], "GG" + query[:200] + "N" * 3 + query[203:330],
+                                       query[100:] + random_sequence(rng, 80), random_sequence(rng, 500))]
+    shifts = diagonals(q, targets)
+    assert shifts[:3] == [-40, 2, -100]
+    for target, shift, found in zip(targets, shifts, ungapped_many(q, targets, shifts), strict=True):
+        if shift is None:
+            assert found is None
+            continue
+        columns = [(q[i], target[i + shift]) for i in range(len(q)) if 0 <= i + shift < len(target)]
+        scores = [0 if 4 in pair else (MATCH if pair[0] == pair[1] else MISMATCH) for pair in columns]
+        best = max((sum(scores[b:e]), -(e - b), b) for b in range(len(scores)) for e in range(b, len(scores) + 1))
+        b, e = best[2], best[2] - best[1]
+        matches = sum(a == t and a != 4 for a, t in columns[b:e])
+        assert (found.overlap, found.matches) == (e - b, matches)
