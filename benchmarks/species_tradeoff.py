@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case, read_data, split_case, write_fasta
 
-from clibd_cli.match import MatchOptions, assign_verified, verify_queries
+from clibd_cli.match import MatchOptions, Verifier, assign_verified, verify_queries
 from clibd_cli.references import open_index
 
 
@@ -40,8 +39,8 @@ def tradeoff(case: str, work: Path, reference, present, absent, steps: list[floa
                     str(work / "idx"), "--threads", str(threads)], check=True, capture_output=True)
     opened = open_index(work / "idx")
     index, options = opened.index, MatchOptions(threads=threads)
-    with ThreadPoolExecutor(threads) as pool:
-        hits = verify_queries(present + absent, index, opened.encoder, options, pool)
+    with Verifier(index, options) as verifier:
+        hits = verify_queries(present + absent, index, opened.encoder, options, verifier)
     identical = np.mean([len(h.records) > 0 and h.identity[0] >= 1.0 for h in hits[len(present):]])
     calibrated = index.thresholds["species"]
     rows = []

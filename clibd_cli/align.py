@@ -135,6 +135,14 @@ def base_codes(sequence: str) -> np.ndarray:
     return _LOOKUP[np.frombuffer(sequence.encode(), dtype=np.uint8)]
 
 
+def bases_of(codes: np.ndarray) -> str:
+    """The sequence behind :func:`base_codes` (a normalised sequence holds A, C, G, T and N only)."""
+    return _LETTERS[codes].tobytes().decode("ascii")
+
+
+_LETTERS = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
+
+
 def _kmers(codes: np.ndarray, k: int = ANCHOR_K) -> np.ndarray:
     """Integer code of every k-mer starting at each position (-1 where it holds an N); int32 up to k = 15.
 
@@ -278,7 +286,20 @@ def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequ
     return out
 
 
-def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0.03,
+class _Spelled(Sequence[str]):
+    """Targets as sequences, spelled from their base codes when one is asked for."""
+
+    def __init__(self, codes: Sequence[np.ndarray]) -> None:
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return bases_of(self.codes[i])
+
+
+def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: float = 0.03,
            codes: Sequence[np.ndarray] | None = None) -> list[Alignment | None]:
     """Identity of ``query`` to each target: from one diagonal where that is the alignment, else aligned.
 
@@ -290,10 +311,13 @@ def verify(query: str, targets: Sequence[str], full: int = 10, margin: float = 0
     a few at a time, at most ``full`` of them; once a hit at ≥ :data:`NEAR_IDENTITY` is verified, only
     while that estimate is within ``margin`` of the best: a hit three points below it weighs e^-3 of it
     in the vote.  Targets left out are ``None`` (not verified).  ``codes``: the targets' :func:`base_codes`,
-    when the caller has them already.
+    when the caller has them already (``targets`` may then be None: the few that are aligned are spelled
+    from their codes).
     """
     q = base_codes(query)
-    if codes is None:
+    if targets is None:
+        targets = _Spelled(codes)
+    elif codes is None:
         codes = [base_codes(t) for t in targets]
     fast = [_covering(a, len(q), len(t)) if a is not None else None
             for a, t in zip(ungapped_many(q, codes, diagonals(q, codes)), codes, strict=True)]

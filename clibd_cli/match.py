@@ -22,12 +22,18 @@ reference file embedded, thresholds chosen, the record a resumable output keeps)
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
+import signal
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -35,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from clibd_cli import __version__
-from clibd_cli.align import reverse_complement, verify
+from clibd_cli.align import Alignment, reverse_complement, verify
 from clibd_cli.assign import DEFAULT_TAU, SPREAD_RANKS, Assignment, LeadRule, assign_batch, batch_rank_calls, decide
 from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
@@ -165,8 +171,13 @@ def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosine
     """
     valid = vectors >= 0
     vectors, cosines = vectors[valid], cosines[valid]
-    inputs = index.vector_inputs()
-    found = verify(query, [inputs[v] for v in vectors], full=aligned, codes=index.input_codes(vectors))
+    found = verify(query, None, full=aligned, codes=index.input_codes(vectors))
+    return ranked_hits(found, index, vectors, cosines, k, keep)
+
+
+def ranked_hits(found: Sequence[Alignment | None], index: ReferenceIndex, vectors: np.ndarray, cosines: np.ndarray,
+                k: int, keep: Callable[[np.ndarray], np.ndarray] | None = None) -> VerifiedHits:
+    """:func:`verified_hits` from the alignments of candidate vectors (valid ones only) that :func:`verify` found."""
     rows, identity, overlap, cosine = [], [], [], []
     taxa, counts, sizes = [], [], []
     order = sorted((i for i, a in enumerate(found) if a is not None and a.coverage >= MIN_COVERAGE),
@@ -285,63 +296,202 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     columns (:meth:`ReferenceIndex.short_read_thresholds`); the others are called with ``thresholds`` and
     ``leads`` (the ranks' lead rules, :class:`clibd_cli.assign.LeadRule`).
 
-    ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): only one batch is held.
-    A sequence seen earlier in the run (among the last :data:`REPEATS_KEPT` distinct ones) is neither
-    searched nor aligned again: its calls are reused.  Specimens of one species often share a haplotype
-    (a third of the queries of benchmarks/dna_vs_vsearch.py repeat an earlier one), and amplicon reads
-    repeat far more; identical sequences get identical calls either way.
-    Verification runs on ``options.threads`` threads (default: all cores): NumPy and Opal release the
-    GIL, so two threads verify 1.9× as many queries per second as one (measured on 2 cores).
+    ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): two batches are held, the one
+    being verified and the next one, proposed meanwhile (:class:`Verifier`).  A sequence seen earlier in the
+    run (among the last :data:`REPEATS_KEPT` distinct ones) is neither searched nor aligned again: its calls
+    are reused.  Specimens of one species often share a haplotype (a third of the queries of
+    benchmarks/dna_vs_vsearch.py repeat an earlier one), and amplicon reads repeat far more; identical
+    sequences get identical calls either way.
     """
     index.check_encoder(encoder)
-    k = options.neighbours
     short_reads = ShortReads(*short_reads) if short_reads is not None else None
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
-    workers = options.threads or os.cpu_count() or 1
-    with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        stream = iter(queries)
-        while batch := list(islice(stream, options.batch_size)):
-            called = {q.sequence: seen[q.sequence] for q in batch if q.sequence in seen}
-            fresh = list({q.sequence: q for q in batch if q.sequence and q.sequence not in called}.values())
-            hits = verify_queries(fresh, index, encoder, options, pool)
-            for query, h, (assignment, used) in zip(fresh, hits, _assign(hits, index, thresholds, leads, short_reads,
-                                                                          k), strict=True):
-                called[query.sequence] = _Called(h, assignment, used)
-            for query in batch:
-                if not query.sequence:
-                    yield MatchResult(_error_row(query, "no sequence (empty after removing gaps and ambiguous "
-                                                        "ends)"), [], marker=query.marker)
-                    continue
-                c = called[query.sequence]
-                yield _result(query, c.hits, c.assignment, index, c.thresholds, options.top_k)
-            for sequence, c in called.items():  # most recently seen last, so the oldest go first
-                seen[sequence] = c
-                seen.move_to_end(sequence)
-            while len(seen) > REPEATS_KEPT:
-                seen.popitem(last=False)
-            if progress is not None:
-                progress(len(batch))
+    last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
+    stream = iter(queries)
+    with Verifier(index, options) as verifier:
+        ahead: _Batch | None = None
+        while True:
+            failed: Exception | None = None
+            try:
+                batch = list(islice(stream, options.batch_size))
+            except Exception as error:  # a bad record: the batch in flight is still written, then it stops
+                batch, failed = [], error
+            job = None
+            if batch:
+                reused = {q.sequence: seen[q.sequence] for q in batch if q.sequence in seen}
+                flying = ahead.fresh if ahead is not None else {}
+                fresh = {q.sequence: q for q in batch if q.sequence and q.sequence not in reused and
+                         q.sequence not in flying}
+                proposals = _propose(list(fresh.values()), index, encoder, options)
+                job = _Batch(batch, reused, fresh, proposals, verifier.submit(proposals))
+            if ahead is not None:
+                last = ahead.finish(index, thresholds, leads, short_reads, options.neighbours, last)
+                yield from (_row(query, last, options.top_k, index) for query in ahead.queries)
+                for sequence, c in last.items():  # most recently seen last, so the oldest go first
+                    seen[sequence] = c
+                    seen.move_to_end(sequence)
+                while len(seen) > REPEATS_KEPT:
+                    seen.popitem(last=False)
+                if progress is not None:
+                    progress(len(ahead.queries))
+            if failed is not None:
+                raise failed
+            if job is None:
+                break
+            ahead = job
+
+
+def _row(query: SequenceRecord, called: Mapping[str, _Called], top_k: int, index: ReferenceIndex) -> MatchResult:
+    if not query.sequence:
+        return MatchResult(_error_row(query, "no sequence (empty after removing gaps and ambiguous ends)"), [],
+                           marker=query.marker)
+    c = called[query.sequence]
+    return _result(query, c.hits, c.assignment, index, c.thresholds, top_k)
+
+
+@dataclass
+class _Batch:
+    """A batch of queries on its way: the calls it reuses, its fresh sequences' proposals and verification."""
+
+    queries: list[SequenceRecord]
+    reused: dict[str, _Called]
+    fresh: dict[str, SequenceRecord]
+    proposals: list[_Proposal]
+    verified: Callable[[], list[list[Alignment | None]]]
+
+    def finish(self, index: ReferenceIndex, thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None,
+               short_reads: ShortReads | None, k: int, previous: Mapping[str, _Called]) -> dict[str, _Called]:
+        """Every sequence's calls: reused, from the batch before (``previous``), or called now."""
+        hits = [_hits(p, found, index, k) for p, found in zip(self.proposals, self.verified(), strict=True)]
+        called = dict(self.reused)
+        for sequence in {q.sequence for q in self.queries} - called.keys() - self.fresh.keys():
+            if sequence in previous:
+                called[sequence] = previous[sequence]
+        for sequence, h, (assignment, used) in zip(self.fresh, hits, _assign(hits, index, thresholds, leads,
+                                                                              short_reads, k), strict=True):
+            called[sequence] = _Called(h, assignment, used)
+        return called
+
+
+class _Proposal(NamedTuple):
+    """A query's candidates: the sequence on the chosen strand, candidate vectors, their cosines, the strand."""
+
+    sequence: str
+    vectors: np.ndarray
+    cosines: np.ndarray
+    reverse: bool
+
+
+def _hits(proposal: _Proposal, found: list[Alignment | None], index: ReferenceIndex, k: int) -> VerifiedHits:
+    valid = proposal.vectors >= 0
+    hits = ranked_hits(found, index, proposal.vectors[valid], proposal.cosines[valid], k)
+    hits.reverse = proposal.reverse
+    return hits
+
+
+_FORK = sys.platform.startswith("linux")  # forked processes inherit the loaded index (elsewhere: threads)
+FORK_CHUNK = 16  # queries sent to a verification process at a time
+_forked_index: ReferenceIndex | None = None  # the index a forked verification process verifies against
+_forking = threading.Lock()
+
+
+def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int) -> list[list[Alignment | None]]:
+    """Verification in a forked process, against the index it inherited."""
+    assert _forked_index is not None
+    return [verify(sequence, None, full=aligned, codes=_forked_index.input_codes(vectors))
+            for sequence, vectors in chunk]
+
+
+def _worker_signals() -> None:
+    """A verification process leaves Ctrl-C (sent to the whole process group) and the clean stop on SIGTERM to the
+    parent, and dies at once when the parent's pool terminates it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _forking_signals() -> Iterator[None]:
+    """Processes forked here start with :func:`_worker_signals`' handlers, not the parent's: a SIGTERM that ends a
+    pool before a worker ran its initializer would otherwise raise in it and leave it waiting for work forever."""
+    if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's to set
+        yield
+        return
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _worker_signals()
+    try:
+        yield
+    finally:
+        for number, handler in zip((signal.SIGINT, signal.SIGTERM), saved, strict=True):
+            if handler is not None:  # None: set outside Python, and not ours to restore
+                signal.signal(number, handler)
+
+
+class Verifier:
+    """Aligns proposals to their candidates in the background, so that the next batch is proposed meanwhile.
+
+    Verification is many small NumPy steps and Opal alignments per query.  In threads they contend for the
+    GIL (two threads verified 1.4× as many queries per second as one), so where the platform forks (Linux)
+    it runs in ``options.threads`` processes instead, which inherit the loaded index copy-on-write (its base
+    codes are read, never written; :func:`gc.freeze` keeps the collector from touching the rest) and get
+    only query sequences and candidate numbers: 1.8× on 2 cores.  Elsewhere threads; with one thread, in line.
+    """
+
+    def __init__(self, index: ReferenceIndex, options: MatchOptions) -> None:
+        self.index, self.aligned = index, options.aligned
+        workers = options.threads or os.cpu_count() or 1
+        self._processes: Any = None
+        self._threads: ThreadPoolExecutor | None = None
+        if index.size:  # the shared lookup tables are built on first use: before workers read them
+            index.input_codes([0])
+            index.members(0)
+            index.taxa(0)
+        if workers > 1 and _FORK and index.size:
+            global _forked_index
+            with _forking, _forking_signals():
+                _forked_index = index
+                gc.freeze()
+                try:
+                    self._processes = multiprocessing.get_context("fork").Pool(workers, _worker_signals)
+                finally:
+                    gc.unfreeze()
+                    _forked_index = None
+        elif workers > 1:
+            self._threads = ThreadPoolExecutor(workers)
+
+    def submit(self, proposals: Sequence[_Proposal]) -> Callable[[], list[list[Alignment | None]]]:
+        """Start verifying; returns what waits for the alignments (per proposal, per valid candidate)."""
+        jobs = [(p.sequence, p.vectors[p.vectors >= 0]) for p in proposals]
+        if self._processes is not None and jobs:
+            chunks = [jobs[i : i + FORK_CHUNK] for i in range(0, len(jobs), FORK_CHUNK)]
+            pending = self._processes.map_async(partial(_verify_forked, aligned=self.aligned), chunks)
+            return lambda: [found for chunk in pending.get() for found in chunk]
+        if self._threads is not None:
+            futures = [self._threads.submit(self._verify, sequence, vectors) for sequence, vectors in jobs]
+            return lambda: [f.result() for f in futures]
+        return lambda: [self._verify(sequence, vectors) for sequence, vectors in jobs]
+
+    def _verify(self, sequence: str, vectors: np.ndarray) -> list[Alignment | None]:
+        return verify(sequence, None, full=self.aligned, codes=self.index.input_codes(vectors))
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._processes is not None:
+            self._processes.terminate()
+            self._processes.join()
+        if self._threads is not None:
+            self._threads.shutdown(cancel_futures=True)
 
 
 def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
-                   options: MatchOptions = MatchOptions(), pool: ThreadPoolExecutor | None = None,
-                   ) -> list[VerifiedHits]:
+                   options: MatchOptions = MatchOptions(), verifier: Verifier | None = None) -> list[VerifiedHits]:
     """Each query's verified hits, on the strand it was identified on: the evidence :func:`identify` calls
     from, for callers that assign it under thresholds of their own (calibration, threshold trade-offs).
-    Queries must have a sequence; alignments run on ``pool`` when given."""
-
-    def check(found: tuple[str, np.ndarray, np.ndarray, bool]) -> VerifiedHits:
-        seq, vectors, cosines, reverse = found
-        hits = verified_hits(seq, index, vectors, cosines, options.neighbours, options.aligned)
-        hits.reverse = reverse
-        return hits
-
-    if index.size:  # the shared lookup tables are built on first use: before threads read them
-        index.input_codes([0])
-        index.members(0)
-        index.taxa(0)
-    found = _propose(queries, index, encoder, options)
-    return list(pool.map(check, found)) if pool is not None else [check(f) for f in found]
+    Queries must have a sequence; alignments run on ``verifier`` when given, else in line."""
+    proposals = _propose(queries, index, encoder, options)
+    found = (verifier or Verifier(index, replace(options, threads=1))).submit(proposals)()
+    return [_hits(p, f, index, options.neighbours) for p, f in zip(proposals, found, strict=True)]
 
 
 class _Called(NamedTuple):
@@ -371,7 +521,7 @@ def _assign(hits: list[VerifiedHits], index: ReferenceIndex, thresholds: dict[st
 
 
 def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder, options: MatchOptions,
-             ) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+             ) -> list[_Proposal]:
     """Per query: (sequence on the chosen strand, candidate vectors, their cosines, reverse-complemented?).
 
     Fragments (shorter than :data:`FRAGMENT_LENGTH`) also get the references sharing the most exact
@@ -401,7 +551,7 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
             if len(extra):
                 v = np.r_[v, extra]
                 c = np.r_[c, index.vectors_of(extra) @ e]
-        proposed.append((seq, v, c, reverse_))
+        proposed.append(_Proposal(seq, v, c, reverse_))
     return proposed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import Specimen, clibd_ok, make_reference, random_sequence, read_rows, substitute, to_records, write_fasta
@@ -226,3 +228,31 @@ def test_repeated_sequences_get_the_calls_of_their_first(split_reference, monkey
     for s, row in zip(sequences, rows, strict=True):
         assert text(row) == alone[s]
     assert rows[4]["flags"] == rows[8]["flags"] and "reverse_complement" in rows[4]["flags"]
+
+
+def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_reference):
+    """Two verification processes (forked where the platform allows), batches proposed while the previous one is
+    verified, repeats of sequences still in flight: the same rows and hits as one thread, one batch."""
+    from clibd_cli.match import Verifier
+
+    reference, known, novel = split_reference
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    specimens = [*known[:6], *novel[:4]]
+    order = [0, 1, 0, 2, 1, 3, 3, 4, 5, 2, 6, 7, 0, 8, 9, 9, 1]  # repeats within a batch and across batches
+    queries = [SequenceRecord(f"q{i}", specimens[j].sequence) for i, j in enumerate(order)]
+    queries.insert(5, SequenceRecord("empty", ""))
+
+    def rows(**options) -> list[tuple[dict, list[dict]]]:
+        found = identify(queries, index, KmerProfileEncoder(), dict(CONVENTIONAL), MatchOptions(top_k=5, **options))
+        return [(r.row, r.hits) for r in found]
+
+    single = rows(threads=1, batch_size=1024)
+    assert [row["query_id"] for row, _ in single] == [q.id for q in queries]
+    assert single[1][0]["species"] == known[1].species and single[5][0]["status"] == "error"
+    assert all(len(hits) == 5 for _, hits in single[:5])
+    for size in (1, 3):  # (a batch's calls are voted in one matrix: its width may move a score's last digit)
+        in_line = rows(threads=1, batch_size=size)
+        assert [row["species"] for row, _ in in_line] == [row["species"] for row, _ in single]
+        assert repr(rows(threads=2, batch_size=size)) == repr(in_line)  # repr: a missing identity (nan) reads the same
+    with Verifier(index, MatchOptions(threads=2)) as verifier:
+        assert (verifier._processes is not None) == sys.platform.startswith("linux")
