@@ -74,7 +74,8 @@ def match(
     candidates: Annotated[int, typer.Option(min=1, max=1000, help="Distinct references proposed per query by the "
                           "k-mer search and verified by alignment.")] = 64,
     batch_size: Annotated[int, typer.Option(min=1, help="Queries per batch.")] = 1024,
-    threads: Annotated[int | None, typer.Option(help="Search threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Search threads and alignment processes (default: all "
+                                                     "cores).")] = None,
     model: ModelOption = None,
     device: Device = "auto",
     int8: Int8 = False,
