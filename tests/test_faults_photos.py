@@ -171,6 +171,18 @@ def test_a_closed_output_pipe_stops_quietly_and_keeps_files_whole(tmp_path, barc
     assert all(len(line.split("\t")) == len(report.MATCH_HIT_COLUMNS) for line in lines)
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc; none elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def test_sigterm_stops_like_ctrl_c_and_resume_completes(tmp_path, barcodes):
     out = tmp_path / "calls.json"
     args = ("match", barcodes["queries"], "-i", barcodes["index"], "-o", out, "--batch-size", 50)
@@ -179,10 +191,14 @@ def test_sigterm_stops_like_ctrl_c_and_resume_completes(tmp_path, barcodes):
     while not (out.exists() and out.read_text().count('"query_id"') >= 100):  # well into the run
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
         time.sleep(0.05)
+    workers = _children(run.pid)  # the verification processes (forked on Linux)
+    cores = os.cpu_count() or 1
+    assert len(workers) == (cores if cores > 1 else 0) or not sys.platform.startswith("linux")
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err  # Ctrl-C's status
     assert "interrupted" in err and "Traceback" not in err
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # none is left running
     kept = [row["query_id"] for row in json.loads(out.read_text())["results"]]  # valid JSON
     assert 100 <= len(kept) < len(barcodes["ids"]) and kept == barcodes["ids"][: len(kept)]
     resumed = clibd(*args, "--resume")
