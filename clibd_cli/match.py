@@ -491,10 +491,11 @@ class Verifier:
 
     def __exit__(self, *exc: object) -> None:
         if self._processes is not None:
+            # terminate() also waits for the processes; join() would wait for the pool's own threads, and may be
+            # called from one of them (a run whose consumer failed is closed whenever it is garbage-collected)
             self._processes.terminate()
-            self._processes.join()
-        if self._threads is not None:
-            self._threads.shutdown(cancel_futures=True)
+        if self._threads is not None:  # (not waiting: this may run in one of its threads too)
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
