@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case, read_data, split_case, write_fasta
 
-from clibd_cli.match import MatchOptions, Verifier, assign_verified, verify_queries
+from clibd_cli.match import MatchOptions, assign_verified, verify_queries
 from clibd_cli.references import open_index
+from clibd_cli.verifier import Verifier
 
 
 def tradeoff(case: str, work: Path, reference, present, absent, steps: list[float], threads: int) -> list[str]:
@@ -39,7 +40,7 @@ def tradeoff(case: str, work: Path, reference, present, absent, steps: list[floa
                     str(work / "idx"), "--threads", str(threads)], check=True, capture_output=True)
     opened = open_index(work / "idx")
     index, options = opened.index, MatchOptions(threads=threads)
-    with Verifier(index, options) as verifier:
+    with Verifier(index, options.aligned, options.threads) as verifier:
         hits = verify_queries(present + absent, index, opened.encoder, options, verifier)
     identical = np.mean([len(h.records) > 0 and h.identity[0] >= 1.0 for h in hits[len(present):]])
     calibrated = index.thresholds["species"]

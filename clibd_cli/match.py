@@ -22,18 +22,9 @@ reference file embedded, thresholds chosen, the record a resumable output keeps)
 
 from __future__ import annotations
 
-import gc
-import multiprocessing
-import os
-import signal
-import sys
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,6 +38,7 @@ from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.sequences import RANKS, SequenceRecord, SequenceStream
+from clibd_cli.verifier import Verifier
 from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes, paths_of
 
 if TYPE_CHECKING:
@@ -308,7 +300,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
-    with Verifier(index, options) as verifier:
+    with Verifier(index, options.aligned, options.threads) as verifier:
         ahead: _Batch | None = None
         while True:
             failed: Exception | None = None
@@ -323,7 +315,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 fresh = {q.sequence: q for q in batch if q.sequence and q.sequence not in reused and
                          q.sequence not in flying}
                 proposals = _propose(list(fresh.values()), index, encoder, options)
-                job = _Batch(batch, reused, fresh, proposals, verifier.submit(proposals))
+                job = _Batch(batch, reused, fresh, proposals, verifier.submit(_jobs(proposals)))
             if ahead is not None:
                 last = ahead.finish(index, thresholds, leads, short_reads, options.neighbours, last)
                 yield from (_row(query, last, options.top_k, index) for query in ahead.queries)
@@ -382,120 +374,16 @@ class _Proposal(NamedTuple):
     reverse: bool
 
 
+def _jobs(proposals: Sequence[_Proposal]) -> list[tuple[str, np.ndarray]]:
+    """What verification needs of each proposal: the sequence and its (valid) candidate vectors."""
+    return [(p.sequence, p.vectors[p.vectors >= 0]) for p in proposals]
+
+
 def _hits(proposal: _Proposal, found: list[Alignment | None], index: ReferenceIndex, k: int) -> VerifiedHits:
     valid = proposal.vectors >= 0
     hits = ranked_hits(found, index, proposal.vectors[valid], proposal.cosines[valid], k)
     hits.reverse = proposal.reverse
     return hits
-
-
-_FORK = sys.platform.startswith("linux")  # forked processes inherit the loaded index (elsewhere: threads)
-FORK_CHUNK = 16  # queries sent to a verification process at a time
-_forked_index: ReferenceIndex | None = None  # the index a forked verification process verifies against
-_forking = threading.Lock()
-
-
-def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int) -> list[list[Alignment | None]]:
-    """Verification in a forked process, against the index it inherited."""
-    assert _forked_index is not None
-    return [verify(sequence, None, full=aligned, codes=_forked_index.input_codes(vectors))
-            for sequence, vectors in chunk]
-
-
-def _worker_signals() -> None:
-    """A verification process leaves Ctrl-C (sent to the whole process group) and the clean stop on SIGTERM to the
-    parent, and dies at once when the parent's pool terminates it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _start_worker() -> None:
-    """:func:`_worker_signals`, and glibc told to keep freed memory: each query's few hundred kB of NumPy
-    temporaries were otherwise handed back to the kernel and faulted in again (a fifth of a run's CPU time in
-    the kernel; 5 % faster without)."""
-    _worker_signals()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: its own allocator's defaults
-
-
-@contextmanager
-def _forking_signals() -> Iterator[None]:
-    """Processes forked here start with :func:`_worker_signals`' handlers, not the parent's: a SIGTERM that ends a
-    pool before a worker ran its initializer would otherwise raise in it and leave it waiting for work forever."""
-    if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's to set
-        yield
-        return
-    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _worker_signals()
-    try:
-        yield
-    finally:
-        for number, handler in zip((signal.SIGINT, signal.SIGTERM), saved, strict=True):
-            if handler is not None:  # None: set outside Python, and not ours to restore
-                signal.signal(number, handler)
-
-
-class Verifier:
-    """Aligns proposals to their candidates in the background, so that the next batch is proposed meanwhile.
-
-    Verification is many small NumPy steps and Opal alignments per query.  In threads they contend for the
-    GIL (two threads verified 1.4× as many queries per second as one), so where the platform forks (Linux)
-    it runs in ``options.threads`` processes instead, which inherit the loaded index copy-on-write (its base
-    codes are read, never written; :func:`gc.freeze` keeps the collector from touching the rest) and get
-    only query sequences and candidate numbers: 1.8× on 2 cores.  Elsewhere threads; with one thread, in line.
-    """
-
-    def __init__(self, index: ReferenceIndex, options: MatchOptions) -> None:
-        self.index, self.aligned = index, options.aligned
-        workers = options.threads or os.cpu_count() or 1
-        self._processes: Any = None
-        self._threads: ThreadPoolExecutor | None = None
-        if index.size:  # the shared lookup tables are built on first use: before workers read them
-            index.input_codes([0])
-            index.members(0)
-            index.taxa(0)
-        if workers > 1 and _FORK and index.size:
-            global _forked_index
-            with _forking, _forking_signals():
-                _forked_index = index
-                gc.freeze()
-                try:
-                    self._processes = multiprocessing.get_context("fork").Pool(workers, _start_worker)
-                finally:
-                    gc.unfreeze()
-                    _forked_index = None
-        elif workers > 1:
-            self._threads = ThreadPoolExecutor(workers)
-
-    def submit(self, proposals: Sequence[_Proposal]) -> Callable[[], list[list[Alignment | None]]]:
-        """Start verifying; returns what waits for the alignments (per proposal, per valid candidate)."""
-        jobs = [(p.sequence, p.vectors[p.vectors >= 0]) for p in proposals]
-        if self._processes is not None and jobs:
-            chunks = [jobs[i : i + FORK_CHUNK] for i in range(0, len(jobs), FORK_CHUNK)]
-            pending = self._processes.map_async(partial(_verify_forked, aligned=self.aligned), chunks)
-            return lambda: [found for chunk in pending.get() for found in chunk]
-        if self._threads is not None:
-            futures = [self._threads.submit(self._verify, sequence, vectors) for sequence, vectors in jobs]
-            return lambda: [f.result() for f in futures]
-        return lambda: [self._verify(sequence, vectors) for sequence, vectors in jobs]
-
-    def _verify(self, sequence: str, vectors: np.ndarray) -> list[Alignment | None]:
-        return verify(sequence, None, full=self.aligned, codes=self.index.input_codes(vectors))
-
-    def __enter__(self) -> Verifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._processes is not None:
-            # terminate() also waits for the processes; join() would wait for the pool's own threads, and may be
-            # called from one of them (a run whose consumer failed is closed whenever it is garbage-collected)
-            self._processes.terminate()
-        if self._threads is not None:  # (not waiting: this may run in one of its threads too)
-            self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
@@ -504,7 +392,7 @@ def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, enc
     from, for callers that assign it under thresholds of their own (calibration, threshold trade-offs).
     Queries must have a sequence; alignments run on ``verifier`` when given, else in line."""
     proposals = _propose(queries, index, encoder, options)
-    found = (verifier or Verifier(index, replace(options, threads=1))).submit(proposals)()
+    found = (verifier or Verifier(index, options.aligned, threads=1)).submit(_jobs(proposals))()
     return [_hits(p, f, index, options.neighbours) for p, f in zip(proposals, found, strict=True)]
 
 

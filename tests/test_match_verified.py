@@ -233,7 +233,7 @@ def test_repeated_sequences_get_the_calls_of_their_first(split_reference, monkey
 def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_reference):
     """Two verification processes (forked where the platform allows), batches proposed while the previous one is
     verified, repeats of sequences still in flight: the same rows and hits as one thread, one batch."""
-    from clibd_cli.match import Verifier
+    from clibd_cli.verifier import Verifier
 
     reference, known, novel = split_reference
     index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
@@ -254,5 +254,5 @@ def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_r
         in_line = rows(threads=1, batch_size=size)
         assert [row["species"] for row, _ in in_line] == [row["species"] for row, _ in single]
         assert repr(rows(threads=2, batch_size=size)) == repr(in_line)  # repr: a missing identity (nan) reads the same
-    with Verifier(index, MatchOptions(threads=2)) as verifier:
+    with Verifier(index, 5, threads=2) as verifier:
         assert (verifier._processes is not None) == sys.platform.startswith("linux")
