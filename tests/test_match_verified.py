@@ -230,10 +230,15 @@ def test_repeated_sequences_get_the_calls_of_their_first(split_reference, monkey
     assert rows[4]["flags"] == rows[8]["flags"] and "reverse_complement" in rows[4]["flags"]
 
 
-def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_reference):
-    """Two verification processes (forked where the platform allows), batches proposed while the previous one is
-    verified, repeats of sequences still in flight: the same rows and hits as one thread, one batch."""
+@pytest.mark.parametrize("fork", [True, False], ids=["processes", "threads"])
+def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_reference, monkeypatch, fork):
+    """Two verification processes (forked where the platform allows; threads elsewhere, as on macOS and Windows),
+    batches proposed while the previous one is verified, repeats of sequences still in flight: the same rows and
+    hits as one thread, one batch."""
+    from clibd_cli import verifier as verification
     from clibd_cli.verifier import Verifier
+
+    monkeypatch.setattr(verification, "_FORK", fork and verification._FORK)
 
     reference, known, novel = split_reference
     index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
@@ -255,4 +260,5 @@ def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_r
         assert [row["species"] for row, _ in in_line] == [row["species"] for row, _ in single]
         assert repr(rows(threads=2, batch_size=size)) == repr(in_line)  # repr: a missing identity (nan) reads the same
     with Verifier(index, 5, threads=2) as verifier:
-        assert (verifier._processes is not None) == sys.platform.startswith("linux")
+        assert (verifier._processes is not None) == (fork and sys.platform.startswith("linux"))
+        assert (verifier._threads is not None) == (not fork or not sys.platform.startswith("linux"))
