@@ -37,6 +37,7 @@ from clibd_cli.workflow import Listener, Notes, Progress, ReadOptions, as_notes,
 if TYPE_CHECKING:
     from clibd_cli.bundle import ModelBundle
     from clibd_cli.match import ShortReads
+    from clibd_cli.verifier import Verifier
 
 DEFAULT_PRECISION = 0.95
 DEFAULT_NOVEL_SHARE = 0.25
@@ -259,7 +260,7 @@ def _leave_out_sample(codes: dict[str, np.ndarray], level: str, sample: int, rng
 
 def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: int = 10, candidates: int | None = None,
                    aligned: int | None = None, chunk: int = 64, windows: Sequence[int | None] = (None,),
-                   seed: int = 0) -> list[list]:
+                   seed: int = 0, verifier: Verifier | None = None) -> list[list]:
     """Verified hits of reference records queried with their own record (or whole taxon) removed, one list
     per entry of ``windows``.
 
@@ -267,21 +268,27 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
     is skipped when every record behind it is left out, and left-out records never become hits.
     A window of ``None`` aligns the whole barcode; a number cuts each query to a stretch of that many bases
     at a random place (``seed``), as a short read of its region.  Every window shares one search (its
-    candidates are those of the whole barcode), so short-read thresholds cost only their alignments.
+    candidates are those of the whole barcode), so short-read thresholds cost only their alignments.  A
+    chunk's alignments run on ``verifier`` (:class:`clibd_cli.verifier.Verifier`; in line without one)
+    while the next chunk is searched.
     """
-    cuts = [np.random.default_rng(seed) for _ in windows]
-    from clibd_cli.match import DEFAULT_ALIGNED, DEFAULT_CANDIDATES, verified_hits
+    from clibd_cli.match import DEFAULT_ALIGNED, DEFAULT_CANDIDATES, ranked_hits
+    from clibd_cli.verifier import Verifier
 
+    cuts = [np.random.default_rng(seed) for _ in windows]
     aligned = DEFAULT_ALIGNED if aligned is None else aligned
+    verifier = verifier or Verifier(index, aligned, threads=1)
     candidates = DEFAULT_CANDIDATES if candidates is None else candidates
     codes = index.lineage_codes()
     rank = None if level == "record" else level
     vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
     per_vector = np.bincount(vector_of, minlength=len(vectors))
     out: list[list] = [[] for _ in windows]
-    for start in range(0, len(rows), chunk):
-        block_rows = rows[start : start + chunk]
+
+    def search(block_rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]]:
+        """Per row: what it leaves out, its candidates and their cosines, its query per window."""
         scores = vectors[vector_of[block_rows]] @ vectors.T
+        found = []
         for i, row in enumerate(block_rows):
             left_out = np.array([row]) if rank is None else np.flatnonzero(codes[rank] == codes[rank][row])
             remaining = per_vector - np.bincount(vector_of[left_out], minlength=len(vectors))
@@ -289,16 +296,34 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
             top = np.argpartition(-s, min(candidates, len(s) - 1))[:candidates]
             top = top[np.argsort(-s[top], kind="stable")]
             top = top[np.isfinite(s[top])]
-            excluded = np.zeros(len(vector_of), dtype=bool)
-            excluded[left_out] = True
-            whole = inputs[vector_of[row]]
-            for window, cut, hits in zip(windows, cuts, out, strict=True):
+            whole, queries = inputs[vector_of[row]], []
+            for window, cut in zip(windows, cuts, strict=True):
                 query = whole
                 if window is not None and len(whole) > window:
                     first = int(cut.integers(0, len(whole) - window + 1))
                     query = whole[first : first + window]
-                hits.append(verified_hits(query, index, top, s[top], k, aligned,
-                                          keep=lambda members, excluded=excluded: ~excluded[members]))
+                queries.append(query)
+            found.append((left_out, top, s[top], queries))
+        return found
+
+    def rank_hits(searched, verified) -> None:
+        alignments = iter(verified())
+        for left_out, top, cosines, queries in searched:
+            excluded = np.zeros(len(vector_of), dtype=bool)
+            excluded[left_out] = True
+            for hits, _ in zip(out, queries, strict=True):
+                hits.append(ranked_hits(next(alignments), index, top, cosines, k,
+                                        keep=lambda members, excluded=excluded: ~excluded[members]))
+
+    pending = None
+    for start in range(0, len(rows), chunk):
+        searched = search(rows[start : start + chunk])
+        verified = verifier.submit([(query, top) for _, top, _, queries in searched for query in queries])
+        if pending is not None:
+            rank_hits(*pending)
+        pending = searched, verified
+    if pending is not None:
+        rank_hits(*pending)
     return out
 
 
@@ -413,11 +438,13 @@ def calibrate_open_set(index: ReferenceIndex, *, target: float = DEFAULT_PRECISI
 def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECISION, sample: int = OPEN_SET_SAMPLE,
                         seed: int = 0, k: int = 10, candidates: int | None = None,
                         floors: dict[str, float] | None = None,
-                        windows: Sequence[int | None] = (None,)) -> list[Calibration]:
+                        windows: Sequence[int | None] = (None,), threads: int | None = None) -> list[Calibration]:
     """:func:`calibrate_open_set` for each of ``windows`` (None: whole barcodes) from one leave-out search:
-    the same queries, the same candidates, only the stretch aligned differs."""
+    the same queries, the same candidates, only the stretch aligned differs.  Alignments run on ``threads``
+    verification processes (:class:`clibd_cli.verifier.Verifier`; default: one per core)."""
     from clibd_cli.align import CONVENTIONAL
-    from clibd_cli.match import DEFAULT_CANDIDATES, IDENTITY_TAU, assign_verified
+    from clibd_cli.match import DEFAULT_ALIGNED, DEFAULT_CANDIDATES, IDENTITY_TAU, assign_verified
+    from clibd_cli.verifier import Verifier
 
     floors = dict(CONVENTIONAL if floors is None else floors)
     candidates = DEFAULT_CANDIDATES if candidates is None else candidates
@@ -427,14 +454,16 @@ def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECIS
         raise ValueError("too few labelled references to calibrate")
     calls: list[dict[str, _Scored]] = [{} for _ in windows]
     counts = {}
-    for level in LEVELS:
-        rows = _leave_out_sample(codes, level, sample, rng)
-        counts[level] = len(rows)
-        truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
-        per_window = leave_out_hits(index, rows, level, k=k, candidates=candidates, windows=windows, seed=seed + 7)
-        for hits, window_calls in zip(per_window, calls, strict=True):
-            assignments = assign_verified(hits, index, {}, k, IDENTITY_TAU)
-            window_calls[level] = _Scored.of(assignments, truth)
+    with Verifier(index, DEFAULT_ALIGNED, threads) as verifier:
+        for level in LEVELS:
+            rows = _leave_out_sample(codes, level, sample, rng)
+            counts[level] = len(rows)
+            truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
+            per_window = leave_out_hits(index, rows, level, k=k, candidates=candidates, windows=windows,
+                                        seed=seed + 7, verifier=verifier)
+            for hits, window_calls in zip(per_window, calls, strict=True):
+                assignments = assign_verified(hits, index, {}, k, IDENTITY_TAU)
+                window_calls[level] = _Scored.of(assignments, truth)
     return [_open_set_thresholds(window_calls, counts, target, floors, window, k, candidates, seed)
             for window, window_calls in zip(windows, calls, strict=True)]
 
