@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 @dataclass
 class BuildOptions:
     """How an index is built.  ``append`` adds to an existing index, ``force`` replaces one (never both);
-    ``kmer`` chooses the k-mer profile's k (no model); ``threads`` builds the HNSW graph (default: all
-    cores); ``workers`` decode reference photos."""
+    ``kmer`` chooses the k-mer profile's k (no model); ``threads`` builds the HNSW graph and aligns the
+    calibration's queries (default: all cores); ``workers`` decode reference photos."""
 
     append: bool = False
     force: bool = False
@@ -139,7 +139,7 @@ def _build_locked(output: Path, barcodes: Sequence[Path], images: Path | None, t
         for modality in inputs:
             if modality != "text":
                 with progress(f"calibrating {modality}", None):  # leave-species-out: minutes on a large library
-                    calibrate_part(parts[modality], options.precision, notes=notes)
+                    calibrate_part(parts[modality], options.precision, notes=notes, threads=options.threads)
         if len(parts) > 1:
             with progress("calibrating across modalities", None):
                 calibrate_across(parts, options.precision)

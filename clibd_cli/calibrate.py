@@ -677,7 +677,7 @@ def calibrate_photos(index: Path, images: Path, against: str, bundle: ModelBundl
 
 
 def calibrate_barcode_part(part: ReferenceIndex, *, target: float = DEFAULT_PRECISION, seed: int = 0, k: int = 10,
-                           sample: int = OPEN_SET_SAMPLE) -> Calibration:
+                           sample: int = OPEN_SET_SAMPLE, threads: int | None = None) -> Calibration:
     """Fit and store a barcode part's open-set thresholds: for whole barcodes, and for short reads
     (:data:`SHORT_READ_WINDOW` bp stretches of the same queries, one shared leave-out search), which apply
     to queries whose top hit overlaps fewer than :data:`SHORT_READ_OVERLAP` columns.  Returns the main
@@ -690,11 +690,12 @@ def calibrate_barcode_part(part: ReferenceIndex, *, target: float = DEFAULT_PREC
     benchmarks/dna_vs_vsearch.py (200 bp reads): the window-fitted species threshold (98.5 % against 97.4 %)
     cut present species named right from 98.6 to 97.7 % (VSEARCH: 99.0 %), while with the whole-barcode one
     absent species were named wrongly 2.5 % of the time (1.2 % with it), well within 5 %; the genus
-    threshold (95.9 % against 94.1 %) is what brought wrong genera from 6.5 to 2.1 %.
+    threshold (95.9 % against 94.1 %) is what brought wrong genera from 6.5 to 2.1 %.  ``threads``: cores
+    for the alignments (default: all).
     """
-    part.set_spreads(taxon_spreads(part, seed=seed))
+    part.set_spreads(taxon_spreads(part, seed=seed, threads=threads))
     main, short = calibrate_open_sets(part, target=target, seed=seed, k=k, sample=sample,
-                                      windows=(None, SHORT_READ_WINDOW))
+                                      windows=(None, SHORT_READ_WINDOW), threads=threads)
     stricter = {rank: max(short.thresholds[rank], main.thresholds[rank]) for rank in short.thresholds}
     stricter["species"] = main.thresholds["species"]
     rules = {rank: LeadRule(max(rule.lead, main.leads[rank].lead), max(rule.threshold, main.leads[rank].threshold),

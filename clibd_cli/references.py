@@ -140,8 +140,9 @@ def reference_inputs(barcodes: Sequence[Path], images: Path | None, text_keys: b
 
 
 def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, seed: int = 0,
-                   notes: Notes | None = None) -> bool:
-    """Fit ``index``'s own thresholds (barcodes: open-set on alignment identity; otherwise leave-species-out).
+                   notes: Notes | None = None, threads: int | None = None) -> bool:
+    """Fit ``index``'s own thresholds (barcodes: open-set on alignment identity, aligned on ``threads`` cores;
+    otherwise leave-species-out).
 
     A reference too small to calibrate keeps the encoder's default thresholds, with a note; returns
     whether it was calibrated.
@@ -150,7 +151,7 @@ def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, 
 
     try:
         if index.modality == "dna":  # barcodes are called on alignment identity, short reads on their own set
-            calibrate_barcode_part(index, target=precision, seed=seed)
+            calibrate_barcode_part(index, target=precision, seed=seed, threads=threads)
         else:
             calibration = calibrate_leave_species_out(index, target=precision, seed=seed)
             index.set_thresholds(calibration.thresholds, calibration.report)

@@ -272,3 +272,35 @@ def test_thresholds_that_stand_for_a_rule_read_as_words():
     assert describe_threshold(NEVER).startswith("never")
     assert describe_threshold(UNCALIBRATED["species"]).startswith("not calibrated")
     assert describe_threshold(0.9731) == "0.973"
+
+
+def test_calibration_is_the_same_on_one_core_or_several(split_reference):
+    """Leave-out alignments on verification processes (chunks in flight) give the thresholds, lead rules, spreads and
+    reports of one core."""
+    from clibd_cli.calibrate import calibrate_barcode_part
+
+    reference, _, _ = split_reference
+    fitted = []
+    for threads in (1, 2):
+        part = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+        main = calibrate_barcode_part(part, threads=threads)
+        fitted.append(repr((main.thresholds, main.report, part.leads, part.short_read_thresholds(),
+                            [part.spreads(rank).tolist() for rank in ("family", "genus")])))
+    assert fitted[0] == fitted[1]
+    assert "species" in fitted[0] and "genus" in fitted[0]
+    from clibd_cli.calibrate import leave_out_hits
+    from clibd_cli.verifier import Verifier
+
+    part = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    rows = np.arange(0, len(reference), 3)
+
+    def hits(**options) -> str:
+        found = leave_out_hits(part, rows, "species", windows=(None, 200), **options)
+        assert [len(window) for window in found] == [len(rows), len(rows)]
+        return repr([[(h.records.tolist(), h.identity.tolist(), h.taxa.tolist(), h.votes.tolist()) for h in window]
+                     for window in found])
+
+    in_line = hits(chunk=64)
+    assert len(rows) > 8 and "0.9" in in_line
+    with Verifier(part, 5, threads=2) as verifier:
+        assert hits(chunk=4, verifier=verifier) == in_line  # chunks in flight, in order

@@ -60,7 +60,8 @@ def build_index(
     marker: Marker = "COI-5P",
     device: Device = "auto",
     workers: Workers = None,
-    threads: Annotated[int | None, typer.Option(help="Threads for the HNSW build (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Cores for the HNSW build and the calibration's alignments "
+                                                     "(default: all).")] = None,
 ) -> None:
     """Build (or extend) a reference index from barcodes, photos and taxonomy strings with taxonomy."""
     from clibd_cli.build import BuildOptions
