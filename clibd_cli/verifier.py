@@ -46,8 +46,9 @@ def _worker_signals() -> None:
 
 def _start_worker() -> None:
     """:func:`_worker_signals`, and glibc told to keep freed memory: each query's few hundred kB of NumPy
-    temporaries were otherwise handed back to the kernel and faulted in again (a fifth of a run's CPU time in
-    the kernel; 5 % faster without)."""
+    temporaries were otherwise handed back to the kernel and faulted in again (a fifth of a run's CPU time was
+    the kernel's; keeping them, a run is 5 % faster).  A worker that died would be replaced by a fork without
+    the index: it fails, and so does the run, as it would have when the worker died."""
     _worker_signals()
     try:
         import ctypes
