@@ -14,27 +14,26 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from functools import partial
-from typing import Any
 
 import numpy as np
 
 from clibd_cli.align import Alignment, verify
+from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
 
 _FORK = sys.platform.startswith("linux")  # forked processes inherit the loaded index (elsewhere: threads)
 FORK_CHUNK = 16  # queries sent to a verification process at a time
-_forked_index: ReferenceIndex | None = None  # the index a forked verification process verifies against
+_forked: dict[int, ReferenceIndex] = {}  # each live Verifier's index, which its forked processes inherit
 _forking = threading.Lock()
 
 
-def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int) -> list[list[Alignment | None]]:
+def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int, key: int) -> list[list[Alignment | None]]:
     """Verification in a forked process, against the index it inherited."""
-    assert _forked_index is not None
-    return [verify(sequence, None, full=aligned, codes=_forked_index.input_codes(vectors))
-            for sequence, vectors in chunk]
+    index = _forked[key]
+    return [verify(sequence, None, full=aligned, codes=index.input_codes(vectors)) for sequence, vectors in chunk]
 
 
 def _worker_signals() -> None:
@@ -44,18 +43,22 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _start_worker() -> None:
-    """:func:`_worker_signals`, and glibc told to keep freed memory: each query's few hundred kB of NumPy
-    temporaries were otherwise handed back to the kernel and faulted in again (a fifth of a run's CPU time was
-    the kernel's; keeping them, a run is 5 % faster).  A worker that died would be replaced by a fork without
-    the index: it fails, and so does the run, as it would have when the worker died."""
+def _start_worker(parent: int) -> None:
+    """:func:`_worker_signals`; killed with its parent (``kill -9`` of `clibd match` must not leave processes
+    waiting for work forever, holding the terminal's pipes); and glibc told to keep freed memory: each query's
+    few hundred kB of NumPy temporaries were otherwise handed back to the kernel and faulted in again (a fifth of
+    a run's CPU time was the kernel's; keeping them, a run is 5 % faster)."""
     _worker_signals()
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
-        pass  # not glibc: its own allocator's defaults
+        pass  # not glibc
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 @contextmanager
@@ -89,31 +92,34 @@ class Verifier:
     def __init__(self, index: ReferenceIndex, aligned: int, threads: int | None = None) -> None:
         self.index, self.aligned = index, aligned
         workers = threads or os.cpu_count() or 1
-        self._processes: Any = None
+        self._processes: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
         if index.size:  # the shared lookup tables are built on first use: before workers read them
             index.input_codes([0])
             index.members(0)
             index.taxa(0)
         if workers > 1 and _FORK and index.size:
-            global _forked_index
             with _forking, _forking_signals():
-                _forked_index = index
+                _forked[id(self)] = index
                 gc.freeze()
                 try:
-                    self._processes = multiprocessing.get_context("fork").Pool(workers, _start_worker)
+                    self._processes = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"),
+                                                          initializer=_start_worker, initargs=(os.getpid(),))
+                    self._processes.submit(int).result()  # the processes are forked now, with these signals
+                except BaseException:
+                    self._close()
+                    raise
                 finally:
                     gc.unfreeze()
-                    _forked_index = None
         elif workers > 1:
             self._threads = ThreadPoolExecutor(workers)
 
     def submit(self, jobs: Sequence[tuple[str, np.ndarray]]) -> Callable[[], list[list[Alignment | None]]]:
         """Start aligning each (query sequence, candidate vectors); returns what waits for the alignments."""
-        if self._processes is not None and jobs:
+        if self._processes is not None:
             chunks = [jobs[i : i + FORK_CHUNK] for i in range(0, len(jobs), FORK_CHUNK)]
-            pending = self._processes.map_async(partial(_verify_forked, aligned=self.aligned), chunks)
-            return lambda: [found for chunk in pending.get() for found in chunk]
+            futures = [self._processes.submit(_verify_forked, chunk, self.aligned, id(self)) for chunk in chunks]
+            return lambda: [found for f in futures for found in _result(f)]
         if self._threads is not None:
             futures = [self._threads.submit(self._verify, sequence, vectors) for sequence, vectors in jobs]
             return lambda: [f.result() for f in futures]
@@ -122,13 +128,27 @@ class Verifier:
     def _verify(self, sequence: str, vectors: np.ndarray) -> list[Alignment | None]:
         return verify(sequence, None, full=self.aligned, codes=self.index.input_codes(vectors))
 
+    def _close(self) -> None:
+        if self._processes is not None:  # the chunks being aligned finish (~0.1 s); waited for by the main thread
+            # only: a run closed by the garbage collector may be closed in one of the pool's own threads
+            self._processes.shutdown(wait=threading.current_thread() is threading.main_thread(),
+                                     cancel_futures=True)
+        with _forking:
+            _forked.pop(id(self), None)
+
     def __enter__(self) -> Verifier:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._processes is not None:
-            # terminate() also waits for the processes; join() would wait for the pool's own threads, and may be
-            # called from one of them (a run whose consumer failed is closed whenever it is garbage-collected)
-            self._processes.terminate()
-        if self._threads is not None:  # (not waiting: this may run in one of its threads too)
+        self._close()
+        if self._threads is not None:  # (not waiting: this may run in one of its threads)
             self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _result(future: Future) -> list[list[Alignment | None]]:
+    """A chunk's alignments; a verification process that died (killed, or out of memory) is one clear error."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise ClibdError("a verification process ended unexpectedly (killed, or out of memory?). Rows written so "
+                         "far are kept: run again with --resume, with fewer --threads to use less memory.") from None

@@ -262,3 +262,23 @@ def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_r
     with Verifier(index, 5, threads=2) as verifier:
         assert (verifier._processes is not None) == (fork and sys.platform.startswith("linux"))
         assert (verifier._threads is not None) == (not fork or not sys.platform.startswith("linux"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="verification processes are forked on Linux only")
+def test_a_verification_process_that_dies_is_an_error_not_a_hang(split_reference):
+    """A worker killed mid-run (the kernel's out-of-memory killer) loses its work: waiting for it would never end."""
+    import os
+    import signal
+
+    from clibd_cli.errors import ClibdError
+    from clibd_cli.verifier import Verifier
+
+    reference, known, _ = split_reference
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    jobs = [(s.sequence, np.arange(index.vectors().shape[0])) for s in known] * 400  # seconds of work
+    with Verifier(index, 5, threads=2) as verifier:
+        assert len(verifier.submit(jobs[:3])()) == 3
+        waiting = verifier.submit(jobs)
+        os.kill(next(iter(verifier._processes._processes)), signal.SIGKILL)
+        with pytest.raises(ClibdError, match="verification process ended unexpectedly"):
+            waiting()
