@@ -27,7 +27,7 @@ from clibd_cli.index import ReferenceIndex
 _FORK = sys.platform.startswith("linux")  # forked processes inherit the loaded index (elsewhere: threads)
 FORK_CHUNK = 16  # queries sent to a verification process at a time
 _forked: dict[int, ReferenceIndex] = {}  # each live Verifier's index, which its forked processes inherit
-_forking = threading.Lock()
+_forking = threading.RLock()  # (re-entered when a pool fails to start: Verifier._close)
 
 
 def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int, key: int) -> list[list[Alignment | None]]:
@@ -38,7 +38,7 @@ def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int, key: int) 
 
 def _worker_signals() -> None:
     """A verification process leaves Ctrl-C (sent to the whole process group) and the clean stop on SIGTERM to the
-    parent, and dies at once when the parent's pool terminates it."""
+    parent, and dies at once on SIGTERM itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -63,8 +63,8 @@ def _start_worker(parent: int) -> None:
 
 @contextmanager
 def _forking_signals() -> Iterator[None]:
-    """Processes forked here start with :func:`_worker_signals`' handlers, not the parent's: a SIGTERM that ends a
-    pool before a worker ran its initializer would otherwise raise in it and leave it waiting for work forever."""
+    """Processes forked here start with :func:`_worker_signals`' handlers, not the parent's: a SIGTERM that reaches
+    a worker before it ran its initializer would otherwise raise in it and leave it waiting for work forever."""
     if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's to set
         yield
         return
