@@ -40,7 +40,7 @@ def tradeoff(case: str, work: Path, reference, present, absent, steps: list[floa
                     str(work / "idx"), "--threads", str(threads)], check=True, capture_output=True)
     opened = open_index(work / "idx")
     index, options = opened.index, MatchOptions(threads=threads)
-    with Verifier(index, options.aligned, options.threads) as verifier:
+    with Verifier(index, options.threads) as verifier:
         hits = verify_queries(present + absent, index, opened.encoder, options, verifier)
     identical = np.mean([len(h.records) > 0 and h.identity[0] >= 1.0 for h in hits[len(present):]])
     calibrated = index.thresholds["species"]

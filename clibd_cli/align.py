@@ -146,25 +146,16 @@ _LETTERS = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
 def _kmers(codes: np.ndarray, k: int = ANCHOR_K) -> np.ndarray:
     """Integer code of every k-mer starting at each position (-1 where it holds an N); int32 up to k = 15.
 
-    Built by doubling (the codes of 2-, 4-, 8-mers… joined): a handful of array passes instead of k.
+    Built by doubling (:func:`_doubled`): a handful of array passes instead of k.
     """
-    n = len(codes) - k + 1
     dtype = np.int32 if k <= 15 else np.int64
-    if n <= 0:
+    if len(codes) < k:
         return np.empty(0, dtype=dtype)
-    value, unknown = _words(codes, k, dtype)
-    if unknown is not None:
-        value[unknown] = -1
-    return value
-
-
-def _words(codes: np.ndarray, k: int, dtype: type) -> tuple[np.ndarray, np.ndarray | None]:
-    """The k-mer codes of ``codes`` (N read as T) and where they hold an N (None when no base is N)."""
-    unknown = codes == 4
     value = _doubled((codes & 3).astype(dtype), k, lambda a, b, width: (a << (2 * width)) | b)
-    if not unknown.any():
-        return value, None
-    return value, _doubled(unknown, k, lambda a, b, width: a | b)
+    unknown = codes == 4
+    if unknown.any():  # (most barcodes hold no N: no second pass)
+        value[_doubled(unknown, k, lambda a, b, width: a | b)] = -1
+    return value
 
 
 def _doubled(single: np.ndarray, k: int, join: Callable[[np.ndarray, np.ndarray, int], np.ndarray]) -> np.ndarray:

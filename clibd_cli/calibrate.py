@@ -277,7 +277,7 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
 
     cuts = [np.random.default_rng(seed) for _ in windows]
     aligned = DEFAULT_ALIGNED if aligned is None else aligned
-    verifier = verifier or Verifier(index, aligned, threads=1)
+    verifier = verifier or Verifier(index, threads=1)
     candidates = DEFAULT_CANDIDATES if candidates is None else candidates
     codes = index.lineage_codes()
     rank = None if level == "record" else level
@@ -318,7 +318,7 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
     pending = None
     for start in range(0, len(rows), chunk):
         searched = search(rows[start : start + chunk])
-        verified = verifier.submit([(query, top) for _, top, _, queries in searched for query in queries])
+        verified = verifier.submit([(query, top) for _, top, _, queries in searched for query in queries], aligned)
         if pending is not None:
             rank_hits(*pending)
         pending = searched, verified
@@ -443,7 +443,7 @@ def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECIS
     the same queries, the same candidates, only the stretch aligned differs.  Alignments run on ``threads``
     verification processes (:class:`clibd_cli.verifier.Verifier`; default: one per core)."""
     from clibd_cli.align import CONVENTIONAL
-    from clibd_cli.match import DEFAULT_ALIGNED, DEFAULT_CANDIDATES, IDENTITY_TAU, assign_verified
+    from clibd_cli.match import DEFAULT_CANDIDATES, IDENTITY_TAU, assign_verified
     from clibd_cli.verifier import Verifier
 
     floors = dict(CONVENTIONAL if floors is None else floors)
@@ -454,7 +454,7 @@ def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECIS
         raise ValueError("too few labelled references to calibrate")
     calls: list[dict[str, _Scored]] = [{} for _ in windows]
     counts = {}
-    with Verifier(index, DEFAULT_ALIGNED, threads) as verifier:
+    with Verifier(index, threads) as verifier:
         for level in LEVELS:
             rows = _leave_out_sample(codes, level, sample, rng)
             counts[level] = len(rows)

@@ -300,7 +300,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
-    with Verifier(index, options.aligned, options.threads) as verifier:
+    with Verifier(index, options.threads) as verifier:
         ahead: _Batch | None = None
         while True:
             failed: Exception | None = None
@@ -315,7 +315,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 fresh = {q.sequence: q for q in batch if q.sequence and q.sequence not in reused and
                          q.sequence not in flying}
                 proposals = _propose(list(fresh.values()), index, encoder, options)
-                job = _Batch(batch, reused, fresh, proposals, verifier.submit(_jobs(proposals)))
+                job = _Batch(batch, reused, fresh, proposals, verifier.submit(_jobs(proposals), options.aligned))
             if ahead is not None:
                 last = ahead.finish(index, thresholds, leads, short_reads, options.neighbours, last)
                 yield from (_row(query, last, options.top_k, index) for query in ahead.queries)
@@ -366,7 +366,8 @@ class _Batch:
 
 
 class _Proposal(NamedTuple):
-    """A query's candidates: the sequence on the chosen strand, candidate vectors, their cosines, the strand."""
+    """A query's candidates: the sequence on the chosen strand, candidate vectors (found ones only), their cosines,
+    the strand."""
 
     sequence: str
     vectors: np.ndarray
@@ -375,13 +376,12 @@ class _Proposal(NamedTuple):
 
 
 def _jobs(proposals: Sequence[_Proposal]) -> list[tuple[str, np.ndarray]]:
-    """What verification needs of each proposal: the sequence and its (valid) candidate vectors."""
-    return [(p.sequence, p.vectors[p.vectors >= 0]) for p in proposals]
+    """What verification needs of each proposal: the sequence and its candidate vectors."""
+    return [(p.sequence, p.vectors) for p in proposals]
 
 
 def _hits(proposal: _Proposal, found: list[Alignment | None], index: ReferenceIndex, k: int) -> VerifiedHits:
-    valid = proposal.vectors >= 0
-    hits = ranked_hits(found, index, proposal.vectors[valid], proposal.cosines[valid], k)
+    hits = ranked_hits(found, index, proposal.vectors, proposal.cosines, k)
     hits.reverse = proposal.reverse
     return hits
 
@@ -392,7 +392,7 @@ def verify_queries(queries: Sequence[SequenceRecord], index: ReferenceIndex, enc
     from, for callers that assign it under thresholds of their own (calibration, threshold trade-offs).
     Queries must have a sequence; alignments run on ``verifier`` when given, else in line."""
     proposals = _propose(queries, index, encoder, options)
-    found = (verifier or Verifier(index, options.aligned, threads=1)).submit(_jobs(proposals))()
+    found = (verifier or Verifier(index, threads=1)).submit(_jobs(proposals), options.aligned)()
     return [_hits(p, f, index, options.neighbours) for p, f in zip(proposals, found, strict=True)]
 
 
@@ -453,7 +453,8 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
             if len(extra):
                 v = np.r_[v, extra]
                 c = np.r_[c, index.vectors_of(extra) @ e]
-        proposed.append(_Proposal(seq, v, c, reverse_))
+        valid = v >= 0  # (a search finds fewer than asked for in a small index)
+        proposed.append(_Proposal(seq, v[valid], c[valid], reverse_))
     return proposed
 
 

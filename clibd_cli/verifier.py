@@ -89,8 +89,8 @@ class Verifier:
     threads; with one thread, in line.
     """
 
-    def __init__(self, index: ReferenceIndex, aligned: int, threads: int | None = None) -> None:
-        self.index, self.aligned = index, aligned
+    def __init__(self, index: ReferenceIndex, threads: int | None = None) -> None:
+        self.index = index
         workers = threads or os.cpu_count() or 1
         self._processes: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
@@ -114,19 +114,21 @@ class Verifier:
         elif workers > 1:
             self._threads = ThreadPoolExecutor(workers)
 
-    def submit(self, jobs: Sequence[tuple[str, np.ndarray]]) -> Callable[[], list[list[Alignment | None]]]:
-        """Start aligning each (query sequence, candidate vectors); returns what waits for the alignments."""
+    def submit(self, jobs: Sequence[tuple[str, np.ndarray]], aligned: int,
+               ) -> Callable[[], list[list[Alignment | None]]]:
+        """Start aligning each (query sequence, candidate vectors), at most ``aligned`` candidates each in full
+        (:func:`clibd_cli.align.verify`); returns what waits for the alignments."""
         if self._processes is not None:
             chunks = [jobs[i : i + FORK_CHUNK] for i in range(0, len(jobs), FORK_CHUNK)]
-            futures = [self._processes.submit(_verify_forked, chunk, self.aligned, id(self)) for chunk in chunks]
+            futures = [self._processes.submit(_verify_forked, chunk, aligned, id(self)) for chunk in chunks]
             return lambda: [found for f in futures for found in _result(f)]
         if self._threads is not None:
-            futures = [self._threads.submit(self._verify, sequence, vectors) for sequence, vectors in jobs]
+            futures = [self._threads.submit(self._verify, sequence, vectors, aligned) for sequence, vectors in jobs]
             return lambda: [f.result() for f in futures]
-        return lambda: [self._verify(sequence, vectors) for sequence, vectors in jobs]
+        return lambda: [self._verify(sequence, vectors, aligned) for sequence, vectors in jobs]
 
-    def _verify(self, sequence: str, vectors: np.ndarray) -> list[Alignment | None]:
-        return verify(sequence, None, full=self.aligned, codes=self.index.input_codes(vectors))
+    def _verify(self, sequence: str, vectors: np.ndarray, aligned: int) -> list[Alignment | None]:
+        return verify(sequence, None, full=aligned, codes=self.index.input_codes(vectors))
 
     def _close(self) -> None:
         if self._processes is not None:  # the chunks being aligned finish (~0.1 s); waited for by the main thread

@@ -302,5 +302,5 @@ def test_calibration_is_the_same_on_one_core_or_several(split_reference):
 
     in_line = hits(chunk=64)
     assert len(rows) > 8 and "0.9" in in_line
-    with Verifier(part, 5, threads=2) as verifier:
+    with Verifier(part, threads=2) as verifier:
         assert hits(chunk=4, verifier=verifier) == in_line  # chunks in flight, in order

@@ -259,7 +259,7 @@ def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_r
         in_line = rows(threads=1, batch_size=size)
         assert [row["species"] for row, _ in in_line] == [row["species"] for row, _ in single]
         assert repr(rows(threads=2, batch_size=size)) == repr(in_line)  # repr: a missing identity (nan) reads the same
-    with Verifier(index, 5, threads=2) as verifier:
+    with Verifier(index, threads=2) as verifier:
         assert (verifier._processes is not None) == (fork and sys.platform.startswith("linux"))
         assert (verifier._threads is not None) == (not fork or not sys.platform.startswith("linux"))
 
@@ -276,9 +276,9 @@ def test_a_verification_process_that_dies_is_an_error_not_a_hang(split_reference
     reference, known, _ = split_reference
     index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
     jobs = [(s.sequence, np.arange(index.vectors().shape[0])) for s in known] * 400  # seconds of work
-    with Verifier(index, 5, threads=2) as verifier:
-        assert len(verifier.submit(jobs[:3])()) == 3
-        waiting = verifier.submit(jobs)
+    with Verifier(index, threads=2) as verifier:
+        assert len(verifier.submit(jobs[:3], 5)()) == 3
+        waiting = verifier.submit(jobs, 5)
         os.kill(next(iter(verifier._processes._processes)), signal.SIGKILL)
         with pytest.raises(ClibdError, match="verification process ended unexpectedly"):
             waiting()
