@@ -55,6 +55,11 @@ class LeadRule(NamedTuple):
     """Only where the winner's score also reaches its taxon's spread in the reference (:attr:`RankCall.spread`):
     a query no farther from the taxon than the taxon's own members are from each other."""
 
+    def makes(self, call: RankCall) -> bool:
+        """Whether this rule calls ``call`` (whatever the rank's own threshold says)."""
+        return call.lead >= self.lead and call.score >= self.threshold and \
+            (not self.within_spread or call.score >= call.spread)
+
     def as_info(self, digits: int | None = None) -> dict:
         """As index.json and an output's ``info`` hold it (``within_spread`` only where set, as older readers
         expect), rounded to ``digits`` if given."""
@@ -201,9 +206,7 @@ def decide(sims: np.ndarray, calls: dict[str, RankCall], thresholds: dict[str, f
 
     def passes(rank: str) -> bool:
         call, rule = calls[rank], leads.get(rank)
-        return bool(call.label) and (call.score >= thresholds.get(rank, 1.0) or (
-            rule is not None and call.lead >= rule.lead and call.score >= rule.threshold
-            and (not rule.within_spread or call.score >= call.spread)))
+        return bool(call.label) and (call.score >= thresholds.get(rank, 1.0) or (rule is not None and rule.makes(call)))
 
     species_threshold = thresholds.get("species", 1.0)
     has_top = sims.size > 0 and np.isfinite(sims[0])

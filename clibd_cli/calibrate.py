@@ -30,13 +30,15 @@ import numpy as np
 from clibd_cli.assign import DEFAULT_TAU, LeadRule, assign_batch
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
+from clibd_cli.rivals import RIVAL_RANKS, RIVALS, RIVALS_ALIGNED, Rivals, best_identity
 from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
 from clibd_cli.workflow import Listener, Notes, Progress, ReadOptions, as_notes, no_progress
 
 if TYPE_CHECKING:
+    from clibd_cli.assign import Assignment
     from clibd_cli.bundle import ModelBundle
-    from clibd_cli.match import ShortReads
+    from clibd_cli.match import ShortReads, VerifiedHits
     from clibd_cli.verifier import Verifier
 
 DEFAULT_PRECISION = 0.95
@@ -258,6 +260,11 @@ def _leave_out_sample(codes: dict[str, np.ndarray], level: str, sample: int, rng
     return np.array([order[rng.integers(a, b)] for a, b in zip(start, stop, strict=True)], dtype=np.int64)
 
 
+def _left_out(codes: dict[str, np.ndarray], level: str, row: int) -> np.ndarray:
+    """The record rows a leave-out query of ``level`` removes: itself, or every record of its taxon there."""
+    return np.array([row]) if level == "record" else np.flatnonzero(codes[level] == codes[level][row])
+
+
 def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: int = 10, candidates: int | None = None,
                    aligned: int | None = None, chunk: int = 64, windows: Sequence[int | None] = (None,),
                    seed: int = 0, verifier: Verifier | None = None) -> list[list]:
@@ -280,7 +287,6 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
     verifier = verifier or Verifier(index, threads=1)
     candidates = DEFAULT_CANDIDATES if candidates is None else candidates
     codes = index.lineage_codes()
-    rank = None if level == "record" else level
     vectors, inputs, vector_of = index.vectors(), index.vector_inputs(), index.labels.vector
     per_vector = np.bincount(vector_of, minlength=len(vectors))
     out: list[list] = [[] for _ in windows]
@@ -290,7 +296,7 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
         scores = vectors[vector_of[block_rows]] @ vectors.T
         found = []
         for i, row in enumerate(block_rows):
-            left_out = np.array([row]) if rank is None else np.flatnonzero(codes[rank] == codes[rank][row])
+            left_out = _left_out(codes, level, row)
             remaining = per_vector - np.bincount(vector_of[left_out], minlength=len(vectors))
             s = np.where(remaining > 0, scores[i], -np.inf)
             top = np.argpartition(-s, min(candidates, len(s) - 1))[:candidates]
@@ -311,9 +317,11 @@ def leave_out_hits(index: ReferenceIndex, rows: np.ndarray, level: str, *, k: in
         for left_out, top, cosines, queries in searched:
             excluded = np.zeros(len(vector_of), dtype=bool)
             excluded[left_out] = True
-            for hits, _ in zip(out, queries, strict=True):
-                hits.append(ranked_hits(next(alignments), index, top, cosines, k,
-                                        keep=lambda members, excluded=excluded: ~excluded[members]))
+            for hits, query in zip(out, queries, strict=True):
+                found = ranked_hits(next(alignments), index, top, cosines, k,
+                                    keep=lambda members, excluded=excluded: ~excluded[members])
+                found.query = query
+                hits.append(found)
 
     pending = None
     for start in range(0, len(rows), chunk):
@@ -454,6 +462,7 @@ def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECIS
         raise ValueError("too few labelled references to calibrate")
     calls: list[dict[str, _Scored]] = [{} for _ in windows]
     counts = {}
+    rivals = Rivals(index)
     with Verifier(index, threads) as verifier:
         for level in LEVELS:
             rows = _leave_out_sample(codes, level, sample, rng)
@@ -461,11 +470,46 @@ def calibrate_open_sets(index: ReferenceIndex, *, target: float = DEFAULT_PRECIS
             truth = {rank: index.labels.ranks[rank][rows] for rank in RANKS}
             per_window = leave_out_hits(index, rows, level, k=k, candidates=candidates, windows=windows,
                                         seed=seed + 7, verifier=verifier)
-            for hits, window_calls in zip(per_window, calls, strict=True):
-                assignments = assign_verified(hits, index, {}, k, IDENTITY_TAU)
-                window_calls[level] = _Scored.of(assignments, truth)
+            assignments = [assign_verified(hits, index, {}, k, IDENTITY_TAU) for hits in per_window]
+            _measure_leads(rivals, verifier, rows, level, per_window, assignments)
+            for window_assignments, window_calls in zip(assignments, calls, strict=True):
+                window_calls[level] = _Scored.of(window_assignments, truth)
     return [_open_set_thresholds(window_calls, counts, target, floors, window, k, candidates, seed)
             for window, window_calls in zip(windows, calls, strict=True)]
+
+
+def _measure_leads(rivals: Rivals, verifier: Verifier, rows: np.ndarray, level: str,
+                   hits: Sequence[Sequence[VerifiedHits]], assignments: Sequence[Sequence[Assignment]],
+                   chunk: int = 64) -> None:
+    """Measure the calls' leads at the ranks fitted on this level's queries against the nearest references of other
+    taxa too, the left-out records excluded (:mod:`clibd_cli.rivals`), as `clibd match` measures a lead that
+    decides a call.  ``hits`` and ``assignments``: per window, per query of ``rows``.  Every window's stretch is
+    aligned to the rivals its whole barcode's profile finds (as to its candidates, :func:`leave_out_hits`)."""
+    ranks = [rank for rank in RIVAL_RANKS if level in RANK_SETS[rank]]
+    if not ranks:
+        return
+    codes, vectors, vector_of = rivals.index.lineage_codes(), rivals.index.vectors(), rivals.index.labels.vector
+    jobs, measured = [], []
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        scores = vectors[vector_of[block]] @ vectors.T  # exact, as the leave-out search is
+        for i, row in enumerate(block.tolist(), start):
+            left_out, nearest = _left_out(codes, level, row), {}
+            for window_hits, window_assignments in zip(hits, assignments, strict=True):
+                h = window_hits[i]
+                for rank in ranks:
+                    call = window_assignments[i].calls[rank]
+                    if call.best_hit < 0:
+                        continue
+                    code = rivals.code(h, call, rank)
+                    if (rank, code) not in nearest:
+                        s = np.where(rivals.allowed(rank, code, left_out).mask(), scores[i - start], -np.inf)
+                        top = np.argpartition(-s, min(RIVALS, len(s)) - 1)[:RIVALS]
+                        nearest[rank, code] = top[np.isfinite(s[top])]
+                    jobs.append((h.query, nearest[rank, code]))
+                    measured.append((h, call))
+    for (h, call), found in zip(measured, verifier.submit(jobs, RIVALS_ALIGNED)(), strict=True):
+        call.lead = min(call.lead, float(h.taxon_identity[call.best_hit]) - best_identity(found))
 
 
 @dataclass

@@ -45,7 +45,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -110,6 +110,14 @@ CREATE TABLE records (
     UNIQUE (record_id, modality)
 );
 """
+
+
+class VectorFilter(Protocol):
+    """Which distinct vectors a search may return: per vector (a graph search's filter) or as a mask (a scan)."""
+
+    def __call__(self, vector: int) -> bool: ...
+
+    def mask(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -338,6 +346,31 @@ class ReferenceIndex:
                                                local.reshape(block.shape), chunk=RESCORE_BLOCK)
             labels[start : start + RESCORE_BLOCK], sims[start : start + RESCORE_BLOCK] = found[local_labels], block_sims
         return labels, sims
+
+    def search_allowed(self, query: np.ndarray, k: int, allowed: VectorFilter, ef: int = HNSW_EF_SEARCH,
+                       ) -> np.ndarray:
+        """The k distinct vectors (rows of :meth:`vectors`) nearest one query embedding among those ``allowed``
+        lets through (fewer where fewer are allowed): the graph searched with ``allowed`` as its filter beyond
+        ``EXACT_MAX`` vectors (breadth ``ef``), else an exact scan of ``allowed.mask()``."""
+        mask = allowed.mask()
+        count = int(mask.sum())
+        k = min(k, count)
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        query = np.asarray(query, dtype=np.float32)
+        if self._graph is not None and self.spec.counts.vectors > EXACT_MAX:
+            self._graph.set_ef(max(ef, k))
+            try:
+                found = self._graph.knn_query(query[None], k=k, num_threads=1, filter=allowed)[0][0]
+            except RuntimeError:  # the filter cut the graph into pieces the search did not reach: scan them
+                pass
+            else:
+                return found.astype(np.int64)
+        rows = np.flatnonzero(mask)
+        scores = np.concatenate([self.vectors_of(rows[i : i + INPUT_BLOCK]) @ query
+                                 for i in range(0, len(rows), INPUT_BLOCK)])
+        top = np.argpartition(-scores, k - 1)[:k]
+        return rows[top[np.argsort(-scores[top], kind="stable")]]
 
     def members(self, vector: int) -> np.ndarray:
         """Record rows (0-based) that share distinct vector ``vector``, in record order."""

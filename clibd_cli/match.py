@@ -37,6 +37,7 @@ from clibd_cli.assign import DEFAULT_TAU, SPREAD_RANKS, Assignment, LeadRule, as
 from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
+from clibd_cli.rivals import RIVAL_RANKS, Rivals
 from clibd_cli.sequences import RANKS, SequenceRecord, SequenceStream
 from clibd_cli.verifier import Verifier
 from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes, paths_of
@@ -128,6 +129,9 @@ class VerifiedHits:
     taxon_overlap: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     taxon_records: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     votes: np.ndarray = field(default_factory=lambda: np.empty(0))
+    query: str = ""
+    """The sequence aligned: the query on the strand it was identified on (or the stretch of it calibration
+    aligned)."""
 
     @property
     def voters(self) -> int:
@@ -199,20 +203,24 @@ def ranked_hits(found: Sequence[Alignment | None], index: ReferenceIndex, vector
 
 
 def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float], k: int,
-                    tau: float = IDENTITY_TAU, leads: Mapping[str, LeadRule] | None = None) -> list[Assignment]:
+                    tau: float = IDENTITY_TAU, leads: Mapping[str, LeadRule] | None = None,
+                    rivals: Rivals | None = None, embeddings: Sequence[np.ndarray] = ()) -> list[Assignment]:
     """Per-rank calls on identity, voted by each query's leading taxa (:class:`VerifiedHits`); a call's
     ``best_hit`` is a column of ``taxa``.  Hits whose overlap is too short to support a species abstain there.
 
     Each rank's winner also gets its lead over every other taxon at that rank among the verified
     candidates (:attr:`clibd_cli.assign.RankCall.lead`), for the ranks' lead rules (``leads``, calibrated by
     :func:`clibd_cli.calibrate.calibrate_open_set`).  The taxa that vote are often one haplotype, which hides
-    a second genus 0.2 points further away.
+    a second genus 0.2 points further away.  With ``rivals`` (and the queries' ``embeddings``), a lead that
+    would make a call on its own is measured against the nearest references of other taxa too
+    (:mod:`clibd_cli.rivals`), as calibration measured it.
     """
     width = max((h.voters for h in hits), default=0) or 1
     step = max(1, VOTE_CELLS // width**2)  # the vote compares every pair of columns: bounded memory
     if len(hits) > step:
         return [a for start in range(0, len(hits), step)
-                for a in assign_verified(hits[start : start + step], index, thresholds, k, tau, leads)]
+                for a in assign_verified(hits[start : start + step], index, thresholds, k, tau, leads, rivals,
+                                         embeddings[start : start + step])]
     n = len(hits)
     sims = np.full((n, width), -np.inf)
     labels = np.full((n, width), -1, dtype=np.int64)
@@ -246,6 +254,10 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
                 call.lead = float(sims[i, call.best_hit] - h.taxon_identity[other].max())
             if rank in spreads and 0 <= codes[rank][i, call.best_hit] < len(spreads[rank]):
                 call.spread = float(spreads[rank][codes[rank][i, call.best_hit]])
+            rule = (leads or {}).get(rank)
+            if rivals is not None and rank in RIVAL_RANKS and rule is not None and \
+                    call.score < thresholds.get(rank, 1.0) and rule.makes(call):
+                call.lead = rivals.lead(h, call, rank, embeddings[i])
         out.append(decide(sims[i], calls, thresholds, leads))
     return out
 
@@ -300,6 +312,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
+    rules = _Rules(thresholds, leads, short_reads, options.neighbours, Rivals(index))
     with Verifier(index, options.threads) as verifier:
         ahead: _Batch | None = None
         while True:
@@ -317,7 +330,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 proposals = _propose(list(fresh.values()), index, encoder, options)
                 job = _Batch(batch, reused, fresh, proposals, verifier.submit(_jobs(proposals), options.aligned))
             if ahead is not None:
-                last = ahead.finish(index, thresholds, leads, short_reads, options.neighbours, last)
+                last = ahead.finish(index, rules, last)
                 yield from (_row(query, last, options.top_k, index) for query in ahead.queries)
                 for sequence, c in last.items():  # most recently seen last, so the oldest go first
                     seen[sequence] = c
@@ -351,28 +364,40 @@ class _Batch:
     proposals: list[_Proposal]
     verified: Callable[[], list[list[Alignment | None]]]
 
-    def finish(self, index: ReferenceIndex, thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None,
-               short_reads: ShortReads | None, k: int, previous: Mapping[str, _Called]) -> dict[str, _Called]:
+    def finish(self, index: ReferenceIndex, rules: _Rules, previous: Mapping[str, _Called]) -> dict[str, _Called]:
         """Every sequence's calls: reused, from the batch before (``previous``), or called now."""
-        hits = [_hits(p, found, index, k) for p, found in zip(self.proposals, self.verified(), strict=True)]
+        hits = [_hits(p, found, index, rules.k) for p, found in zip(self.proposals, self.verified(), strict=True)]
         called = dict(self.reused)
         for sequence in {q.sequence for q in self.queries} - called.keys() - self.fresh.keys():
             if sequence in previous:
                 called[sequence] = previous[sequence]
-        for sequence, h, (assignment, used) in zip(self.fresh, hits, _assign(hits, index, thresholds, leads,
-                                                                              short_reads, k), strict=True):
+        embeddings = [p.embedding for p in self.proposals]
+        for sequence, h, (assignment, used) in zip(self.fresh, hits, _assign(hits, embeddings, index, rules),
+                                                    strict=True):
             called[sequence] = _Called(h, assignment, used)
         return called
 
 
+class _Rules(NamedTuple):
+    """How a run calls: ``thresholds`` and ``leads`` (:func:`identify`), ``short_reads``' own, ``k`` voting
+    records, and what measures a deciding lead against other taxa (:class:`clibd_cli.rivals.Rivals`)."""
+
+    thresholds: dict[str, float]
+    leads: Mapping[str, LeadRule] | None
+    short_reads: ShortReads | None
+    k: int
+    rivals: Rivals | None
+
+
 class _Proposal(NamedTuple):
     """A query's candidates: the sequence on the chosen strand, candidate vectors (found ones only), their cosines,
-    the strand."""
+    the strand, and the sequence's embedding (the search for a call's rivals starts from it)."""
 
     sequence: str
     vectors: np.ndarray
     cosines: np.ndarray
     reverse: bool
+    embedding: np.ndarray
 
 
 def _jobs(proposals: Sequence[_Proposal]) -> list[tuple[str, np.ndarray]]:
@@ -382,7 +407,7 @@ def _jobs(proposals: Sequence[_Proposal]) -> list[tuple[str, np.ndarray]]:
 
 def _hits(proposal: _Proposal, found: list[Alignment | None], index: ReferenceIndex, k: int) -> VerifiedHits:
     hits = ranked_hits(found, index, proposal.vectors, proposal.cosines, k)
-    hits.reverse = proposal.reverse
+    hits.reverse, hits.query = proposal.reverse, proposal.sequence
     return hits
 
 
@@ -404,19 +429,21 @@ class _Called(NamedTuple):
     thresholds: dict[str, float]
 
 
-def _assign(hits: list[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float],
-            leads: Mapping[str, LeadRule] | None, short_reads: ShortReads | None, k: int,
+def _assign(hits: list[VerifiedHits], embeddings: Sequence[np.ndarray], index: ReferenceIndex, rules: _Rules,
             ) -> list[tuple[Assignment, dict[str, float]]]:
-    """Each query's assignment and the thresholds it was called with: ``thresholds`` and ``leads``, or for a
-    top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``' own."""
+    """Each query's assignment and the thresholds it was called with: ``rules.thresholds`` and ``rules.leads``, or
+    for a top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``' own."""
+    short_reads = rules.short_reads
     below = short_reads.below_overlap if short_reads is not None else 0
     short = [bool(len(h.records)) and h.overlap[0] < below for h in hits]
     out: list[tuple[Assignment, dict[str, float]] | None] = [None] * len(hits)
-    sets = ((False, thresholds, leads),) + (((True, short_reads.thresholds, short_reads.leads),) if short_reads else ())
-    for flag, used, rules in sets:
+    sets = ((False, rules.thresholds, rules.leads),) + \
+        (((True, short_reads.thresholds, short_reads.leads),) if short_reads else ())
+    for flag, used, leads in sets:
         rows = [i for i, s in enumerate(short) if s == flag]
         if rows:
-            chosen = assign_verified([hits[i] for i in rows], index, used, k, leads=rules)
+            chosen = assign_verified([hits[i] for i in rows], index, used, rules.k, leads=leads, rivals=rules.rivals,
+                                     embeddings=[embeddings[i] for i in rows])
             for i, a in zip(rows, chosen, strict=True):
                 out[i] = (a, used)
     return out  # type: ignore[return-value]
@@ -454,7 +481,7 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
                 v = np.r_[v, extra]
                 c = np.r_[c, index.vectors_of(extra) @ e]
         valid = v >= 0  # (a search finds fewer than asked for in a small index)
-        proposed.append(_Proposal(seq, v[valid], c[valid], reverse_))
+        proposed.append(_Proposal(seq, v[valid], c[valid], reverse_, e))
     return proposed
 
 
