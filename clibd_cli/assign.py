@@ -11,10 +11,11 @@ and cost 0.3 points of species accuracy on real BOLD data at the same rate of wr
 call is the lowest rank whose score passes its threshold; ranks above it come from the same
 lineage, so a call is always taxonomically consistent.  A barcode call may also be made below its
 threshold by a *lead rule*: from a lower threshold when the winner's best hit is far enough above the best
-verified candidate of any other taxon at that rank (:attr:`RankCall.lead`, :class:`LeadRule`,
-:func:`clibd_cli.match.assign_verified`), which the ten voting records, often copies of one haplotype, cannot
-show; a rule may also require the winner to lie within its taxon's spread in the reference
-(:attr:`RankCall.spread`: no farther from the genus than its own species are from each other).  For
+verified candidate, and the nearest reference, of any other taxon at that rank (:attr:`RankCall.lead`,
+:class:`LeadRule`, :func:`clibd_cli.match.assign_verified`, :mod:`clibd_cli.rivals`), which the ten voting
+records, often copies of one haplotype, cannot show; a rule may also require the winner to lie within its
+taxon's spread in the reference (:attr:`RankCall.spread`: no farther from the genus than its own species are
+from each other).  For
 barcodes a column is a taxon behind a reference barcode, voting with its share of the ten records
 (:func:`clibd_cli.match.verified_hits`): records of several taxa sharing one barcode all vote, in proportion,
 whichever of them the file lists first.
@@ -79,7 +80,9 @@ class RankCall:
     best_hit: int  # column of the best hit in this lineage, -1 if none
     lead: float = float("inf")
     """How far the lineage's best hit is above the best hit of any other lineage at this rank, among every
-    verified candidate (barcodes, :func:`clibd_cli.match.assign_verified`); infinite when none is known."""
+    verified candidate (barcodes, :func:`clibd_cli.match.assign_verified`) and, where a lead rule would make the
+    call, among the nearest references of other taxa beyond them (:mod:`clibd_cli.rivals`); infinite when none
+    is known."""
     spread: float = float("inf")
     """The lowest identity between members of the winning taxon that belong to different taxa one rank below
     (species of a genus, genera of a family), sampled in the reference (:meth:`ReferenceIndex.spreads`);

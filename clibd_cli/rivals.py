@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 RIVAL_RANKS = ("family", "genus")
 RIVALS = 16  # nearest barcodes of other taxa found per lead measured
 RIVALS_ALIGNED = 5  # of them aligned in full, the closest by their diagonal first (as candidates are)
+WORD_POOL = 64  # a fragment's references sharing the most words, among which its rivals are looked for too
 RIVAL_EF = 64  # graph search breadth: 99.9 % of the exact nearest 16 on real BOLD, 4x faster than 128
 
 
@@ -100,10 +101,19 @@ class Rivals:
                 recheck[v] = bool(((kept >= 0) & (kept != code)).any())
         return OtherTaxon(low, high, code, recheck)
 
-    def nearest(self, vector: np.ndarray, rank: str, code: int) -> np.ndarray:
+    def nearest(self, vector: np.ndarray, rank: str, code: int, query: str = "") -> np.ndarray:
         """The :data:`RIVALS` distinct reference vectors nearest ``vector`` (a query's embedding) that hold a record
-        of a taxon other than ``code`` at ``rank`` (:meth:`ReferenceIndex.search_allowed`)."""
-        return self.index.search_allowed(vector, RIVALS, self.allowed(rank, code), ef=RIVAL_EF)
+        of a taxon other than ``code`` at ``rank`` (:meth:`ReferenceIndex.search_allowed`); for a fragment
+        ``query`` also the first :data:`RIVALS` such vectors among those sharing the most words with it."""
+        from clibd_cli.match import FRAGMENT_LENGTH
+
+        allowed = self.allowed(rank, code)
+        found = self.index.search_allowed(vector, RIVALS, allowed, ef=RIVAL_EF)
+        if query and len(query) < FRAGMENT_LENGTH:
+            words = self.index.anchors().candidates(query, WORD_POOL)
+            words = words[[allowed(v) for v in words.tolist()]][:RIVALS] if len(words) else words
+            found = np.union1d(found, words)
+        return found
 
     def identity(self, query: str, vectors: np.ndarray) -> float:
         """The highest identity of ``query`` to ``vectors`` (0 where none aligns over enough of it)."""
@@ -114,7 +124,7 @@ class Rivals:
     def lead(self, hits: VerifiedHits, call: RankCall, rank: str, vector: np.ndarray) -> float:
         """``call``'s lead at ``rank`` over every other taxon: among the candidates (``call.lead``) and among the
         nearest references of other taxa (the query's embedding ``vector``)."""
-        rival = self.identity(hits.query, self.nearest(vector, rank, self.code(hits, call, rank)))
+        rival = self.identity(hits.query, self.nearest(vector, rank, self.code(hits, call, rank), hits.query))
         return min(call.lead, float(hits.taxon_identity[call.best_hit]) - rival)
 
 

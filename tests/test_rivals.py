@@ -149,3 +149,27 @@ def test_calibration_measures_leads_against_rivals_beyond_its_candidates():
     with Verifier(index, threads=1) as verifier:
         _measure_leads(Rivals(index), verifier, rows, "genus", [hits], [[assignment]])
     assert call.lead > 0.3
+
+
+def test_a_fragment_finds_rivals_by_shared_words():
+    """A fragment's composition profile says little about the barcodes it lies in (the candidates of a fragment
+    come from shared words as well, :mod:`clibd_cli.anchors`): its rivals are looked for both ways."""
+    rng = np.random.default_rng(12)
+    region = random_sequence(rng, 200)
+    pieces = [region[i : i + 10] for i in range(0, 200, 10)]
+
+    def shuffled() -> str:  # most of the region's 5-mers, none of its 12-mers
+        return "".join(pieces[i] for i in rng.permutation(len(pieces)))
+
+    reference = [Specimen("A1", "Diptera", "Culicidae", "Aedes", "Aedes one", "", shuffled() * 3)]
+    reference += [Specimen(f"D{i}", "Diptera", "Culicidae", f"Decoy{i}", f"Decoy{i} one", "",
+                           random_sequence(rng, 100) + shuffled() + shuffled()) for i in range(40)]
+    # The region in a long barcode: its words are a small part of that barcode's profile.
+    reference.append(Specimen("C1", "Diptera", "Culicidae", "Culex", "Culex one", "",
+                              random_sequence(rng, 1500) + substitute(region, 6, rng)))
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    rivals, codes = Rivals(index), index.lineage_codes()["genus"]
+    culex = int(index.labels.vector[len(reference) - 1])
+    (vector,) = KmerProfileEncoder().encode([region])
+    assert culex not in rivals.nearest(vector, "genus", int(codes[0]))  # by profile alone, decoys come first
+    assert culex in rivals.nearest(vector, "genus", int(codes[0]), region)
