@@ -33,7 +33,16 @@ import numpy as np
 
 from clibd_cli import __version__
 from clibd_cli.align import Alignment, reverse_complement, verify
-from clibd_cli.assign import DEFAULT_TAU, SPREAD_RANKS, Assignment, LeadRule, assign_batch, batch_rank_calls, decide
+from clibd_cli.assign import (
+    DEFAULT_TAU,
+    SPREAD_RANKS,
+    Assignment,
+    LeadRule,
+    RankCall,
+    assign_batch,
+    batch_rank_calls,
+    decide,
+)
 from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
@@ -254,12 +263,28 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
                 call.lead = float(sims[i, call.best_hit] - h.taxon_identity[other].max())
             if rank in spreads and 0 <= codes[rank][i, call.best_hit] < len(spreads[rank]):
                 call.spread = float(spreads[rank][codes[rank][i, call.best_hit]])
-            rule = (leads or {}).get(rank)
-            if rivals is not None and rank in RIVAL_RANKS and rule is not None and \
-                    call.score < thresholds.get(rank, 1.0) and rule.makes(call):
-                call.lead = rivals.lead(h, call, rank, embeddings[i])
+        if rivals is not None:
+            _measure_deciding_lead(h, calls, thresholds, leads or {}, rivals, embeddings[i])
         out.append(decide(sims[i], calls, thresholds, leads))
     return out
+
+
+def _measure_deciding_lead(hits: VerifiedHits, calls: dict[str, RankCall], thresholds: dict[str, float],
+                           leads: Mapping[str, LeadRule], rivals: Rivals, embedding: np.ndarray) -> None:
+    """Measure against the nearest references of other taxa the one lead that would make the call: that of the
+    lowest rank passing by its lead rule alone, none below it passing at all (the call is the lowest rank that
+    passes, :func:`clibd_cli.assign.decide`).  Where rivals undo it, the next rank up is looked at."""
+    for rank in reversed(RANKS):
+        call, rule = calls[rank], leads.get(rank)
+        if not call.label:
+            continue
+        if call.score >= thresholds.get(rank, 1.0):
+            return
+        if rule is not None and rule.makes(call):
+            if rank in RIVAL_RANKS:
+                call.lead = rivals.lead(hits, call, rank, embedding)
+            if rule.makes(call):
+                return
 
 
 def _flags(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, index: ReferenceIndex,
