@@ -11,8 +11,12 @@ genera were searched for and aligned; for queries of genera present, 51 % kept s
 
 So wherever a lead can decide a call, the :data:`RIVALS` nearest reference barcodes (by profile) that hold a record
 of another taxon at that rank are found (:meth:`ReferenceIndex.search_allowed`) and aligned, and the lead is
-measured against the closest of them as well.  Calibration measures every lead this way (its left-out records
-excluded), :func:`clibd_cli.match.assign_verified` only the leads that would otherwise make a call.
+measured against the closest of them as well.  A fragment's profile says little about the barcodes it lies in, so
+its rivals are also looked for among the references sharing the most words with it, as its candidates are
+(:mod:`clibd_cli.anchors`): by profile alone, 86 Leray reads of one missing species of the benchmark's split case
+were called Crambidae at 90.7 % while a barcode of another family lay 91.5 % from them.  Calibration measures every
+lead this way (exactly, its left-out records excluded), :func:`clibd_cli.match.assign_verified` only the one lead that
+would make a call.
 """
 
 from __future__ import annotations
