@@ -21,8 +21,8 @@ RULE = {"genus": LeadRule(0.02, 0.90)}
 
 
 def _crowded_genus(with_rival: bool):
-    """Twenty Aedes barcodes near the query (93-95 %), a Culex barcode 1.5 points behind the nearest of them and
-    another family's barcode far away."""
+    """Twenty Aedes barcodes 92-95 % identical to the query, a Culex barcode 1.5 points behind the nearest of
+    them and another family's barcode far away."""
     rng = np.random.default_rng(5)
     ancestor = random_sequence(rng, 600)
     query = substitute(ancestor, 12, rng)
