@@ -351,22 +351,19 @@ class ReferenceIndex:
                        ) -> np.ndarray:
         """The k distinct vectors (rows of :meth:`vectors`) nearest one query embedding among those ``allowed``
         lets through (fewer where fewer are allowed): the graph searched with ``allowed`` as its filter beyond
-        ``EXACT_MAX`` vectors (breadth ``ef``), else an exact scan of ``allowed.mask()``."""
-        mask = allowed.mask()
-        count = int(mask.sum())
-        k = min(k, count)
-        if k == 0:
-            return np.empty(0, dtype=np.int64)
+        ``EXACT_MAX`` vectors (breadth ``ef``), else (or where the search found fewer than k) an exact scan of
+        ``allowed.mask()``."""
         query = np.asarray(query, dtype=np.float32)
         if self._graph is not None and self.spec.counts.vectors > EXACT_MAX:
             self._graph.set_ef(max(ef, k))
             try:
-                found = self._graph.knn_query(query[None], k=k, num_threads=1, filter=allowed)[0][0]
-            except RuntimeError:  # the filter cut the graph into pieces the search did not reach: scan them
+                return self._graph.knn_query(query[None], k=k, num_threads=1, filter=allowed)[0][0].astype(np.int64)
+            except RuntimeError:  # fewer than k allowed, or the filter cut the graph where the search went: scan
                 pass
-            else:
-                return found.astype(np.int64)
-        rows = np.flatnonzero(mask)
+        rows = np.flatnonzero(allowed.mask())
+        k = min(k, len(rows))
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
         scores = np.concatenate([self.vectors_of(rows[i : i + INPUT_BLOCK]) @ query
                                  for i in range(0, len(rows), INPUT_BLOCK)])
         top = np.argpartition(-scores, k - 1)[:k]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from clibd_cli import __version__
-from clibd_cli.align import Alignment, reverse_complement, verify
+from clibd_cli.align import Alignment, reverse_complement
 from clibd_cli.assign import (
     DEFAULT_TAU,
     SPREAD_RANKS,
@@ -48,7 +48,7 @@ from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.rivals import RIVAL_RANKS, Rivals
 from clibd_cli.sequences import RANKS, SequenceRecord, SequenceStream
-from clibd_cli.verifier import Verifier
+from clibd_cli.verifier import Verifier, verify_vectors
 from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes, paths_of
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def verified_hits(query: str, index: ReferenceIndex, vectors: np.ndarray, cosine
     """
     valid = vectors >= 0
     vectors, cosines = vectors[valid], cosines[valid]
-    found = verify(query, None, full=aligned, codes=index.input_codes(vectors))
+    found = verify_vectors(index, query, vectors, aligned)
     return ranked_hits(found, index, vectors, cosines, k, keep)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clibd_cli.align import verify
+from clibd_cli.verifier import verify_vectors
 
 if TYPE_CHECKING:
     from clibd_cli.assign import RankCall
@@ -123,7 +123,7 @@ class Rivals:
         """The highest identity of ``query`` to ``vectors`` (0 where none aligns over enough of it)."""
         if not len(vectors):
             return 0.0
-        return best_identity(verify(query, None, full=RIVALS_ALIGNED, codes=self.index.input_codes(vectors)))
+        return best_identity(verify_vectors(self.index, query, vectors, RIVALS_ALIGNED))
 
     def lead(self, hits: VerifiedHits, call: RankCall, rank: str, vector: np.ndarray) -> float:
         """``call``'s lead at ``rank`` over every other taxon: among the candidates (``call.lead``) and among the

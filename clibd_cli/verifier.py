@@ -30,10 +30,16 @@ _forked: dict[int, ReferenceIndex] = {}  # each live Verifier's index, which its
 _forking = threading.RLock()  # (re-entered when a pool fails to start: Verifier._close)
 
 
+def verify_vectors(index: ReferenceIndex, sequence: str, vectors: np.ndarray, aligned: int) -> list[Alignment | None]:
+    """:func:`clibd_cli.align.verify` of ``sequence`` against distinct reference vectors of ``index``, at most
+    ``aligned`` of them in full: their barcodes' base codes are the index's own, encoded once."""
+    return verify(sequence, None, full=aligned, codes=index.input_codes(vectors))
+
+
 def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int, key: int) -> list[list[Alignment | None]]:
     """Verification in a forked process, against the index it inherited."""
     index = _forked[key]
-    return [verify(sequence, None, full=aligned, codes=index.input_codes(vectors)) for sequence, vectors in chunk]
+    return [verify_vectors(index, sequence, vectors, aligned) for sequence, vectors in chunk]
 
 
 def _worker_signals() -> None:
@@ -123,12 +129,10 @@ class Verifier:
             futures = [self._processes.submit(_verify_forked, chunk, aligned, id(self)) for chunk in chunks]
             return lambda: [found for f in futures for found in _result(f)]
         if self._threads is not None:
-            futures = [self._threads.submit(self._verify, sequence, vectors, aligned) for sequence, vectors in jobs]
+            futures = [self._threads.submit(verify_vectors, self.index, sequence, vectors, aligned)
+                       for sequence, vectors in jobs]
             return lambda: [f.result() for f in futures]
-        return lambda: [self._verify(sequence, vectors, aligned) for sequence, vectors in jobs]
-
-    def _verify(self, sequence: str, vectors: np.ndarray, aligned: int) -> list[Alignment | None]:
-        return verify(sequence, None, full=aligned, codes=self.index.input_codes(vectors))
+        return lambda: [verify_vectors(self.index, sequence, vectors, aligned) for sequence, vectors in jobs]
 
     def _close(self) -> None:
         if self._processes is not None:  # the chunks being aligned finish (~0.1 s); waited for by the main thread
