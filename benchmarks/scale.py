@@ -5,13 +5,15 @@ tree, seeded: every real species' first barcode founds ``species_per_seed`` synt
 (each its founder with 2-8 % of sites substituted), and each synthetic species gets specimens 0-1 %
 from its own consensus, until the reference holds ``--size`` barcodes.  Taxonomy above species is the
 real founder's.  Queries: 1,000 new specimens of reference species and 1,000 of synthetic species left
-out of the reference.  `clibd build-index` and `clibd match` run as commands; peak memory is the larger of
+out of the reference; the same queries are also matched as Leray reads (their last 313 bp), which look up
+the fragment word table (:mod:`clibd_cli.anchors`) a whole-barcode run never builds.  `clibd build-index`
+and `clibd match` run as commands; peak memory is the larger of
 the maximum resident set of the command's largest process (/usr/bin/time) and the peak of its process
 tree's summed PSS (sampled every 0.2 s: `clibd match` verifies in forked processes), index size the
 folder on disk; first-stage recall is the share of present-species queries whose species is among their
 verified hits (`--hits`).
 
-    python benchmarks/scale.py --sizes 100000,300000,1000000
+    python benchmarks/scale.py --sizes 100000,300000,1000000 [--work DIR]
 """
 
 from __future__ import annotations
@@ -64,10 +66,15 @@ def simulate(founders: list, size: int, queries: int, rng: np.random.Generator):
     return reference[:size], pick(present), pick(absent)
 
 
-def write_fasta(path: Path, rows, taxonomy: bool) -> None:
+LERAY = 313  # the metabarcoding fragment: the last 313 bp of the barcode region
+
+
+def write_fasta(path: Path, rows, taxonomy: bool, last: int | None = None) -> None:
+    """Rows as FASTA (``last``: only each sequence's last bases, as a fragment read)."""
     with path.open("w") as fh:
         for rid, lineage, seq in rows:
-            fh.write(f">{rid}" + ("|" + "|".join(lineage) + "|" if taxonomy else "") + f"\n{seq}\n")
+            fh.write(f">{rid}" + ("|" + "|".join(lineage) + "|" if taxonomy else "") +
+                     f"\n{seq[-last:] if last else seq}\n")
 
 
 def measured(cmd: list[str]) -> tuple[float, float]:
@@ -134,29 +141,38 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--note", default="", help="a line added under the table (e.g. what else ran meanwhile)")
+    parser.add_argument("--work", type=Path, help="keep each size's files (reference, queries, index) in this folder")
     args = parser.parse_args()
     records = read_sequences([args.data]).records
     founders = list({r.label("species"): r for r in records if r.label("species") and len(r.sequence) >= 600}.values())
     lines = ["| references | build (s) | build peak memory (GB) | index on disk (GB) | match peak memory (GB) "
-             "| queries/s | present: species right | present: species in hits | absent: wrongly named |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| queries/s | present: species right | present: species in hits | absent: wrongly named "
+             "| Leray reads: match peak memory (GB) | Leray reads/s | Leray reads, present: species right |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     clibd = [sys.executable, "-m", "clibd_cli.app"]
     peaks: list[tuple[int, float, float]] = []
     for size in (int(s) for s in args.sizes.split(",")):
         rng = np.random.default_rng(args.seed)
         reference, present, absent = simulate(founders, size, args.queries, rng)
         with tempfile.TemporaryDirectory(prefix="clibd-scale-") as tmp:
-            work = Path(tmp)
+            work = Path(tmp) if args.work is None else args.work / str(size)
+            work.mkdir(parents=True, exist_ok=True)
             write_fasta(work / "ref.fasta", reference, taxonomy=True)
             write_fasta(work / "queries.fasta", present + absent, taxonomy=False)
+            write_fasta(work / "leray.fasta", present + absent, taxonomy=False, last=LERAY)
             build, build_rss = measured([*clibd, "build-index", "-b", str(work / "ref.fasta"), "-o", str(work / "idx"),
-                                         "--threads", str(args.threads)])
+                                         "--force", "--threads", str(args.threads)])
             disk = sum(f.stat().st_size for f in (work / "idx").rglob("*") if f.is_file()) / 1024**3
             seconds, match_rss = measured([*clibd, "match", str(work / "queries.fasta"), "-i", str(work / "idx"),
                                            "-o", str(work / "out.csv"), "--hits", str(work / "hits.csv"),
-                                           "--top-k", "10", "--threads", str(args.threads)])
+                                           "--top-k", "10", "--force", "--threads", str(args.threads)])
+            leray_seconds, leray_rss = measured([*clibd, "match", str(work / "leray.fasta"), "-i", str(work / "idx"),
+                                                 "-o", str(work / "leray.csv"), "--force", "--threads",
+                                                 str(args.threads)])
             with (work / "out.csv").open() as fh:
                 rows = {row["query_id"]: row for row in csv.DictReader(fh)}
+            with (work / "leray.csv").open() as fh:
+                leray = {row["query_id"]: row for row in csv.DictReader(fh)}
             with (work / "hits.csv").open() as fh:
                 in_hits: dict[str, set] = {}
                 for hit in csv.DictReader(fh):
@@ -164,8 +180,11 @@ def main() -> None:
         right = np.mean([rows[q]["species"] == lineage[-1] for q, lineage, _ in present])
         recall = np.mean([lineage[-1] in in_hits.get(q, set()) for q, lineage, _ in present])
         wrong = np.mean([bool(rows[q]["species"]) for q, _, _ in absent])
+        leray_right = np.mean([leray[q]["species"] == lineage[-1] for q, lineage, _ in present])
+        n = len(present) + len(absent)
         lines.append(f"| {len(reference):,} | {build:.0f} | {build_rss:.2f} | {disk:.2f} | {match_rss:.2f} "
-                     f"| {(len(present) + len(absent)) / seconds:.0f} | {right:.1%} | {recall:.1%} | {wrong:.1%} |")
+                     f"| {n / seconds:.0f} | {right:.1%} | {recall:.1%} | {wrong:.1%} | {leray_rss:.2f} "
+                     f"| {n / leray_seconds:.0f} | {leray_right:.1%} |")
         print(lines[-1], flush=True)
         peaks.append((len(reference), build_rss, match_rss))
     body = "\n".join([f"Synthetic references from real BOLD founders (seed {args.seed}); {args.queries} present + "

@@ -149,7 +149,7 @@ def test_anchor_table_finds_references_covering_a_fragment():
     rng = np.random.default_rng(12)
     barcodes = [random_sequence(rng, 650) for _ in range(50)]
     table = AnchorTable(barcodes, chunk=7)  # chunks must not change the table
-    assert np.array_equal(table.codes, AnchorTable(barcodes).codes)
+    assert np.array_equal(table.packed, AnchorTable(barcodes).packed)
     read = barcodes[17][420:620]  # a 200 bp read from anywhere in reference 17
     assert table.candidates(read, 3)[0] == 17
     assert table.candidates(reverse_complement(read), 3).size == 0 or table.candidates(
