@@ -152,6 +152,15 @@ def test_anchor_table_finds_references_covering_a_fragment():
     assert np.array_equal(table.packed, AnchorTable(barcodes).packed)
     read = barcodes[17][420:620]  # a 200 bp read from anywhere in reference 17
     assert table.candidates(read, 3)[0] == 17
+    # Against a plain count of each reference's sampled 12-mers (every 4th position) that the read holds, on
+    # barcodes of two letters, whose words fill the code space: a word's neighbouring codes are in the table too.
+    dense = ["".join(rng.choice(list("AC"), 650)) for _ in range(50)]
+    read = dense[9][100:300]
+    words = {read[i : i + 12] for i in range(len(read) - 11)}
+    shared = np.array([sum(b[i : i + 12] in words for i in range(0, len(b) - 11, 4)) for b in dense])
+    found = AnchorTable(dense).candidates(read, 50)
+    assert sorted(found.tolist()) == np.flatnonzero(shared).tolist()
+    assert np.all(np.diff(shared[found]) <= 0)  # most shared words first
     assert table.candidates(reverse_complement(read), 3).size == 0 or table.candidates(
         reverse_complement(read), 3)[0] != 17  # words are strand-specific; match tries both strands
     assert table.candidates(random_sequence(rng, 200), 3).size <= 3
