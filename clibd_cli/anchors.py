@@ -32,18 +32,19 @@ class AnchorTable:
     than the run held before (31 s); filled in place it peaks at about the table's size.
     """
 
-    def __init__(self, sequences: Sequence[str], chunk: int = 20_000) -> None:
-        self.size = len(sequences)
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=self.size)
+    def __init__(self, bases: np.ndarray, offsets: np.ndarray, chunk: int = 20_000) -> None:
+        """From the barcodes' base codes in one buffer (0-3, N = 4), barcode ``i`` at ``offsets[i]:offsets[i+1]``,
+        as the index holds them (:meth:`clibd_cli.index.ReferenceIndex.input_codes`)."""
+        self.size = len(offsets) - 1
+        lengths = np.diff(offsets).astype(np.int64)
         counts = np.maximum(0, (lengths - K) // STRIDE + 1)
         packed = np.empty(int(counts.sum()), dtype=np.uint64)
         filled = 0
         for first in range(0, self.size, chunk):  # bounded working memory, whatever the library's size
-            part = sequences[first : first + chunk]
-            part_lengths, part_counts = lengths[first : first + chunk], counts[first : first + chunk]
-            bases = base_codes("".join(part))
-            owner = np.repeat(np.arange(first, first + len(part), dtype=np.uint64), part_counts)
-            position = np.r_[0, np.cumsum(part_lengths)[:-1]][owner - np.uint64(first)] + STRIDE * (
+            stop = min(first + chunk, self.size)
+            part_counts = counts[first:stop]
+            owner = np.repeat(np.arange(first, stop, dtype=np.uint64), part_counts)
+            position = offsets[first:stop][owner - np.uint64(first)] + STRIDE * (
                 np.arange(part_counts.sum()) - np.repeat(np.r_[0, np.cumsum(part_counts)[:-1]], part_counts))
             value = np.zeros(len(position), dtype=np.uint64)
             bad = np.zeros(len(position), dtype=bool)
@@ -58,6 +59,12 @@ class AnchorTable:
         self.packed = packed[:filled]
         # One in-place sort of (code, owner) words: the owners of a code come out ascending.
         self.packed.sort()
+
+    @classmethod
+    def of(cls, sequences: Sequence[str], chunk: int = 20_000) -> AnchorTable:
+        """The table of barcodes given as text."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        return cls(base_codes("".join(sequences)), np.r_[0, np.cumsum(lengths)], chunk)
 
     def candidates(self, query: str, n: int) -> np.ndarray:
         """Up to ``n`` references sharing the most sampled 12-mers with ``query`` (most first)."""

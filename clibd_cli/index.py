@@ -423,31 +423,35 @@ class ReferenceIndex:
     def vector_inputs(self) -> list[str]:
         """The embedded input behind each distinct vector (a barcode for DNA parts), in vector order.
 
-        Barcodes are what alignment verifies candidates against; they are read once from SQLite.
+        Barcodes are what calibration aligns; they are read once from SQLite and kept.
         """
         if self._inputs is None:
-            if self._records is not None:
-                first: dict[int, str] = {}
-                for record, j in zip(self._records, self.labels.vector, strict=True):
-                    first.setdefault(int(j), record.sequence)
-                inputs = [first.get(j, "") for j in range(max(first, default=-1) + 1)]
-            else:
-                with _connect(self.records_db) as db:
-                    rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
-                                      "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
-                inputs = [""] * (rows[-1][0] + 1 if rows else 0)
-                for j, sequence in rows:
-                    inputs[j] = sequence or ""
-            self._inputs = inputs
+            self._inputs = self._read_inputs()
         return self._inputs
+
+    def _read_inputs(self) -> list[str]:
+        if self._records is not None:
+            first: dict[int, str] = {}
+            for record, j in zip(self._records, self.labels.vector, strict=True):
+                first.setdefault(int(j), record.sequence)
+            return [first.get(j, "") for j in range(max(first, default=-1) + 1)]
+        with _connect(self.records_db) as db:
+            rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
+                              "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
+        inputs = [""] * (rows[-1][0] + 1 if rows else 0)
+        for j, sequence in rows:
+            inputs[j] = sequence or ""
+        return inputs
 
     def input_codes(self, vectors: Sequence[int]) -> list[np.ndarray]:
         """:meth:`vector_inputs` of some vectors as base codes (0-3, N = 4), encoded once for the whole index.
 
-        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.
+        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.  The barcodes
+        as text are not kept for it: `clibd match` needs only the codes, and a million barcodes as Python strings
+        take ~0.7 GB.
         """
         if self._input_codes is None:
-            inputs = self.vector_inputs()
+            inputs = self._inputs if self._inputs is not None else self._read_inputs()
             offsets = np.r_[0, np.cumsum([len(s) for s in inputs], dtype=np.int64)]
             bases = np.empty(offsets[-1], dtype=np.uint8)
             for start in range(0, len(inputs), INPUT_BLOCK):
@@ -462,7 +466,8 @@ class ReferenceIndex:
         if self._anchors is None:
             from clibd_cli.anchors import AnchorTable
 
-            self._anchors = AnchorTable(self.vector_inputs())
+            self.input_codes([])
+            self._anchors = AnchorTable(*self._input_codes)
         return self._anchors
 
     def species_per_bin(self) -> dict[str, int]:

@@ -148,8 +148,8 @@ def test_anchor_table_finds_references_covering_a_fragment():
 
     rng = np.random.default_rng(12)
     barcodes = [random_sequence(rng, 650) for _ in range(50)]
-    table = AnchorTable(barcodes, chunk=7)  # chunks must not change the table
-    assert np.array_equal(table.packed, AnchorTable(barcodes).packed)
+    table = AnchorTable.of(barcodes, chunk=7)  # chunks must not change the table
+    assert np.array_equal(table.packed, AnchorTable.of(barcodes).packed)
     read = barcodes[17][420:620]  # a 200 bp read from anywhere in reference 17
     assert table.candidates(read, 3)[0] == 17
     # Against a plain count of each reference's sampled 12-mers (every 4th position) that the read holds, on
@@ -158,7 +158,7 @@ def test_anchor_table_finds_references_covering_a_fragment():
     read = dense[9][100:300]
     words = {read[i : i + 12] for i in range(len(read) - 11)}
     shared = np.array([sum(b[i : i + 12] in words for i in range(0, len(b) - 11, 4)) for b in dense])
-    found = AnchorTable(dense).candidates(read, 50)
+    found = AnchorTable.of(dense).candidates(read, 50)
     assert sorted(found.tolist()) == np.flatnonzero(shared).tolist()
     assert np.all(np.diff(shared[found]) <= 0)  # most shared words first
     assert table.candidates(reverse_complement(read), 3).size == 0 or table.candidates(
