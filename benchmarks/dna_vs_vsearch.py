@@ -138,9 +138,9 @@ def genus_cutoffs(results: dict, absent: list[SequenceRecord]) -> list[str]:
     """What a single identity cut-off on the top hit could reach for absent species' genus calls.
 
     The issue asks for right genus ≥ 40 % with wrong genus ≤ 5 %, on full barcodes and fragments alike; this
-    table shows whether any global cut-off gets there on these queries, on each tool's top hit (VSEARCH's
-    k-mer-ordered search stops at the first accepted hit, so on fragments its top hit is often not the nearest
-    reference; clibd's is the alignment-best of its verified candidates).
+    table shows whether any global cut-off gets there on these queries, on each tool's top hit (VSEARCH keeps
+    the first hit it accepts, in its order of shared words, so its top hit need not be the nearest reference;
+    clibd's is the alignment-best of its verified candidates).
     """
     lines = ["Absent species, genus called when the top hit passes one cut-off (whatever else the hits say) — the "
              "trade-off any single identity threshold faces; right / wrong:", "",
