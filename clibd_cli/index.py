@@ -426,40 +426,57 @@ class ReferenceIndex:
         Barcodes are what calibration aligns; they are read once from SQLite and kept.
         """
         if self._inputs is None:
-            self._inputs = self._read_inputs()
+            if self._records is not None:
+                first: dict[int, str] = {}
+                for record, j in zip(self._records, self.labels.vector, strict=True):
+                    first.setdefault(int(j), record.sequence)
+                inputs = [first.get(j, "") for j in range(max(first, default=-1) + 1)]
+            else:
+                with _connect(self.records_db) as db:
+                    rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
+                                      "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
+                inputs = [""] * (rows[-1][0] + 1 if rows else 0)
+                for j, sequence in rows:
+                    inputs[j] = sequence or ""
+            self._inputs = inputs
         return self._inputs
-
-    def _read_inputs(self) -> list[str]:
-        if self._records is not None:
-            first: dict[int, str] = {}
-            for record, j in zip(self._records, self.labels.vector, strict=True):
-                first.setdefault(int(j), record.sequence)
-            return [first.get(j, "") for j in range(max(first, default=-1) + 1)]
-        with _connect(self.records_db) as db:
-            rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
-                              "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
-        inputs = [""] * (rows[-1][0] + 1 if rows else 0)
-        for j, sequence in rows:
-            inputs[j] = sequence or ""
-        return inputs
 
     def input_codes(self, vectors: Sequence[int]) -> list[np.ndarray]:
         """:meth:`vector_inputs` of some vectors as base codes (0-3, N = 4), encoded once for the whole index.
 
-        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.  The barcodes
-        as text are not kept for it: `clibd match` needs only the codes, and a million barcodes as Python strings
-        take ~0.7 GB.
+        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.  A saved index's
+        barcodes are encoded straight from SQLite, a block at a time, never all held as text: `clibd match` needs
+        only the codes, and a million barcodes as Python strings take ~0.7 GB, which the allocator then keeps.
         """
         if self._input_codes is None:
-            inputs = self._inputs if self._inputs is not None else self._read_inputs()
-            offsets = np.r_[0, np.cumsum([len(s) for s in inputs], dtype=np.int64)]
-            bases = np.empty(offsets[-1], dtype=np.uint8)
-            for start in range(0, len(inputs), INPUT_BLOCK):
-                stop = min(start + INPUT_BLOCK, len(inputs))
-                bases[offsets[start] : offsets[stop]] = base_codes("".join(inputs[start:stop]))
-            self._input_codes = (bases, offsets)
+            if self._inputs is None and self._records is None:
+                self._input_codes = self._encode_stored_inputs()
+            else:
+                inputs = self.vector_inputs()
+                offsets = np.r_[0, np.cumsum([len(s) for s in inputs], dtype=np.int64)]
+                bases = np.empty(offsets[-1], dtype=np.uint8)
+                for start in range(0, len(inputs), INPUT_BLOCK):
+                    stop = min(start + INPUT_BLOCK, len(inputs))
+                    bases[offsets[start] : offsets[stop]] = base_codes("".join(inputs[start:stop]))
+                self._input_codes = (bases, offsets)
         bases, offsets = self._input_codes
         return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
+
+    def _encode_stored_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(base codes, offsets) of the distinct vectors' barcodes in records.sqlite: their lengths first, then
+        the barcodes in vector order, :data:`INPUT_BLOCK` at a time (the records of a vector share its barcode)."""
+        distinct = "FROM records WHERE modality = ? GROUP BY vector ORDER BY vector"
+        with _connect(self.records_db) as db:
+            sizes = db.execute(f"SELECT vector, length(sequence) {distinct}", (self.modality,)).fetchall()
+            lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
+            for j, size in sizes:
+                lengths[j] = size or 0
+            offsets = np.r_[0, np.cumsum(lengths)]
+            bases = np.empty(offsets[-1], dtype=np.uint8)
+            cursor = db.execute(f"SELECT vector, sequence {distinct}", (self.modality,))
+            while rows := cursor.fetchmany(INPUT_BLOCK):
+                bases[offsets[rows[0][0]] : offsets[rows[-1][0] + 1]] = base_codes("".join(s or "" for _, s in rows))
+        return bases, offsets
 
     def anchors(self):
         """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`), built on first use."""

@@ -319,3 +319,21 @@ def test_records_with_identical_sequences_are_all_found(tmp_path, records, encod
         np.testing.assert_allclose(found.similarities[0, :3], 1.0, atol=1e-5)
         assert found.similarities[0, 3] < 1.0 - 1e-4
         assert list(candidate.labels.record_id[:3]) == ["TWIN-0", "TWIN-1", "TWIN-2"]
+
+
+def test_barcode_codes_read_back_in_blocks_equal_the_built_ones(tmp_path, records, encoder, monkeypatch):
+    """A loaded index encodes its barcodes from SQLite a block at a time; blocks of 3 barcodes, with shared
+    barcodes, lengths that differ and an N, must give the codes the index was built with."""
+    varied = [type(r)(r.id, r.sequence[: 400 + 7 * i] + ("N" if i == 5 else ""), dict(r.taxonomy), r.bin)
+              for i, r in enumerate(records[:20])]
+    twins = [type(r)(f"TWIN-{i}", varied[4].sequence, dict(r.taxonomy), r.bin) for i, r in enumerate(records[20:24])]
+    built = ReferenceIndex.from_records([*varied, *twins], encoder)
+    built.save(tmp_path / "idx")
+    monkeypatch.setattr(index_module, "INPUT_BLOCK", 3)
+    loaded = ReferenceIndex.load(tmp_path / "idx")
+    every = range(len(built.vectors()))
+    assert len(every) == 20  # the twins share barcode 4's vector
+    got, expected = loaded.input_codes(every), built.input_codes(every)
+    assert [len(c) for c in got] == [len(r.sequence) for r in varied]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert (got[5] == 4).any()  # N
