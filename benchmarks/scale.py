@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,9 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         rng = np.random.default_rng(args.seed)
         reference, present, absent = simulate(founders, size, args.queries, rng)
-        with tempfile.TemporaryDirectory(prefix="clibd-scale-") as tmp:
-            work = Path(tmp) if args.work is None else args.work / str(size)
+        kept = args.work / str(size) if args.work is not None else None
+        with tempfile.TemporaryDirectory(prefix="clibd-scale-") if kept is None else nullcontext(kept) as tmp:
+            work = Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
             write_fasta(work / "ref.fasta", reference, taxonomy=True)
             write_fasta(work / "queries.fasta", present + absent, taxonomy=False)

@@ -30,7 +30,7 @@ import numpy as np
 from clibd_cli.assign import DEFAULT_TAU, LeadRule, assign_batch
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.rivals import RIVAL_RANKS, RIVALS, RIVALS_ALIGNED, Rivals, best_identity
+from clibd_cli.rivals import RIVAL_RANKS, RIVALS, RIVALS_ALIGNED, Rivals, lead_over
 from clibd_cli.search import exact_knn
 from clibd_cli.sequences import RANKS
 from clibd_cli.workflow import Listener, Notes, Progress, ReadOptions, as_notes, no_progress
@@ -509,7 +509,7 @@ def _measure_leads(rivals: Rivals, verifier: Verifier, rows: np.ndarray, level: 
                     jobs.append((h.query, nearest[rank, code]))
                     measured.append((h, call))
     for (h, call), found in zip(measured, verifier.submit(jobs, RIVALS_ALIGNED)(), strict=True):
-        call.lead = min(call.lead, float(h.taxon_identity[call.best_hit]) - best_identity(found))
+        call.lead = lead_over(h, call, found)
 
 
 @dataclass

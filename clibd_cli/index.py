@@ -42,7 +42,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -444,47 +444,42 @@ class ReferenceIndex:
     def input_codes(self, vectors: Sequence[int]) -> list[np.ndarray]:
         """:meth:`vector_inputs` of some vectors as base codes (0-3, N = 4), encoded once for the whole index.
 
-        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.  A saved index's
-        barcodes are encoded straight from SQLite, a block at a time, never all held as text: `clibd match` needs
-        only the codes, and a million barcodes as Python strings take ~0.7 GB, which the allocator then keeps.
+        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.
         """
-        if self._input_codes is None:
-            if self._inputs is None and self._records is None:
-                self._input_codes = self._encode_stored_inputs()
-            else:
-                inputs = self.vector_inputs()
-                offsets = np.r_[0, np.cumsum([len(s) for s in inputs], dtype=np.int64)]
-                bases = np.empty(offsets[-1], dtype=np.uint8)
-                for start in range(0, len(inputs), INPUT_BLOCK):
-                    stop = min(start + INPUT_BLOCK, len(inputs))
-                    bases[offsets[start] : offsets[stop]] = base_codes("".join(inputs[start:stop]))
-                self._input_codes = (bases, offsets)
-        bases, offsets = self._input_codes
+        bases, offsets = self._encoded_inputs()
         return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
 
-    def _encode_stored_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(base codes, offsets) of the distinct vectors' barcodes in records.sqlite: their lengths first, then
-        the barcodes in vector order, :data:`INPUT_BLOCK` at a time (the records of a vector share its barcode)."""
-        distinct = "FROM records WHERE modality = ? GROUP BY vector ORDER BY vector"
-        with _connect(self.records_db) as db:
-            sizes = db.execute(f"SELECT vector, length(sequence) {distinct}", (self.modality,)).fetchall()
-            lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
-            for j, size in sizes:
-                lengths[j] = size or 0
-            offsets = np.r_[0, np.cumsum(lengths)]
-            bases = np.empty(offsets[-1], dtype=np.uint8)
-            cursor = db.execute(f"SELECT vector, sequence {distinct}", (self.modality,))
-            while rows := cursor.fetchmany(INPUT_BLOCK):
-                bases[offsets[rows[0][0]] : offsets[rows[-1][0] + 1]] = base_codes("".join(s or "" for _, s in rows))
-        return bases, offsets
+    def _encoded_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct vector's barcode as base codes in one buffer, and the offsets of each, built on first use.
+
+        A saved index's barcodes are encoded straight from SQLite, :data:`INPUT_BLOCK` at a time, never all held as
+        text: `clibd match` needs only the codes, and a million barcodes as Python strings take ~0.7 GB, which the
+        allocator keeps once freed.  (Its lengths are read first; the records of a vector share its barcode.)
+        """
+        if self._input_codes is None:
+            if self._inputs is not None or self._records is not None:
+                inputs = self.vector_inputs()
+                lengths = np.fromiter(map(len, inputs), dtype=np.int64, count=len(inputs))
+                self._input_codes = _encoded(lengths, (inputs[i : i + INPUT_BLOCK]
+                                                       for i in range(0, len(inputs), INPUT_BLOCK)))
+            else:
+                distinct = "FROM records WHERE modality = ? GROUP BY vector ORDER BY vector"
+                with _connect(self.records_db) as db:
+                    sizes = db.execute(f"SELECT vector, length(sequence) {distinct}", (self.modality,)).fetchall()
+                    lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
+                    for j, size in sizes:
+                        lengths[j] = size or 0
+                    cursor = db.execute(f"SELECT sequence {distinct}", (self.modality,))
+                    self._input_codes = _encoded(lengths, ([s or "" for (s,) in rows]
+                                                           for rows in iter(lambda: cursor.fetchmany(INPUT_BLOCK), [])))
+        return self._input_codes
 
     def anchors(self):
         """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`), built on first use."""
         if self._anchors is None:
             from clibd_cli.anchors import AnchorTable
 
-            self.input_codes([])
-            self._anchors = AnchorTable(*self._input_codes)
+            self._anchors = AnchorTable(*self._encoded_inputs())
         return self._anchors
 
     def species_per_bin(self) -> dict[str, int]:
@@ -920,6 +915,19 @@ def _connect(path: Path) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise InputError(f"{path}: cannot be opened ({exc}). Rebuild the index.") from exc
+
+
+def _encoded(lengths: np.ndarray, blocks: Iterable[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(base codes in one buffer, offsets) of barcodes of ``lengths``, given in order as blocks of text (a barcode
+    of length 0 may be left out of them)."""
+    offsets = np.r_[0, np.cumsum(lengths, dtype=np.int64)]
+    bases = np.empty(offsets[-1], dtype=np.uint8)
+    at = 0
+    for block in blocks:
+        codes = base_codes("".join(block))
+        bases[at : at + len(codes)] = codes
+        at += len(codes)
+    return bases, offsets
 
 
 def _labels_from_db(path: Path, modality: str) -> Labels:

@@ -119,21 +119,18 @@ class Rivals:
             found = np.union1d(found, words)
         return found
 
-    def identity(self, query: str, vectors: np.ndarray) -> float:
-        """The highest identity of ``query`` to ``vectors`` (0 where none aligns over enough of it)."""
-        if not len(vectors):
-            return 0.0
-        return best_identity(verify_vectors(self.index, query, vectors, RIVALS_ALIGNED))
-
     def lead(self, hits: VerifiedHits, call: RankCall, rank: str, vector: np.ndarray) -> float:
         """``call``'s lead at ``rank`` over every other taxon: among the candidates (``call.lead``) and among the
         nearest references of other taxa (the query's embedding ``vector``)."""
-        rival = self.identity(hits.query, self.nearest(vector, rank, self.code(hits, call, rank), hits.query))
-        return min(call.lead, float(hits.taxon_identity[call.best_hit]) - rival)
+        rivals = self.nearest(vector, rank, self.code(hits, call, rank), hits.query)
+        found = verify_vectors(self.index, hits.query, rivals, RIVALS_ALIGNED) if len(rivals) else []
+        return lead_over(hits, call, found)
 
 
-def best_identity(found: Sequence) -> float:
-    """The highest identity among alignments that cover enough of the shorter sequence (0 if none)."""
+def lead_over(hits: VerifiedHits, call: RankCall, found: Sequence) -> float:
+    """``call``'s lead among the candidates, or over the best of the rivals' alignments ``found`` where that is
+    smaller (alignments that cover too little of the shorter sequence do not count)."""
     from clibd_cli.match import MIN_COVERAGE
 
-    return max((a.identity for a in found if a is not None and a.coverage >= MIN_COVERAGE), default=0.0)
+    rival = max((a.identity for a in found if a is not None and a.coverage >= MIN_COVERAGE), default=0.0)
+    return min(call.lead, float(hits.taxon_identity[call.best_hit]) - rival)
