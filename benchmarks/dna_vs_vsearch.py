@@ -9,8 +9,12 @@ Two reference/query cases from `bold_insect_coi_dev.tsv.gz`, each run through bo
   ``test_seen`` (present species) and ``test_unseen`` (absent species; their keys are left out too).
 
 Query variants, each identified by both tools: the barcode as it is; its reverse complement; its last
-313 bp (the Leray metabarcoding fragment) and last 200 bp; and non-homologous decoys (the barcode's
-codons shuffled: the same composition, no homology).  clibd: `clibd build-index` (k-mer profile,
+313 bp (the Leray metabarcoding fragment) and last 200 bp; and non-homologous decoys: the barcode's
+codons shuffled (the same composition, no homology), and real sequences of other markers (the non-target
+amplicons of a metabarcoding run), whole and cut to their last 313 and 200 bp: 94 orchid ITS1-5.8S-ITS2,
+a Phlox ITS, a Centaurea 18S/ITS, a Shewanella 16S and 7 Opuntia chloroplast rpl16 introns, the GenBank
+records that Biopython's documentation ships (Debian: `apt-get install python-biopython-doc`; without it
+that row is left out and says so).  clibd: `clibd build-index` (k-mer profile,
 HNSW, open-set identity calibration) and `clibd match`.  VSEARCH: `--usearch_global --strand both`
 (maxaccepts 1, maxrejects 32) and the customary cut-offs on the top hit's identity: species ≥ 97 %,
 genus ≥ 95 %, family ≥ 90 %, order ≥ 85 %.  Both with 2 threads; speed is end-to-end commands on the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import shutil
 import subprocess
 import sys
@@ -34,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from Bio import SeqIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import invocation, write_section
@@ -45,6 +51,28 @@ from clibd_cli.sequences import RANKS, SequenceRecord, read_sequences
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/bold_insect_coi_dev.tsv.gz"
 VSEARCH_CUTOFFS = {"species": 97.0, "genus": 95.0, "family": 90.0, "order": 85.0}
 VARIANTS = ("full", "reverse", "leray313", "last200", "shuffled")
+BIOPYTHON_DOC = Path("/usr/share/doc/python-biopython-doc")
+OTHER_MARKERS = (("Doc/examples/ls_orchid.fasta.gz", "fasta"), ("Tests/Fasta/phlox.nu", "fasta"),
+                 ("Tests/Fasta/centaurea.nu", "fasta"), ("Tests/GenBank/GU949562.1.gb", "genbank"),
+                 ("Doc/examples/opuntia.fasta.gz", "fasta"))
+
+
+def other_markers() -> list[SequenceRecord]:
+    """Real sequences of other markers (ITS, 18S, 16S, rpl16), whole and cut to their last 313 and 200 bp;
+    none where Biopython's documentation is not installed."""
+    out = []
+    for name, fmt in OTHER_MARKERS:
+        path = BIOPYTHON_DOC / name
+        if not path.exists():
+            return []
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as fh:
+            for record in SeqIO.parse(fh, fmt):
+                sequence = str(record.seq).upper()
+                for cut in ("full", "leray313", "last200"):
+                    part = sequence if cut == "full" else sequence[-int(cut[-3:]):]
+                    out.append(SequenceRecord(f"{record.id.split('|')[3] if '|' in record.id else record.id}:{cut}",
+                                              part, {}, ""))
+    return out
 
 
 def write_fasta(path: Path, records: list[SequenceRecord], with_taxonomy: bool) -> None:
@@ -223,6 +251,12 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
             results[(tool, v)] = calls
             if v == "full":
                 speed[tool] = len(queries) / seconds
+    decoys = other_markers()
+    if decoys:
+        write_fasta(work / "other_marker.fasta", decoys, with_taxonomy=False)
+        for tool, run in (("clibd", lambda f: clibd_calls(work, f, threads, taxonomy)),
+                          ("VSEARCH", lambda f: vsearch_calls(work, f, threads, taxonomy))):
+            results[(tool, "other marker")] = run(work / "other_marker.fasta")[0]
     lines = [f"### {name}: {len(reference):,} reference barcodes of "
              f"{len({r.label('species') for r in reference}):,} species; {len(present):,} present-species and "
              f"{len(absent):,} absent-species queries ({len({r.label('species') for r in absent})} species)", "",
@@ -242,6 +276,15 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
                     cells = f"any call {s['any_call']:.1%} | " + " | ".join(
                         f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order"))
                 lines.append(f"| {tool} | {label} | {cells} |")
+    for tool in ("clibd", "VSEARCH"):
+        if not decoys:
+            lines.append(f"| {tool} | other markers | not run: Biopython's documentation is not installed "
+                         f"(apt-get install python-biopython-doc) | | | |")
+            continue
+        s = score(results[(tool, "other marker")], decoys, True)
+        summary[(tool, "other markers")] = s
+        lines.append(f"| {tool} | other markers ({len(decoys)}: ITS, 18S, 16S, rpl16) | any call {s['any_call']:.1%} | "
+                     + " | ".join(f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order")) + " |")
     lines += ["", *genus_cutoffs(results, absent), *genus_gap(results, absent)]
     forward = results[("clibd", "full")]
     reverse = results[("clibd", "reverse")]
