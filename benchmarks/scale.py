@@ -9,9 +9,9 @@ out of the reference; the same queries are also matched as Leray reads (their la
 the fragment word table (:mod:`clibd_cli.anchors`) a whole-barcode run never builds.  `clibd build-index`
 and `clibd match` run as commands; peak memory is the larger of
 the maximum resident set of the command's largest process (/usr/bin/time) and the peak of its process
-tree's summed PSS (sampled every 0.2 s: `clibd match` verifies in forked processes), index size the
-folder on disk; first-stage recall is the share of present-species queries whose species is among their
-verified hits (`--hits`).
+tree's summed PSS (sampled every 0.2 s: `clibd match` verifies in forked processes; :func:`tree_pss_kb`),
+index size the folder on disk; first-stage recall is the share of present-species queries whose species
+is among their verified hits (`--hits`).
 
     python benchmarks/scale.py --sizes 100000,300000,1000000 [--work DIR]
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,13 +82,22 @@ def write_fasta(path: Path, rows, taxonomy: bool, last: int | None = None) -> No
 def measured(cmd: list[str]) -> tuple[float, float]:
     """(seconds, peak memory in GB) of a command: the larger of its largest process's peak RSS (/usr/bin/time)
     and the peak, sampled every 0.2 s, of the proportional set size (PSS) summed over its process tree, so
-    that `clibd match`'s forked verification processes count with what they do not share with the parent."""
+    that `clibd match`'s forked verification processes count with what they do not share with the parent.
+
+    A sample counts as far as the next one confirms it (the smaller of the two): processes are read one after
+    another, so memory that changes hands between two reads (a parent freeing pages its forked processes still
+    share: their shares grow after its own was read) can be counted up to one and a half times in one sample.
+    A state shorter than two samples is missed, as it may be by any sampler; the largest process's own peak
+    comes from the kernel.
+    """
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=err, text=True)
-        tree_kb = 0
+        tree_kb, last = 0, 0
         while process.poll() is None:
-            tree_kb = max(tree_kb, tree_pss_kb(process.pid))
+            sample = tree_pss_kb(process.pid)
+            if sample is not None:
+                tree_kb, last = max(tree_kb, min(last, sample)), sample
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         err.seek(0)
@@ -98,8 +108,32 @@ def measured(cmd: list[str]) -> tuple[float, float]:
     return seconds, max(peak_kb, tree_kb) / 1024**2
 
 
-def tree_pss_kb(root: int) -> int:
-    """PSS (kB) summed over process ``root`` and its descendants (Linux /proc; 0 where it cannot be read)."""
+def tree_pss_kb(root: int) -> int | None:
+    """PSS (kB) summed over process ``root`` and its descendants (Linux /proc), or None when the tree changed
+    while it was read.
+
+    A sum of PSS is exact only for a tree that stands still: a forked process read before it exits counts its
+    share of the pages it shares with its parent, and the parent read just after counts them whole
+    (2026-11-30, at 1,000,000 references: single samples of 8.8 and 8.2 GB among samples of 5.4 and 6.6 GB,
+    as the verification processes exited).  So the tree is listed again after the read, and a sample is dropped
+    where a process appeared or one read has begun to exit (it holds no pages then).
+    """
+    tree = _tree(root)
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            return None
+        found = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+        total += int(found.group(1)) if found else 0
+    if _tree(root) != tree or not all(_resident(pid) for pid in tree):
+        return None
+    return total
+
+
+def _tree(root: int) -> set[int]:
+    """Process ``root`` and its descendants."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -111,15 +145,15 @@ def tree_pss_kb(root: int) -> int:
     while grew:
         grown = tree | {pid for pid, parent in parents.items() if parent in tree}
         grew, tree = len(grown) > len(tree), grown
-    total = 0
-    for pid in tree:
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        found = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
-        total += int(found.group(1)) if found else 0
-    return total
+    return tree
+
+
+def _resident(pid: int) -> bool:
+    """Whether a process still holds pages (one that has begun to exit, or a zombie, holds none)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) > 0
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def projection(peaks: list[tuple[int, float, float]], target: int = 1_000_000) -> list[str]:
@@ -162,6 +196,7 @@ def main() -> None:
             write_fasta(work / "ref.fasta", reference, taxonomy=True)
             write_fasta(work / "queries.fasta", present + absent, taxonomy=False)
             write_fasta(work / "leray.fasta", present + absent, taxonomy=False, last=LERAY)
+            shutil.rmtree(work / "idx", ignore_errors=True)  # a rebuild keeps the previous generation on disk
             build, build_rss = measured([*clibd, "build-index", "-b", str(work / "ref.fasta"), "-o", str(work / "idx"),
                                          "--force", "--threads", str(args.threads)])
             disk = sum(f.stat().st_size for f in (work / "idx").rglob("*") if f.is_file()) / 1024**3
