@@ -67,11 +67,10 @@ def other_markers() -> list[SequenceRecord]:
             return []
         with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as fh:
             for record in SeqIO.parse(fh, fmt):
+                accession = record.id.split("|")[3] if record.id.startswith("gi|") else record.id  # gi|…|gb|ACC|…
                 sequence = str(record.seq).upper()
-                for cut in ("full", "leray313", "last200"):
-                    part = sequence if cut == "full" else sequence[-int(cut[-3:]):]
-                    out.append(SequenceRecord(f"{record.id.split('|')[3] if '|' in record.id else record.id}:{cut}",
-                                              part, {}, ""))
+                for cut, last in (("full", None), ("leray313", 313), ("last200", 200)):
+                    out.append(SequenceRecord(f"{accession}:{cut}", sequence[-last:] if last else sequence, {}, ""))
     return out
 
 
