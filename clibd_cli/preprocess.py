@@ -294,8 +294,9 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
         return _load_raw(Path(os.fspath(source)), label, max_pixels, draft_min_side)
     try:
         # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; make it fatal.  On
-        # Python 3.11 catch_warnings is process-global: a race between threads can at worst leave this
-        # one category set to "error", which is the behaviour wanted anyway.
+        # Python 3.11 catch_warnings is process-global, so with several decoding threads one can restore
+        # the filters while another is inside: that one's warning then only prints (seen once in CI,
+        # tests/test_photos.py with 4 workers), and the size check below refuses the image all the same.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open(source, label) as image:
