@@ -295,8 +295,9 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, nam
     try:
         # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; make it fatal.  On
         # Python 3.11 catch_warnings is process-global, so with several decoding threads one can restore
-        # the filters while another is inside: that one's warning then only prints (seen once in CI,
+        # the filters while another is inside: that one's warning then only prints (seen in CI,
         # tests/test_photos.py with 4 workers), and the size check below refuses the image all the same.
+        # The command line sets the filter for its whole process first (clibd_cli.cli._refuse_bomb_warnings).
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open(source, label) as image:

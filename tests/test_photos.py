@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, encoded, jpeg, png_header_only, write_table
+from conftest import SHARED, encoded, invoke, jpeg, png_header_only, write_table
 from PIL import Image
 
 import clibd_cli.photos as photos_module
@@ -346,6 +346,33 @@ def test_iter_preprocessed_decodes_good_photos_and_reports_bad_ones(mixed, worke
     assert "not an image" in reasons["notes.jpg"]
     assert "decompression bomb" in reasons["bomb.png"]
     assert "truncated" in reasons["truncated.jpg"]
+
+
+def test_the_command_line_makes_the_bomb_warning_an_error_for_its_whole_process():
+    """PIL only warns between its pixel limit and twice that.  load_image makes the warning an error per call, but
+    on Python 3.11 that filter is process-global and races between decoding threads (the [4-4-0] case above once
+    let it print), so a command sets it for its whole process before any thread starts: raised in another thread,
+    outside any per-call filter, the warning is then an error."""
+    import warnings
+
+    def raised_in_a_thread() -> bool:
+        raised = []
+
+        def warn() -> None:
+            try:
+                warnings.warn("an image over the pixel limit", Image.DecompressionBombWarning, stacklevel=1)
+            except Image.DecompressionBombWarning:
+                raised.append(True)
+
+        thread = threading.Thread(target=warn)
+        thread.start()
+        thread.join()
+        return bool(raised)
+
+    with pytest.warns(Image.DecompressionBombWarning):  # before any command: a warning only
+        assert not raised_in_a_thread()
+    assert invoke("match", "--help").exit_code == 0
+    assert raised_in_a_thread()
 
 
 def test_transparent_areas_become_white(mixed):

@@ -45,6 +45,23 @@ def _main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """clibd: CLIBD embeddings for barcodes and photos, with honest per-rank calls."""
+    _refuse_bomb_warnings()
+
+
+def _refuse_bomb_warnings() -> None:
+    """Make PIL's decompression-bomb warning an error for the whole process, which the command line owns.
+
+    PIL only warns for images between its pixel limit and twice that; clibd refuses them
+    (:func:`clibd_cli.preprocess.load_image` turns the warning into an error per call).  On Python 3.11 that
+    per-call filter is process-global, so with several decoding threads one can restore the filters while
+    another is inside and the warning prints.  Set once here, before any thread starts, every filter list the
+    threads save and restore holds it.  (PIL.Image imports in ~20 ms; the library itself sets no global filter.)
+    """
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 from clibd_cli.cli import evaluation, identify, models, references, report, training  # noqa: E402  (commands need `app`'s module loaded)
