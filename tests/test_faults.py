@@ -251,6 +251,11 @@ def test_resume_refuses_to_mix_runs(tmp_path, queries, indexes):
     assert invoke("match", fasta, "-i", a, "-o", out, "--resume").exit_code == 0  # the same run continues
 
 
+def _lines(path: Path) -> int:
+    """Lines in a file (0 when it does not exist yet)."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 def _one_change(sequence: str, i: int) -> str:
     """``sequence`` with the base at position ``i // 3`` replaced (three different ways by ``i % 3``)."""
     p = (i // 3) % len(sequence)
@@ -273,10 +278,13 @@ def test_hits_survive_kill_and_resume(tmp_path, indexes):
     fasta = write_fasta(tmp_path / "many.fasta", specimens)
     out, hits = tmp_path / "o.csv", tmp_path / "h.csv"
     killed = 0
-    for delay in (3.0, 4.5):
+    for _ in range(2):  # killed as soon as the run has written rows of its own (a fixed delay raced the run)
+        before = _lines(out)
         process = clibd("match", fasta, "-i", index, "-o", out, "--hits", hits, "--top-k", "3", "--batch-size",
                         "50", *(["--resume"] if out.exists() else []))
-        time.sleep(delay)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and _lines(out) <= max(before, 1) and time.monotonic() < deadline:
+            time.sleep(0.005)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed += 1
