@@ -231,6 +231,12 @@ def score(calls: dict, queries: list[SequenceRecord], absent: bool) -> dict[str,
     return out
 
 
+def decoy_cells(s: dict[str, float]) -> str:
+    """A non-homologous row's cells: any call at all, then how often genus, family and order were called."""
+    return f"any call {s['any_call']:.1%} | " + " | ".join(f"{s[f'{r}_wrong']:.1%} called"
+                                                          for r in ("genus", "family", "order"))
+
+
 def run_case(name: str, reference, present, absent, threads: int, seed: int, work: Path) -> tuple[list[str], dict]:
     taxonomy = {r.id: {rank: r.label(rank) for rank in RANKS} for r in reference}
     write_fasta(work / "ref.fasta", reference, with_taxonomy=True)
@@ -272,8 +278,7 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
                 summary[(tool, label)] = s
                 cells = " | ".join(f"{s[f'{r}_right']:.1%} / {s[f'{r}_wrong']:.1%}" for r in reversed(RANKS))
                 if v == "shuffled":
-                    cells = f"any call {s['any_call']:.1%} | " + " | ".join(
-                        f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order"))
+                    cells = decoy_cells(s)
                 lines.append(f"| {tool} | {label} | {cells} |")
     for tool in ("clibd", "VSEARCH"):
         if not decoys:
@@ -282,8 +287,7 @@ def run_case(name: str, reference, present, absent, threads: int, seed: int, wor
             continue
         s = score(results[(tool, "other marker")], decoys, True)
         summary[(tool, "other markers")] = s
-        lines.append(f"| {tool} | other markers ({len(decoys)}: ITS, 18S, 16S, rpl16) | any call {s['any_call']:.1%} | "
-                     + " | ".join(f"{s[f'{r}_wrong']:.1%} called" for r in ("genus", "family", "order")) + " |")
+        lines.append(f"| {tool} | other markers ({len(decoys)}: ITS, 18S, 16S, rpl16) | {decoy_cells(s)} |")
     lines += ["", *genus_cutoffs(results, absent), *genus_gap(results, absent)]
     forward = results[("clibd", "full")]
     reverse = results[("clibd", "reverse")]

@@ -112,6 +112,10 @@ CREATE TABLE records (
 """
 
 
+# One row per distinct vector of a part (its records share the barcode), in vector order.
+_PER_VECTOR = "FROM records WHERE modality = ? GROUP BY vector ORDER BY vector"
+
+
 class VectorFilter(Protocol):
     """Which distinct vectors a search may return: per vector (a graph search's filter) or as a mask (a scan)."""
 
@@ -433,8 +437,7 @@ class ReferenceIndex:
                 inputs = [first.get(j, "") for j in range(max(first, default=-1) + 1)]
             else:
                 with _connect(self.records_db) as db:
-                    rows = db.execute("SELECT vector, sequence FROM records WHERE modality = ? "
-                                      "GROUP BY vector ORDER BY vector", (self.modality,)).fetchall()
+                    rows = db.execute(f"SELECT vector, sequence {_PER_VECTOR}", (self.modality,)).fetchall()
                 inputs = [""] * (rows[-1][0] + 1 if rows else 0)
                 for j, sequence in rows:
                     inputs[j] = sequence or ""
@@ -463,13 +466,13 @@ class ReferenceIndex:
                 self._input_codes = _encoded(lengths, (inputs[i : i + INPUT_BLOCK]
                                                        for i in range(0, len(inputs), INPUT_BLOCK)))
             else:
-                distinct = "FROM records WHERE modality = ? GROUP BY vector ORDER BY vector"
                 with _connect(self.records_db) as db:
-                    sizes = db.execute(f"SELECT vector, length(sequence) {distinct}", (self.modality,)).fetchall()
+                    sizes = db.execute(f"SELECT vector, length(sequence) {_PER_VECTOR}",
+                                       (self.modality,)).fetchall()
                     lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
                     for j, size in sizes:
                         lengths[j] = size or 0
-                    cursor = db.execute(f"SELECT sequence {distinct}", (self.modality,))
+                    cursor = db.execute(f"SELECT sequence {_PER_VECTOR}", (self.modality,))
                     self._input_codes = _encoded(lengths, ([s or "" for (s,) in rows]
                                                            for rows in iter(lambda: cursor.fetchmany(INPUT_BLOCK), [])))
         return self._input_codes
