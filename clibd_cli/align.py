@@ -277,6 +277,17 @@ def ungapped_many(query: np.ndarray, targets: Sequence[np.ndarray], shifts: Sequ
     return out
 
 
+def diagonal_overlap(query_length: int, target_length: int, shift: int | None) -> int:
+    """Columns where both sequences have a base along the diagonal ``shift`` (target position − query position).
+
+    The whole overlap two staggered barcodes allow (one begins earlier, the other ends later) is less than the
+    shorter one's length: a diagonal that spans it holds no indel just as one spanning a contained sequence does.
+    """
+    if shift is None:
+        return 0
+    return max(0, min(query_length, target_length - shift) - max(0, -shift))
+
+
 class _Spelled(Sequence[str]):
     """Targets as sequences, spelled from their base codes when one is asked for."""
 
@@ -310,11 +321,12 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
         targets = _Spelled(codes)
     elif codes is None:
         codes = [base_codes(t) for t in targets]
+    shifts = diagonals(q, codes)
     fast = [_covering(a, len(q), len(t)) if a is not None else None
-            for a, t in zip(ungapped_many(q, codes, diagonals(q, codes)), codes, strict=True)]
+            for a, t in zip(ungapped_many(q, codes, shifts), codes, strict=True)]
     out: list[Alignment | None] = [a if a is not None and a.identity >= FAST_IDENTITY and
-                                   a.overlap >= min(len(q), len(t)) - FAST_END_SLACK else None
-                                   for a, t in zip(fast, codes, strict=True)]
+                                   a.overlap >= diagonal_overlap(len(q), len(t), shift) - FAST_END_SLACK else None
+                                   for a, t, shift in zip(fast, codes, shifts, strict=True)]
     # A diagonal segment over most of the overlap estimates the identity (an indel splits the diagonal,
     # the larger part survives); a sliver (a chance anchor in an unrelated sequence) estimates nothing.
     estimate = {i: (fast[i].identity * (1.0 if fast[i].coverage >= 0.5 else fast[i].coverage)

@@ -63,6 +63,25 @@ def test_fast_path_agrees_with_alignment():
     assert limited[0] == fast[0] and limited[1] == fast[1]  # the diagonal ones needed no alignment
 
 
+def test_staggered_barcodes_need_no_alignment():
+    """Two barcodes that overlap staggered (one starts earlier, the other ends later) match along one diagonal
+    over the whole overlap they allow, shorter than either: that diagonal is their alignment, found without one."""
+    from clibd_cli.align import diagonal_overlap
+
+    assert diagonal_overlap(560, 560, 90) == 470 and diagonal_overlap(560, 560, -90) == 470
+    assert diagonal_overlap(313, 658, 345) == 313 and diagonal_overlap(658, 313, -345) == 313
+    assert diagonal_overlap(100, 100, 150) == 0 and diagonal_overlap(100, 100, None) == 0
+    rng = np.random.default_rng(8)
+    base = random_sequence(rng, 650)
+    query, targets = base[:560], [mutate(base[90:], 0.01, rng), mutate(base, 0.02, rng)[:480]]
+    quick = verify(query, targets, full=0)  # nothing may be aligned
+    for found, aligned in zip(quick, align_many(query, targets), strict=True):
+        assert found is not None and found.overlap < 560
+        assert abs(found.identity - aligned.identity) <= 0.003 and abs(found.overlap - aligned.overlap) <= 2
+    shifted = base[:300] + base[303:560]  # an indel is still aligned: its diagonal spans half the overlap
+    assert verify(shifted, targets[:1], full=0) == [None]
+
+
 def test_identity_matches_biopython_on_real_barcodes():
     data = shared_path("bold_insect_coi_dev.tsv.gz")
     if not data.exists():
