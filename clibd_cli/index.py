@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,7 @@ GLOBAL_KEYS = ("format_version", "clibd_version", "metric", "hnsw", "records")
 RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
 RESCORE_BLOCK = 128  # queries whose candidate rows are read and rescored at a time
+LOOKUP_BLOCK = 500  # rowids per SQLite query (older SQLite builds allow 999 parameters)
 INPUT_BLOCK = 8192  # barcodes encoded to base codes at a time (a joined copy of them all would be transient GBs)
 
 _SCHEMA = """
@@ -168,6 +171,12 @@ class ReferenceIndex:
         self._lineage_keys: np.ndarray | None = None
         self._inputs: list[str] | None = None
         self._input_codes: tuple[np.ndarray, np.ndarray] | None = None
+        self._rowids: np.ndarray | None = None  # a saved index's SQLite rowid of each record row
+        self._lookup: _InputLookup | None = None
+        self.look_up_inputs = False
+        """Read the barcodes :meth:`input_codes` is asked for from SQLite as they are asked for, instead of
+        encoding every one first (a saved index only): for a run that touches few of them (`clibd match` of a
+        few barcodes against a million references: 7 s of encoding saved)."""
         self._bins: dict[str, int] | None = None
         self._anchors = None
         self._spreads: dict[str, np.ndarray] = {}
@@ -447,8 +456,14 @@ class ReferenceIndex:
     def input_codes(self, vectors: Sequence[int]) -> list[np.ndarray]:
         """:meth:`vector_inputs` of some vectors as base codes (0-3, N = 4), encoded once for the whole index.
 
-        One byte per base in one buffer: alignment verification looks up ~32 barcodes per query.
+        One byte per base in one buffer: alignment verification looks up ~64 barcodes per query.  With
+        :attr:`look_up_inputs` set (and no buffer built yet), only these vectors' barcodes are read and encoded.
         """
+        if self._input_codes is None and self.look_up_inputs and self._rowids is not None:
+            if self._lookup is None or self._lookup.pid != os.getpid():  # a connection must not cross a fork
+                self._lookup = _InputLookup(self.records_db)
+            indptr, members = self._members()
+            return self._lookup.codes(vectors, lambda v: int(self._rowids[members[indptr[v]]]))
         bases, offsets = self._encoded_inputs()
         return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
 
@@ -646,7 +661,7 @@ class ReferenceIndex:
         manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **stored["parts"][modality]}
         records = _records_file(directory, manifest)
         _verify(records, typed.records_sha256, directory)
-        labels = _labels_from_db(records, modality)
+        labels, rowids = _labels_from_db(records, modality)
         if len(labels.record_id) != part.counts.records:
             raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
                              f"manifest says {part.counts.records}. Rebuild the index.")
@@ -668,6 +683,7 @@ class ReferenceIndex:
                              f"{part.counts.vectors}. Rebuild the index.")
         index = cls(manifest, labels, vectors=vectors, graph=graph, path=directory)
         index._stored = True
+        index._rowids = rowids
         index._spec = part
         return index
 
@@ -911,11 +927,11 @@ def _labels_from_records(records: Sequence[SequenceRecord], vector: np.ndarray) 
                   _shared(r.bin for r in records), vector)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
     if not path.exists():
         raise InputError(f"{path}: missing. Rebuild the index.")
     try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
         raise InputError(f"{path}: cannot be opened ({exc}). Rebuild the index.") from exc
 
@@ -933,17 +949,45 @@ def _encoded(lengths: np.ndarray, blocks: Iterable[Sequence[str]]) -> tuple[np.n
     return bases, offsets
 
 
-def _labels_from_db(path: Path, modality: str) -> Labels:
+def _labels_from_db(path: Path, modality: str) -> tuple[Labels, np.ndarray]:
+    """The part's labels and the SQLite rowid of each of its records."""
     with _connect(path) as db:
         try:
-            rows = db.execute('SELECT record_id, "order", family, genus, species, bin, vector FROM records '
+            rows = db.execute('SELECT record_id, "order", family, genus, species, bin, vector, rowid FROM records '
                               "WHERE modality = ? ORDER BY rowid", (modality,)).fetchall()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path}: not a readable records database ({exc}). Rebuild the index.") from exc
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
     arrays = [np.array(columns[0], dtype=object), *(_shared(c) for c in columns[1:6])]
-    return Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5],
-                  np.array(columns[6], dtype=np.int64))
+    return (Labels(arrays[0], dict(zip(RANKS, arrays[1:5], strict=True)), arrays[5],
+                   np.array(columns[6], dtype=np.int64)), np.array(columns[7], dtype=np.int64))
+
+
+class _InputLookup:
+    """Barcodes of a saved index read from SQLite by rowid as they are asked for, encoded once and kept.
+
+    One per process (a SQLite connection must not cross a fork); verification threads share it under its lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.pid, self.path = os.getpid(), path
+        self.db = _connect(path, check_same_thread=False)
+        self.lock = threading.Lock()
+        self.kept: dict[int, np.ndarray] = {}
+
+    def codes(self, vectors: Sequence[int], rowid_of: Callable[[int], int]) -> list[np.ndarray]:
+        """Base codes of ``vectors``' barcodes; ``rowid_of`` names a record of each vector (they share it)."""
+        with self.lock:
+            missing = sorted({int(v) for v in vectors} - self.kept.keys())
+            for start in range(0, len(missing), LOOKUP_BLOCK):
+                wanted = {rowid_of(v): v for v in missing[start : start + LOOKUP_BLOCK]}
+                rows = self.db.execute(f"SELECT rowid, sequence FROM records WHERE rowid IN "
+                                       f"({','.join('?' * len(wanted))})", list(wanted)).fetchall()
+                for rowid, sequence in rows:
+                    self.kept[wanted[rowid]] = base_codes(sequence or "")
+                if len(rows) != len(wanted):
+                    raise InputError(f"{self.path}: lacks records the index refers to (damaged). Rebuild the index.")
+            return [self.kept[int(v)] for v in vectors]
 
 
 def _read_records(path: Path, modality: str) -> list[SequenceRecord]:

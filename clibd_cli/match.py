@@ -71,6 +71,7 @@ FRAGMENT_LENGTH = 500  # bp: shorter queries also get candidates by shared exact
 FRAGMENT_CANDIDATES = 16
 VOTE_CELLS = 4_000_000  # queries × columns² assigned at once (assign_verified)
 LOW_OVERLAP_SHARE = 0.75  # the top hit covers less than this share of the query: flag low_overlap
+LOOKUP_COST = 4  # a barcode read from SQLite by rowid costs about as much as encoding this many (identify)
 REPEATS_KEPT = 10_000  # distinct sequences whose calls a run keeps for repeats (~8 KB each: 80 MB at most)
 THRESHOLD_SOURCES = ("calibrated", "conventional")
 SCORE = "alignment identity over the overlap (fraction)"
@@ -338,14 +339,19 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
     rules = _Rules(thresholds, leads, short_reads, options.neighbours, Rivals(index))
+    head: list[SequenceRecord] | None
+    head, failed = _next_batch(stream, options.batch_size)
+    # A run that fits in one batch and whose candidates are few beside the reference's barcodes reads theirs
+    # from SQLite instead of encoding every one (7 s for a million; a lookup costs LOOKUP_COST encodings).
+    index.look_up_inputs = failed is None and len(head) < options.batch_size and \
+        len(head) * options.candidates * LOOKUP_COST <= index.spec.counts.vectors
     with Verifier(index, options.threads) as verifier:
         ahead: _Batch | None = None
         while True:
-            failed: Exception | None = None
-            try:
-                batch = list(islice(stream, options.batch_size))
-            except Exception as error:  # a bad record: the batch in flight is still written, then it stops
-                batch, failed = [], error
+            if head is not None:
+                batch, head = head, None
+            else:
+                batch, failed = _next_batch(stream, options.batch_size)
             job = None
             if batch:
                 reused = {q.sequence: seen[q.sequence] for q in batch if q.sequence in seen}
@@ -369,6 +375,15 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
             if job is None:
                 break
             ahead = job
+
+
+def _next_batch(stream: Iterator[SequenceRecord], size: int) -> tuple[list[SequenceRecord], Exception | None]:
+    """The next ``size`` queries, or (none, the error) at a bad record: the batch in flight is still written, then
+    the run stops."""
+    try:
+        return list(islice(stream, size)), None
+    except Exception as error:
+        return [], error
 
 
 def _row(query: SequenceRecord, called: Mapping[str, _Called], top_k: int, index: ReferenceIndex) -> MatchResult:

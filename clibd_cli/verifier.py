@@ -101,7 +101,8 @@ class Verifier:
         self._processes: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
         if index.size:  # the shared lookup tables are built on first use: before workers read them
-            index.input_codes([0])
+            if not index.look_up_inputs:  # (else each process reads the few barcodes it needs)
+                index.input_codes([0])
             index.members(0)
             index.taxa(0)
         if workers > 1 and _FORK and index.size:

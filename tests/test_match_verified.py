@@ -291,3 +291,38 @@ def test_a_verification_process_that_dies_is_an_error_not_a_hang(split_reference
         os.kill(next(iter(verifier._processes._processes)), signal.SIGKILL)
         with pytest.raises(ClibdError, match="verification process ended unexpectedly"):
             waiting()
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["processes", "threads"])
+def test_a_small_run_reads_only_its_candidates_barcodes(split_reference, tmp_path, monkeypatch, fork):
+    """A run of a few queries against a saved index reads its candidates' barcodes from SQLite instead of encoding
+    every barcode of the reference first: the same rows and hits, in verification processes or threads, fragments
+    (whose word table encodes them all after all) included."""
+    import clibd_cli.match as match
+    from clibd_cli import verifier as verification
+
+    monkeypatch.setattr(verification, "_FORK", fork and verification._FORK)
+    default_cost = match.LOOKUP_COST
+    reference, known, novel = split_reference
+    ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder()).save(tmp_path / "idx")
+    full = [SequenceRecord(f"q{i}", s.sequence) for i, s in enumerate([*known[:4], *novel[:2]])]
+    fragments = [*full, SequenceRecord("leray", known[4].sequence[-313:]), SequenceRecord("empty", "")]
+
+    def run(queries: list[SequenceRecord], cost: int) -> tuple[str, ReferenceIndex]:
+        monkeypatch.setattr(match, "LOOKUP_COST", cost)
+        index = ReferenceIndex.load(tmp_path / "idx")
+        found = identify(queries, index, KmerProfileEncoder(), dict(CONVENTIONAL), MatchOptions(top_k=5, threads=2))
+        return repr([(r.row, r.hits) for r in found]), index  # repr: a missing identity (nan) reads the same
+
+    for queries in (full, fragments):
+        encoded, everything = run(queries, 10**9)  # a lookup costing this much: every barcode encoded first
+        looked_up, few = run(queries, 0)
+        assert not everything.look_up_inputs and everything._input_codes is not None
+        assert few.look_up_inputs and looked_up == encoded
+    assert few._input_codes is not None  # the fragment's word table needs them all
+    _, few = run(full, 0)
+    assert few._input_codes is None  # whole barcodes: none encoded but those read
+    if not verification._FORK:  # (verification threads read them in this process)
+        assert 0 < len(few._lookup.kept) < few.spec.counts.vectors
+    _, default = run(full, default_cost)
+    assert not default.look_up_inputs  # 6 queries × 64 candidates are not few beside this small reference
