@@ -123,11 +123,7 @@ ANCHOR_K = 10  # 4^10 table entries (4 MB); a random 10-mer hit is rare in a 658
 FAST_IDENTITY = 0.90  # measured: full-overlap diagonals ≥ 86 % differ from the alignment by ≤ 0.45 point
 NEAR_IDENTITY = 0.97  # once a hit this close is verified, far candidates need no alignment
 ALIGN_BATCH = 4
-# A diagonal's best segment ending this much short of the diagonal's span: terminal mismatches, which an overlap
-# alignment aligns too (verify).  Further short, an indel near an end: measured on the held-out queries of
-# benchmarks/dna_vs_vsearch.py against Opal, identity over the span is exact for 84 % of pairs 1-2 short and 65 % of
-# those 3-5 short, for 34 % of those 6-12 short (99th percentile 2.0 points): those are aligned.
-FAST_END_SLACK = 5
+FAST_END_SLACK = 12  # a diagonal segment this much shorter than the possible overlap hides an indel
 
 
 _LOOKUP = np.full(256, 4, dtype=np.uint8)
@@ -292,16 +288,6 @@ def diagonal_overlap(query_length: int, target_length: int, shift: int | None) -
     return max(0, min(query_length, target_length - shift) - max(0, -shift))
 
 
-def spanned(query: np.ndarray, target: np.ndarray, shift: int) -> Alignment:
-    """Identity over the whole span of a diagonal (:func:`diagonal_overlap`), as an overlap alignment without indels
-    has it: Biopython's and Opal's align a terminal mismatch rather than leave the ends of both sequences unaligned
-    (tests/test_align.py), while the diagonal's best-scoring segment (:func:`ungapped_many`) stops before it."""
-    lo, hi = max(0, -shift), min(len(query), len(target) - shift)
-    a, b = query[lo:hi], target[lo + shift : hi + shift]
-    matches = int(((a == b) & (a != 4)).sum())
-    return _covering(Alignment(matches / (hi - lo), hi - lo, matches), len(query), len(target))
-
-
 class _Spelled(Sequence[str]):
     """Targets as sequences, spelled from their base codes when one is asked for."""
 
@@ -321,14 +307,14 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
 
     A target that matches the query along one diagonal at ≥ :data:`FAST_IDENTITY`, over (nearly) the
     whole overlap the two sequences allow, needs no alignment: COI is coding, indels are rare, and on
-    real BOLD pairs identity over such a diagonal's span (:func:`spanned`) equals the optimal overlap
-    alignment's for 95 % of them, 99 % within 0.2 point (tests/test_align.py checks against Biopython).
-    The others (indels, distant or unrelated sequences) are aligned with Opal (overlap mode) in the order
-    of their diagonal identity, a few at a time, at most ``full`` of them; once a hit at
-    ≥ :data:`NEAR_IDENTITY` is verified, only while that estimate is within ``margin`` of the best: a hit
-    three points below it weighs e^-3 of it in the vote.  Targets left out are ``None`` (not verified).
-    ``codes``: the targets' :func:`base_codes`, when the caller has them already (``targets`` may then be
-    None: the few that are aligned are spelled from their codes).
+    real BOLD pairs such diagonals differ from the optimal overlap alignment by at most 0.45 identity
+    point (mean 0.0; tests/test_align.py checks against Biopython).  The others (indels, distant or
+    unrelated sequences) are aligned with Opal (overlap mode) in the order of their diagonal identity,
+    a few at a time, at most ``full`` of them; once a hit at ≥ :data:`NEAR_IDENTITY` is verified, only
+    while that estimate is within ``margin`` of the best: a hit three points below it weighs e^-3 of it
+    in the vote.  Targets left out are ``None`` (not verified).  ``codes``: the targets' :func:`base_codes`,
+    when the caller has them already (``targets`` may then be None: the few that are aligned are spelled
+    from their codes).
     """
     q = base_codes(query)
     if targets is None:
@@ -338,7 +324,7 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
     shifts = diagonals(q, codes)
     fast = [_covering(a, len(q), len(t)) if a is not None else None
             for a, t in zip(ungapped_many(q, codes, shifts), codes, strict=True)]
-    out: list[Alignment | None] = [spanned(q, t, shift) if a is not None and a.identity >= FAST_IDENTITY and
+    out: list[Alignment | None] = [a if a is not None and a.identity >= FAST_IDENTITY and
                                    a.overlap >= diagonal_overlap(len(q), len(t), shift) - FAST_END_SLACK else None
                                    for a, t, shift in zip(fast, codes, shifts, strict=True)]
     # A diagonal segment over most of the overlap estimates the identity (an indel splits the diagonal,
