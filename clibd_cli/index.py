@@ -45,6 +45,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -659,16 +660,20 @@ class ReferenceIndex:
                              f"Add them with 'clibd build-index --append'.")
         part = parts[modality]
         manifest = {**{k: stored[k] for k in GLOBAL_KEYS if k in stored}, **stored["parts"][modality]}
-        records = _records_file(directory, manifest)
-        _verify(records, typed.records_sha256, directory)
-        labels, rowids = _labels_from_db(records, modality)
-        if len(labels.record_id) != part.counts.records:
-            raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
-                             f"manifest says {part.counts.records}. Rebuild the index.")
-        file = _part_file(directory, manifest)
-        if not file.exists():
-            raise InputError(f"{directory}: {part.file} is missing. Rebuild the index.")
-        _verify(file, part.sha256, directory)  # hnswlib crashes on a damaged file: check first
+        records, file = _records_file(directory, manifest), _part_file(directory, manifest)
+        # The search file (most of an index's bytes) is hashed while SQLite is read: file reads and hashlib leave
+        # the interpreter lock (3.5 s of a million references' start-up).  hnswlib crashes on a damaged file, so it
+        # reads the file only once the sum is checked.
+        with ThreadPoolExecutor(1) as hashing:
+            digest = hashing.submit(sha256_file, file) if part.sha256 is not None and file.exists() else None
+            _verify(records, typed.records_sha256, directory)
+            labels, rowids = _labels_from_db(records, modality)
+            if len(labels.record_id) != part.counts.records:
+                raise InputError(f"{directory}: records.sqlite has {len(labels.record_id)} {modality} rows but the "
+                                 f"manifest says {part.counts.records}. Rebuild the index.")
+            if not file.exists():
+                raise InputError(f"{directory}: {part.file} is missing. Rebuild the index.")
+            _verify(file, part.sha256, directory, digest.result() if digest is not None else None)
         dim = part.encoder.dim
         graph = vectors = None
         if file.suffix == VECTORS_SUFFIX:
@@ -762,9 +767,10 @@ def _previous_manifest(directory: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("parts"), dict) else None
 
 
-def _verify(path: Path, expected: str | None, directory: Path) -> None:
-    """Refuse a data file whose sha256 differs from the manifest's (format 3 indexes have none)."""
-    if expected is not None and path.exists() and sha256_file(path) != expected:
+def _verify(path: Path, expected: str | None, directory: Path, digest: str | None = None) -> None:
+    """Refuse a data file whose sha256 (``digest``, if computed already) differs from the manifest's (format 3
+    indexes have none)."""
+    if expected is not None and path.exists() and (digest or sha256_file(path)) != expected:
         raise InputError(f"{path}: does not match the checksum in {directory / MANIFEST} (damaged, or copied "
                          "from another index). Rebuild the index.")
 
