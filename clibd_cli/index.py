@@ -463,8 +463,9 @@ class ReferenceIndex:
         if self._input_codes is None and self.look_up_inputs and self._rowids is not None:
             if self._lookup is None or self._lookup.pid != os.getpid():  # a connection must not cross a fork
                 self._lookup = _InputLookup(self.records_db)
-            indptr, members = self._members()
-            return self._lookup.codes(vectors, lambda v: int(self._rowids[members[indptr[v]]]))
+            indptr, members = self._members()  # a vector's first record: its records share the barcode
+            vectors = np.asarray(vectors, dtype=np.int64)
+            return self._lookup.codes(vectors, self._rowids[members[indptr[vectors]]])
         bases, offsets = self._encoded_inputs()
         return [bases[offsets[v] : offsets[v + 1]] for v in vectors]
 
@@ -981,19 +982,20 @@ class _InputLookup:
         self.lock = threading.Lock()
         self.kept: dict[int, np.ndarray] = {}
 
-    def codes(self, vectors: Sequence[int], rowid_of: Callable[[int], int]) -> list[np.ndarray]:
-        """Base codes of ``vectors``' barcodes; ``rowid_of`` names a record of each vector (they share it)."""
+    def codes(self, vectors: np.ndarray, rowids: np.ndarray) -> list[np.ndarray]:
+        """Base codes of ``vectors``' barcodes, read from the records at ``rowids`` (one per vector)."""
         with self.lock:
-            missing = sorted({int(v) for v in vectors} - self.kept.keys())
+            missing = sorted({(r, v) for r, v in zip(rowids.tolist(), vectors.tolist(), strict=True)
+                              if v not in self.kept})
             for start in range(0, len(missing), LOOKUP_BLOCK):
-                wanted = {rowid_of(v): v for v in missing[start : start + LOOKUP_BLOCK]}
+                wanted = dict(missing[start : start + LOOKUP_BLOCK])
                 rows = self.db.execute(f"SELECT rowid, sequence FROM records WHERE rowid IN "
                                        f"({','.join('?' * len(wanted))})", list(wanted)).fetchall()
                 for rowid, sequence in rows:
                     self.kept[wanted[rowid]] = base_codes(sequence or "")
                 if len(rows) != len(wanted):
                     raise InputError(f"{self.path}: lacks records the index refers to (damaged). Rebuild the index.")
-            return [self.kept[int(v)] for v in vectors]
+            return [self.kept[v] for v in vectors.tolist()]
 
 
 def _read_records(path: Path, modality: str) -> list[SequenceRecord]:
