@@ -68,21 +68,29 @@ class AnchorTable:
 
     def candidates(self, query: str, n: int) -> np.ndarray:
         """Up to ``n`` references sharing the most sampled 12-mers with ``query`` (most first)."""
+        return self.most_shared(query, n)[0]
+
+    def most_shared(self, query: str, *sizes: int) -> list[np.ndarray]:
+        """:meth:`candidates` of ``query`` for each size, its words looked up and counted once (at a million
+        references, finding which references share any word costs as much as looking the words up)."""
         kmers = np.unique(_kmers(base_codes(query), K))
         kmers = kmers[kmers >= 0].astype(np.uint64)
         if not len(kmers) or not len(self.packed):
-            return np.empty(0, dtype=np.int64)
+            return [np.empty(0, dtype=np.int64) for _ in sizes]
         start = np.searchsorted(self.packed, kmers << np.uint64(32), side="left")
         stop = np.searchsorted(self.packed, (kmers + np.uint64(1)) << np.uint64(32), side="left")
         length = stop - start
         keep = (length > 0) & (length <= MAX_POSTINGS)
         if not keep.any():
-            return np.empty(0, dtype=np.int64)
+            return [np.empty(0, dtype=np.int64) for _ in sizes]
         start, length = start[keep], length[keep]
         offsets = np.repeat(start - np.r_[0, np.cumsum(length)[:-1]], length) + np.arange(length.sum())
         owners = (self.packed[offsets] & np.uint64(0xFFFFFFFF)).astype(np.int64)
         counts = np.bincount(owners, minlength=self.size)
-        top = np.flatnonzero(counts)
-        if len(top) > n:
-            top = top[np.argpartition(-counts[top], n - 1)[:n]]
-        return top[np.argsort(-counts[top], kind="stable")].astype(np.int64)
+        sharing = np.flatnonzero(counts)
+        minus_counts = -counts[sharing]
+        found = []
+        for n in sizes:
+            top = sharing[np.argpartition(minus_counts, n - 1)[:n]] if len(sharing) > n else sharing
+            found.append(top[np.argsort(-counts[top], kind="stable")].astype(np.int64))
+        return found

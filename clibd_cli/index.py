@@ -163,6 +163,7 @@ class ReferenceIndex:
         self.path = path
         self._vectors = vectors
         self._graph = graph
+        self._graph_lock = threading.Lock()  # a search's breadth is the graph's: set and searched under this lock
         self._rows: GraphRows | None = None
         self._stored = False  # True while the part's file on disk holds exactly these vectors
         self._csr: tuple[np.ndarray, np.ndarray] | None = None
@@ -347,8 +348,9 @@ class ReferenceIndex:
         if exact:
             vec_labels = exact_knn(queries, self.vectors(), k_vec)[0]
         else:
-            self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
-            vec_labels = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)[0].astype(np.int64)
+            with self._graph_lock:
+                self._graph.set_ef(max(HNSW_EF_SEARCH, 2 * k_vec))
+                vec_labels = self._graph.knn_query(queries, k=k_vec, num_threads=threads or -1)[0].astype(np.int64)
         # Rescored over the candidates' rows only, read per block of queries (a few MB); np.unique keeps the
         # rows' order, so ties break as over all rows, and blocks are rescore's own chunks: the same scores.
         queries = np.asarray(queries, dtype=np.float32)
@@ -369,9 +371,10 @@ class ReferenceIndex:
         ``allowed.mask()``."""
         query = np.asarray(query, dtype=np.float32)
         if self._graph is not None and self.spec.counts.vectors > EXACT_MAX:
-            self._graph.set_ef(max(ef, k))
             try:
-                return self._graph.knn_query(query[None], k=k, num_threads=1, filter=allowed)[0][0].astype(np.int64)
+                with self._graph_lock:
+                    self._graph.set_ef(max(ef, k))
+                    return self._graph.knn_query(query[None], k=k, num_threads=1, filter=allowed)[0][0].astype(np.int64)
             except RuntimeError:  # fewer than k allowed, or the filter cut the graph where the search went: scan
                 pass
         rows = np.flatnonzero(allowed.mask())

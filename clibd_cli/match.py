@@ -46,7 +46,7 @@ from clibd_cli.assign import (
 from clibd_cli.encoders import Encoder
 from clibd_cli.errors import ClibdError
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.rivals import RIVAL_RANKS, Rivals
+from clibd_cli.rivals import RIVAL_RANKS, WORD_POOL, Rivals
 from clibd_cli.sequences import RANKS, SequenceRecord, SequenceStream
 from clibd_cli.verifier import Verifier, verify_vectors
 from clibd_cli.workflow import Listener, Notes, ReadOptions, as_notes, paths_of
@@ -214,7 +214,8 @@ def ranked_hits(found: Sequence[Alignment | None], index: ReferenceIndex, vector
 
 def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresholds: dict[str, float], k: int,
                     tau: float = IDENTITY_TAU, leads: Mapping[str, LeadRule] | None = None,
-                    rivals: Rivals | None = None, embeddings: Sequence[np.ndarray] = ()) -> list[Assignment]:
+                    rivals: Rivals | None = None, embeddings: Sequence[np.ndarray] = (),
+                    word_pools: Sequence[np.ndarray | None] = ()) -> list[Assignment]:
     """Per-rank calls on identity, voted by each query's leading taxa (:class:`VerifiedHits`); a call's
     ``best_hit`` is a column of ``taxa``.  Hits whose overlap is too short to support a species abstain there.
 
@@ -223,14 +224,15 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
     :func:`clibd_cli.calibrate.calibrate_open_set`).  The taxa that vote are often one haplotype, which hides
     a second genus 0.2 points further away.  With ``rivals`` (and the queries' ``embeddings``), a lead that
     would make a call on its own is measured against the nearest references of other taxa too
-    (:mod:`clibd_cli.rivals`), as calibration measured it.
+    (:mod:`clibd_cli.rivals`), as calibration measured it; a fragment's are also looked for among its
+    ``word_pools`` (the references sharing the most words with it, :class:`_Proposal`; none given: none looked at).
     """
     width = max((h.voters for h in hits), default=0) or 1
     step = max(1, VOTE_CELLS // width**2)  # the vote compares every pair of columns: bounded memory
     if len(hits) > step:
         return [a for start in range(0, len(hits), step)
                 for a in assign_verified(hits[start : start + step], index, thresholds, k, tau, leads, rivals,
-                                         embeddings[start : start + step])]
+                                         embeddings[start : start + step], word_pools[start : start + step])]
     n = len(hits)
     sims = np.full((n, width), -np.inf)
     labels = np.full((n, width), -1, dtype=np.int64)
@@ -265,13 +267,15 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
             if rank in spreads and 0 <= codes[rank][i, call.best_hit] < len(spreads[rank]):
                 call.spread = float(spreads[rank][codes[rank][i, call.best_hit]])
         if rivals is not None:
-            _measure_deciding_lead(h, calls, thresholds, leads or {}, rivals, embeddings[i])
+            _measure_deciding_lead(h, calls, thresholds, leads or {}, rivals, embeddings[i],
+                                   word_pools[i] if word_pools else None)
         out.append(decide(sims[i], calls, thresholds, leads))
     return out
 
 
 def _measure_deciding_lead(hits: VerifiedHits, calls: dict[str, RankCall], thresholds: dict[str, float],
-                           leads: Mapping[str, LeadRule], rivals: Rivals, embedding: np.ndarray) -> None:
+                           leads: Mapping[str, LeadRule], rivals: Rivals, embedding: np.ndarray,
+                           words: np.ndarray | None) -> None:
     """Measure against the nearest references of other taxa the one lead that would make the call: that of the
     lowest rank passing by its lead rule alone, none below it passing at all (the call is the lowest rank that
     passes, :func:`clibd_cli.assign.decide`).  Where rivals undo it, the next rank up is looked at."""
@@ -283,7 +287,7 @@ def _measure_deciding_lead(hits: VerifiedHits, calls: dict[str, RankCall], thres
             return
         if rule is not None and rule.makes(call):
             if rank in RIVAL_RANKS:
-                call.lead = rivals.lead(hits, call, rank, embedding)
+                call.lead = rivals.lead(hits, call, rank, embedding, words)
             if rule.makes(call):
                 return
 
@@ -327,11 +331,11 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     ``leads`` (the ranks' lead rules, :class:`clibd_cli.assign.LeadRule`).
 
     ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): two batches are held, the one
-    being verified and the next one, proposed meanwhile (:class:`Verifier`).  A sequence seen earlier in the
-    run (among the last :data:`REPEATS_KEPT` distinct ones) is neither searched nor aligned again: its calls
-    are reused.  Specimens of one species often share a haplotype (a third of the queries of
-    benchmarks/dna_vs_vsearch.py repeat an earlier one), and amplicon reads repeat far more; identical
-    sequences get identical calls either way.
+    being verified and called (in :class:`Verifier`'s processes) and the next one, proposed meanwhile.  A
+    sequence seen earlier in the run (among the last :data:`REPEATS_KEPT` distinct ones) is neither searched
+    nor aligned again: its calls are reused.  Specimens of one species often share a haplotype (a third of the
+    queries of benchmarks/dna_vs_vsearch.py repeat an earlier one), and amplicon reads repeat far more;
+    identical sequences get identical calls either way.
     """
     index.check_encoder(encoder)
     short_reads = ShortReads(*short_reads) if short_reads is not None else None
@@ -345,7 +349,8 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     # from SQLite instead of encoding every one (7 s for a million; a lookup costs LOOKUP_COST encodings).
     index.look_up_inputs = failed is None and len(head) < options.batch_size and \
         len(head) * options.candidates * LOOKUP_COST <= index.spec.counts.vectors
-    with Verifier(index, options.threads) as verifier:
+    _before_fork(index, rules)
+    with Verifier(index, options.threads, context=rules) as verifier:
         ahead: _Batch | None = None
         while True:
             if head is not None:
@@ -358,10 +363,10 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
                 flying = ahead.fresh if ahead is not None else {}
                 fresh = {q.sequence: q for q in batch if q.sequence and q.sequence not in reused and
                          q.sequence not in flying}
-                proposals = _propose(list(fresh.values()), index, encoder, options)
-                job = _Batch(batch, reused, fresh, proposals, verifier.submit(_jobs(proposals), options.aligned))
+                proposals = _propose(list(fresh.values()), index, encoder, options, words=True)
+                job = _Batch(batch, reused, fresh, verifier.map(_call, proposals, options.aligned))
             if ahead is not None:
-                last = ahead.finish(index, rules, last)
+                last = ahead.finish(last)
                 yield from (_row(query, last, options.top_k, index) for query in ahead.queries)
                 for sequence, c in last.items():  # most recently seen last, so the oldest go first
                     seen[sequence] = c
@@ -396,26 +401,43 @@ def _row(query: SequenceRecord, called: Mapping[str, _Called], top_k: int, index
 
 @dataclass
 class _Batch:
-    """A batch of queries on its way: the calls it reuses, its fresh sequences' proposals and verification."""
+    """A batch of queries on its way: the calls it reuses, and its fresh sequences' calls being made."""
 
     queries: list[SequenceRecord]
     reused: dict[str, _Called]
     fresh: dict[str, SequenceRecord]
-    proposals: list[_Proposal]
-    verified: Callable[[], list[list[Alignment | None]]]
+    called: Callable[[], list[_Called]]
 
-    def finish(self, index: ReferenceIndex, rules: _Rules, previous: Mapping[str, _Called]) -> dict[str, _Called]:
-        """Every sequence's calls: reused, from the batch before (``previous``), or called now."""
-        hits = [_hits(p, found, index, rules.k) for p, found in zip(self.proposals, self.verified(), strict=True)]
+    def finish(self, previous: Mapping[str, _Called]) -> dict[str, _Called]:
+        """Every sequence's calls: reused, from the batch before (``previous``), or made for this batch."""
         called = dict(self.reused)
         for sequence in {q.sequence for q in self.queries} - called.keys() - self.fresh.keys():
             if sequence in previous:
                 called[sequence] = previous[sequence]
-        embeddings = [p.embedding for p in self.proposals]
-        for sequence, h, (assignment, used) in zip(self.fresh, hits, _assign(hits, embeddings, index, rules),
-                                                    strict=True):
-            called[sequence] = _Called(h, assignment, used)
+        called.update(zip(self.fresh, self.called(), strict=True))
         return called
+
+
+def _call(index: ReferenceIndex, rules: _Rules, proposals: Sequence[_Proposal], aligned: int) -> list[_Called]:
+    """Verify and call proposals (a :class:`Verifier` job: in its processes, which also search for the rivals of
+    the calls that a lead decides, so the process proposing the next batch has only that to do)."""
+    found = [verify_vectors(index, p.sequence, p.vectors, aligned) for p in proposals]
+    hits = [_hits(p, f, index, rules.k) for p, f in zip(proposals, found, strict=True)]
+    return [_Called(h, assignment, used) for h, (assignment, used) in zip(hits, _assign(hits, proposals, index, rules),
+                                                                         strict=True)]
+
+
+def _before_fork(index: ReferenceIndex, rules: _Rules) -> None:
+    """Build what calling reads of the index before :class:`Verifier` forks, so that its processes share one copy
+    instead of each building its own."""
+    if not index.size:
+        return
+    index.lineage_codes()
+    for rank in SPREAD_RANKS:
+        index.spreads(rank)
+    if rules.rivals is not None and rules.leads:
+        for rank in RIVAL_RANKS:
+            rules.rivals.bounds(rank)
 
 
 class _Rules(NamedTuple):
@@ -431,13 +453,16 @@ class _Rules(NamedTuple):
 
 class _Proposal(NamedTuple):
     """A query's candidates: the sequence on the chosen strand, candidate vectors (found ones only), their cosines,
-    the strand, and the sequence's embedding (the search for a call's rivals starts from it)."""
+    the strand, and where the search for a call's rivals starts: the sequence's embedding and, for a fragment, the
+    :data:`clibd_cli.rivals.WORD_POOL` references sharing the most words with it (taken here, where the large word
+    table is: the processes that call never build their own)."""
 
     sequence: str
     vectors: np.ndarray
     cosines: np.ndarray
     reverse: bool
     embedding: np.ndarray
+    words: np.ndarray | None = None
 
 
 def _jobs(proposals: Sequence[_Proposal]) -> list[tuple[str, np.ndarray]]:
@@ -469,7 +494,7 @@ class _Called(NamedTuple):
     thresholds: dict[str, float]
 
 
-def _assign(hits: list[VerifiedHits], embeddings: Sequence[np.ndarray], index: ReferenceIndex, rules: _Rules,
+def _assign(hits: list[VerifiedHits], proposals: Sequence[_Proposal], index: ReferenceIndex, rules: _Rules,
             ) -> list[tuple[Assignment, dict[str, float]]]:
     """Each query's assignment and the thresholds it was called with: ``rules.thresholds`` and ``rules.leads``, or
     for a top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``' own."""
@@ -483,15 +508,17 @@ def _assign(hits: list[VerifiedHits], embeddings: Sequence[np.ndarray], index: R
         rows = [i for i, s in enumerate(short) if s == flag]
         if rows:
             chosen = assign_verified([hits[i] for i in rows], index, used, rules.k, leads=leads, rivals=rules.rivals,
-                                     embeddings=[embeddings[i] for i in rows])
+                                     embeddings=[proposals[i].embedding for i in rows],
+                                     word_pools=[proposals[i].words for i in rows])
             for i, a in zip(rows, chosen, strict=True):
                 out[i] = (a, used)
     return out  # type: ignore[return-value]
 
 
 def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: Encoder, options: MatchOptions,
-             ) -> list[_Proposal]:
-    """Per query: (sequence on the chosen strand, candidate vectors, their cosines, reverse-complemented?).
+             words: bool = False) -> list[_Proposal]:
+    """Per query: (sequence on the chosen strand, candidate vectors, their cosines, reverse-complemented?, embedding,
+    with ``words`` a fragment's pool of references sharing words, for its rivals).
 
     Fragments (shorter than :data:`FRAGMENT_LENGTH`) also get the references sharing the most exact
     12-mers with them (:mod:`clibd_cli.anchors`): a 200 bp read's composition profile misses its own
@@ -514,14 +541,16 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
                 out[i] = (seq, v, c, True, e)
     proposed = []
     for seq, v, c, reverse_, e in out:
+        pool = None
         if len(seq) < FRAGMENT_LENGTH:
-            extra = index.anchors().candidates(seq, FRAGMENT_CANDIDATES)
+            extra, *pools = index.anchors().most_shared(seq, FRAGMENT_CANDIDATES, *((WORD_POOL,) if words else ()))
+            pool = pools[0] if pools else None
             extra = extra[~np.isin(extra, v)]
             if len(extra):
                 v = np.r_[v, extra]
                 c = np.r_[c, index.vectors_of(extra) @ e]
         valid = v >= 0  # (a search finds fewer than asked for in a small index)
-        proposed.append(_Proposal(seq, v[valid], c[valid], reverse_, e))
+        proposed.append(_Proposal(seq, v[valid], c[valid], reverse_, e, pool))
     return proposed
 
 

@@ -105,24 +105,23 @@ class Rivals:
                 recheck[v] = bool(((kept >= 0) & (kept != code)).any())
         return OtherTaxon(low, high, code, recheck)
 
-    def nearest(self, vector: np.ndarray, rank: str, code: int, query: str = "") -> np.ndarray:
+    def nearest(self, vector: np.ndarray, rank: str, code: int, words: np.ndarray | None = None) -> np.ndarray:
         """The :data:`RIVALS` distinct reference vectors nearest ``vector`` (a query's embedding) that hold a record
-        of a taxon other than ``code`` at ``rank`` (:meth:`ReferenceIndex.search_allowed`); for a fragment
-        ``query`` also the first :data:`RIVALS` such vectors among those sharing the most words with it."""
-        from clibd_cli.match import FRAGMENT_LENGTH
-
+        of a taxon other than ``code`` at ``rank`` (:meth:`ReferenceIndex.search_allowed`); for a fragment also the
+        first :data:`RIVALS` such vectors among ``words``, the :data:`WORD_POOL` references sharing the most words
+        with it."""
         allowed = self.allowed(rank, code)
         found = self.index.search_allowed(vector, RIVALS, allowed, ef=RIVAL_EF)
-        if query and len(query) < FRAGMENT_LENGTH:
-            words = self.index.anchors().candidates(query, WORD_POOL)
+        if words is not None:
             words = words[[allowed(v) for v in words.tolist()]][:RIVALS] if len(words) else words
             found = np.union1d(found, words)
         return found
 
-    def lead(self, hits: VerifiedHits, call: RankCall, rank: str, vector: np.ndarray) -> float:
+    def lead(self, hits: VerifiedHits, call: RankCall, rank: str, vector: np.ndarray,
+             words: np.ndarray | None = None) -> float:
         """``call``'s lead at ``rank`` over every other taxon: among the candidates (``call.lead``) and among the
-        nearest references of other taxa (the query's embedding ``vector``)."""
-        rivals = self.nearest(vector, rank, self.code(hits, call, rank), hits.query)
+        nearest references of other taxa (the query's embedding ``vector``, a fragment's ``words``: :meth:`nearest`)."""
+        rivals = self.nearest(vector, rank, self.code(hits, call, rank), words)
         found = verify_vectors(self.index, hits.query, rivals, RIVALS_ALIGNED) if len(rivals) else []
         return lead_over(hits, call, found)
 

@@ -2,7 +2,9 @@
 
 :func:`clibd_cli.align.verify` is many small NumPy steps and Opal alignments per query.  In threads they
 contend for Python's interpreter lock, so where the platform forks (Linux) :class:`Verifier` runs them in
-processes that inherit the loaded index; elsewhere in threads.
+processes that inherit the loaded index; elsewhere in threads.  `clibd match` also makes its calls there
+(:meth:`Verifier.map`): ranking the verified hits, voting, and the rivals' searches and alignments of the calls
+a lead decides took 45 % of the proposing process's time, which on 2 cores was what the run waited for.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from clibd_cli.index import ReferenceIndex
 
 _FORK = sys.platform.startswith("linux")  # forked processes inherit the loaded index (elsewhere: threads)
 FORK_CHUNK = 16  # queries sent to a verification process at a time
-_forked: dict[int, ReferenceIndex] = {}  # each live Verifier's index, which its forked processes inherit
+# Each live Verifier's index and context, which its forked processes inherit.
+_forked: dict[int, tuple[ReferenceIndex, object]] = {}
+Work = Callable[..., list]  # what a Verifier runs: work(index, context, chunk of items, *args) -> a result per item
 _forking = threading.RLock()  # (re-entered when a pool fails to start: Verifier._close)
 
 
@@ -36,10 +40,16 @@ def verify_vectors(index: ReferenceIndex, sequence: str, vectors: np.ndarray, al
     return verify(sequence, None, full=aligned, codes=index.input_codes(vectors))
 
 
-def _verify_forked(chunk: list[tuple[str, np.ndarray]], aligned: int, key: int) -> list[list[Alignment | None]]:
-    """Verification in a forked process, against the index it inherited."""
-    index = _forked[key]
+def _verify_chunk(index: ReferenceIndex, context: object, chunk: Sequence[tuple[str, np.ndarray]], aligned: int,
+                  ) -> list[list[Alignment | None]]:
+    """:func:`verify_vectors` of each (query sequence, candidate vectors) of ``chunk``."""
     return [verify_vectors(index, sequence, vectors, aligned) for sequence, vectors in chunk]
+
+
+def _work_forked(work: Work, chunk: Sequence, args: tuple, key: int) -> list:
+    """``work`` in a forked process, with the index and context it inherited."""
+    index, context = _forked[key]
+    return work(index, context, chunk, *args)
 
 
 def _worker_signals() -> None:
@@ -95,8 +105,10 @@ class Verifier:
     threads; with one thread, in line.
     """
 
-    def __init__(self, index: ReferenceIndex, threads: int | None = None) -> None:
-        self.index = index
+    def __init__(self, index: ReferenceIndex, threads: int | None = None, context: object = None) -> None:
+        """``context``: what every job of :meth:`map` gets besides its items (inherited by the processes, never
+        pickled: it may hold the index)."""
+        self.index, self.context = index, context
         workers = threads or os.cpu_count() or 1
         self._processes: ProcessPoolExecutor | None = None
         self._threads: ThreadPoolExecutor | None = None
@@ -107,7 +119,7 @@ class Verifier:
             index.taxa(0)
         if workers > 1 and _FORK and index.size:
             with _forking, _forking_signals():
-                _forked[id(self)] = index
+                _forked[id(self)] = index, context
                 gc.freeze()
                 try:
                     self._processes = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"),
@@ -125,15 +137,21 @@ class Verifier:
                ) -> Callable[[], list[list[Alignment | None]]]:
         """Start aligning each (query sequence, candidate vectors), at most ``aligned`` candidates each in full
         (:func:`clibd_cli.align.verify`); returns what waits for the alignments."""
+        return self.map(_verify_chunk, jobs, aligned)
+
+    def map(self, work: Work, items: Sequence, *args: object) -> Callable[[], list]:
+        """Start ``work(index, context, chunk, *args)`` over chunks of ``items`` (``work`` a module-level function:
+        processes get it, the chunk and ``args`` pickled); returns what waits for the results, one per item, in
+        order.  In line (one thread) the work is done when waited for, over the same chunks: what ``work`` does
+        with a chunk at once (a vote in one matrix) is done alike whatever the threads."""
+        chunks = [items[i : i + FORK_CHUNK] for i in range(0, len(items), FORK_CHUNK)]
         if self._processes is not None:
-            chunks = [jobs[i : i + FORK_CHUNK] for i in range(0, len(jobs), FORK_CHUNK)]
-            futures = [self._processes.submit(_verify_forked, chunk, aligned, id(self)) for chunk in chunks]
+            futures = [self._processes.submit(_work_forked, work, chunk, args, id(self)) for chunk in chunks]
             return lambda: [found for f in futures for found in _result(f)]
         if self._threads is not None:
-            futures = [self._threads.submit(verify_vectors, self.index, sequence, vectors, aligned)
-                       for sequence, vectors in jobs]
-            return lambda: [f.result() for f in futures]
-        return lambda: [verify_vectors(self.index, sequence, vectors, aligned) for sequence, vectors in jobs]
+            futures = [self._threads.submit(work, self.index, self.context, chunk, *args) for chunk in chunks]
+            return lambda: [found for f in futures for found in f.result()]
+        return lambda: [found for chunk in chunks for found in work(self.index, self.context, chunk, *args)]
 
     def _close(self) -> None:
         if self._processes is not None:  # the chunks being aligned finish (~0.1 s); waited for by the main thread

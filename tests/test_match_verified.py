@@ -268,6 +268,7 @@ def test_verification_processes_and_batches_in_flight_give_the_same_rows(split_r
         in_line = rows(threads=1, batch_size=size)
         assert [row["species"] for row, _ in in_line] == [row["species"] for row, _ in single]
         assert repr(rows(threads=2, batch_size=size)) == repr(in_line)  # repr: a missing identity (nan) reads the same
+    assert repr(rows(threads=2, batch_size=1024)) == repr(single)  # calls are made in chunks, alike in line
     with Verifier(index, threads=2) as verifier:
         assert (verifier._processes is not None) == (fork and sys.platform.startswith("linux"))
         assert (verifier._threads is not None) == (not fork or not sys.platform.startswith("linux"))

@@ -13,7 +13,7 @@ from clibd_cli.assign import LeadRule
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.match import MatchOptions, _propose, identify
-from clibd_cli.rivals import RIVALS, Rivals
+from clibd_cli.rivals import RIVALS, WORD_POOL, Rivals
 from clibd_cli.sequences import SequenceRecord
 
 THRESHOLDS = {"order": 0.80, "family": 0.85, "genus": 0.97, "species": 0.99}
@@ -172,4 +172,4 @@ def test_a_fragment_finds_rivals_by_shared_words():
     culex = int(index.labels.vector[len(reference) - 1])
     (vector,) = KmerProfileEncoder().encode([region])
     assert culex not in rivals.nearest(vector, "genus", int(codes[0]))  # by profile alone, decoys come first
-    assert culex in rivals.nearest(vector, "genus", int(codes[0]), region)
+    assert culex in rivals.nearest(vector, "genus", int(codes[0]), index.anchors().candidates(region, WORD_POOL))
