@@ -67,6 +67,27 @@ def test_a_rival_beyond_the_candidates_undoes_a_lead():
     assert _call(alone, query, candidates=8, leads={})[0]["genus"] == ""
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["processes", "threads"])
+def test_rivals_are_searched_where_the_calls_are_made(monkeypatch, fork):
+    """Calls are made in the verification processes (threads where the platform does not fork): there a rival
+    beyond the candidates undoes a lead as it does in line, for a whole barcode and for a fragment (whose pool of
+    references sharing words is taken where it is proposed)."""
+    from clibd_cli import verifier
+
+    monkeypatch.setattr(verifier, "_FORK", fork and verifier._FORK)
+    reference, query = _crowded_genus(with_rival=True)
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    queries = [SequenceRecord("q", query), SequenceRecord("f", query[:300])]
+
+    def rows(threads: int) -> list[dict]:
+        options = MatchOptions(candidates=8, threads=threads)
+        return [r.row for r in identify(queries, index, KmerProfileEncoder(), THRESHOLDS, options, leads=RULE)]
+
+    in_line = rows(1)
+    assert (in_line[0]["family"], in_line[0]["genus"]) == ("Culicidae", "")
+    assert repr(rows(2)) == repr(in_line)  # repr: a missing identity (nan) reads the same
+
+
 def test_left_out_records_are_never_rivals():
     """Calibration leaves a taxon out: its records must not stand as another taxon's rivals, while a barcode they
     share with a third taxon still does."""
