@@ -423,8 +423,8 @@ def _call(index: ReferenceIndex, rules: _Rules, proposals: Sequence[_Proposal], 
     the calls that a lead decides, so the process proposing the next batch has only that to do)."""
     found = [verify_vectors(index, p.sequence, p.vectors, aligned) for p in proposals]
     hits = [_hits(p, f, index, rules.k) for p, f in zip(proposals, found, strict=True)]
-    return [_Called(h, assignment, used) for h, (assignment, used) in zip(hits, _assign(hits, proposals, index, rules),
-                                                                         strict=True)]
+    calls = _assign(hits, proposals, index, rules)
+    return [_Called(h, assignment, used) for h, (assignment, used) in zip(hits, calls, strict=True)]
 
 
 def _before_fork(index: ReferenceIndex, rules: _Rules) -> None:
@@ -543,7 +543,8 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
     for seq, v, c, reverse_, e in out:
         pool = None
         if len(seq) < FRAGMENT_LENGTH:
-            extra, *pools = index.anchors().most_shared(seq, FRAGMENT_CANDIDATES, *((WORD_POOL,) if words else ()))
+            sizes = (FRAGMENT_CANDIDATES, WORD_POOL) if words else (FRAGMENT_CANDIDATES,)
+            extra, *pools = index.anchors().most_shared(seq, *sizes)
             pool = pools[0] if pools else None
             extra = extra[~np.isin(extra, v)]
             if len(extra):

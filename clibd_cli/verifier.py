@@ -95,14 +95,15 @@ def _forking_signals() -> Iterator[None]:
 
 
 class Verifier:
-    """Aligns proposals to their candidates in the background, so that the next batch is proposed meanwhile.
+    """Aligns proposals to their candidates (and, for `clibd match`, calls them: :meth:`map`) in the background, so
+    that the next batch is proposed meanwhile.
 
     Verification is many small NumPy steps and Opal alignments per query.  In threads they contend for the
     GIL (two threads verified 1.4× as many queries per second as one), so where the platform forks (Linux)
     it runs in ``threads`` processes (default: one per core) instead, which inherit the loaded index
     copy-on-write (its base codes are read, never written; :func:`gc.freeze` keeps the collector from
-    touching the rest) and get only query sequences and candidate numbers: 1.8× on 2 cores.  Elsewhere
-    threads; with one thread, in line.
+    touching the rest) and get only each job's items (query sequences and candidate numbers; for calls, the
+    proposals): 1.8× on 2 cores.  Elsewhere threads; with one thread, in line.
     """
 
     def __init__(self, index: ReferenceIndex, threads: int | None = None, context: object = None) -> None:
