@@ -428,11 +428,10 @@ def _call(index: ReferenceIndex, rules: _Rules, proposals: Sequence[_Proposal], 
 
 
 def _before_fork(index: ReferenceIndex, rules: _Rules) -> None:
-    """Build what calling reads of the index before :class:`Verifier` forks, so that its processes share one copy
-    instead of each building its own."""
+    """Build what calling reads of the index before :class:`Verifier` forks (beside the records' taxa and lineage
+    codes, which it builds itself), so that its processes share one copy instead of each building its own."""
     if not index.size:
         return
-    index.lineage_codes()
     for rank in SPREAD_RANKS:
         index.spreads(rank)
     if rules.rivals is not None and rules.leads:
