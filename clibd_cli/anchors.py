@@ -4,7 +4,7 @@ A composition profile of a 200 bp read resembles the profile of no full barcode 
 BOLD data the species of ~5 % of 200 bp fragments is missing from the 32 nearest profiles), but a read
 cut from a barcode shares long exact words with every reference that covers its region, as VSEARCH's
 word filter uses.  This table lists the 12-mers of every distinct reference barcode at every
-``STRIDE``-th position (sorted codes and their owners); a query looks up all of its 12-mers, so a
+``STRIDE``-th position, with the references that hold each; a query looks up all of its 12-mers, so a
 shared stretch of ≥ 12 + STRIDE bases is always found, whatever the offset.  Words shared by more than
 ``MAX_POSTINGS`` references (conserved motifs) say nothing about which reference is closest and are
 skipped.  Built from the index's barcodes on first use: O(total barcode length / STRIDE) memory.
@@ -21,44 +21,50 @@ from clibd_cli.align import _kmers, base_codes
 K = 12
 STRIDE = 4
 MAX_POSTINGS = 2000
+BLOCK = 1 << 22  # pairs read at a time while the table is compressed
 
 
 class AnchorTable:
-    """Sorted (12-mer code, reference) pairs of a list of barcodes, sampled every ``STRIDE`` bases, packed one
-    pair per 64-bit word (code in the high half): the one array the table holds.
+    """The references holding each sampled 12-mer, as a compressed table: ``words`` (the distinct codes,
+    ascending), ``starts`` (word ``i``'s references are ``owners[starts[i]:starts[i+1]]``, ascending) and
+    ``owners`` (32-bit reference numbers).
 
-    Built in that array, chunk by chunk, and sorted in place: at a million references the table is 1.3 GB,
-    and building it as separate code and owner arrays, concatenated, widened and packed, peaked at 6.7 GB more
-    than the run held before (31 s); filled in place it peaks at about the table's size.
+    Real barcodes share most of their words: a million references hold 152 million sampled words but only
+    3 million distinct ones, so four bytes per word and a short list of codes (0.65 GB) hold what a sorted
+    array of (code, owner) pairs held in eight (1.2 GB).  Built as that array, chunk by chunk, sorted in
+    place; then each pair's owner half is moved to the front of the same buffer, which is shrunk to it, so
+    the build never holds more than the pairs.
     """
 
     def __init__(self, bases: np.ndarray, offsets: np.ndarray, chunk: int = 20_000) -> None:
         """From the barcodes' base codes in one buffer (0-3, N = 4), barcode ``i`` at ``offsets[i]:offsets[i+1]``,
         as the index holds them (:meth:`clibd_cli.index.ReferenceIndex.input_codes`)."""
         self.size = len(offsets) - 1
-        lengths = np.diff(offsets).astype(np.int64)
-        counts = np.maximum(0, (lengths - K) // STRIDE + 1)
-        packed = np.empty(int(counts.sum()), dtype=np.uint64)
-        filled = 0
+        most = int(np.maximum(0, (np.diff(offsets) - K) // STRIDE + 1).sum())
+        buffer = np.empty(2 * most, dtype=np.uint32)
+        pairs = buffer.view(np.uint64)
+        n = 0
         for first in range(0, self.size, chunk):  # bounded working memory, whatever the library's size
-            stop = min(first + chunk, self.size)
-            part_counts = counts[first:stop]
-            owner = np.repeat(np.arange(first, stop, dtype=np.uint64), part_counts)
-            position = offsets[first:stop][owner - np.uint64(first)] + STRIDE * (
-                np.arange(part_counts.sum()) - np.repeat(np.r_[0, np.cumsum(part_counts)[:-1]], part_counts))
-            value = np.zeros(len(position), dtype=np.uint64)
-            bad = np.zeros(len(position), dtype=bool)
-            for offset in range(K):
-                base = bases[position + offset]
-                value = (value << np.uint64(2)) | (base & 3).astype(np.uint64)
-                bad |= base == 4
-            good = ~bad
-            n = int(good.sum())
-            packed[filled : filled + n] = (value[good] << np.uint64(32)) | owner[good]
-            filled += n
-        self.packed = packed[:filled]
-        # One in-place sort of (code, owner) words: the owners of a code come out ascending.
-        self.packed.sort()
+            words, owners = _sampled(bases, offsets, first, min(first + chunk, self.size))
+            pairs[n : n + len(words)] = (words.astype(np.uint64) << np.uint64(32)) | owners
+            n += len(words)
+        pairs = pairs[:n]
+        pairs.sort()  # by word, then owner
+        low = 0 if np.little_endian else 1  # where a pair's owner half lies in the buffer
+        high = buffer[1 - low : 2 * n : 2]
+        begins = [np.zeros(min(n, 1), dtype=np.int64)]
+        for i in range(1, n, BLOCK):  # where each word's run begins, a block at a time
+            stop = min(i + BLOCK, n)
+            begins.append(np.flatnonzero(high[i:stop] != high[i - 1 : stop - 1]) + i)
+        at = np.concatenate(begins)
+        self.words = high[at]
+        self.starts = np.r_[at, n]
+        for i in range(0, n, BLOCK):  # each pair's owner half to the front of the buffer, in order
+            stop = min(i + BLOCK, n)
+            buffer[i:stop] = buffer[2 * i + low : 2 * stop : 2]
+        del pairs, high
+        buffer.resize(n, refcheck=False)  # (no view of it is left)
+        self.owners = buffer
 
     @classmethod
     def of(cls, sequences: Sequence[str], chunk: int = 20_000) -> AnchorTable:
@@ -71,26 +77,54 @@ class AnchorTable:
         return self.most_shared(query, n)[0]
 
     def most_shared(self, query: str, *sizes: int) -> list[np.ndarray]:
-        """:meth:`candidates` of ``query`` for each size, its words looked up and counted once (at a million
-        references, finding which references share any word costs as much as looking the words up)."""
+        """:meth:`candidates` of ``query`` for each size, its words looked up and counted once."""
         kmers = np.unique(_kmers(base_codes(query), K))
-        kmers = kmers[kmers >= 0].astype(np.uint64)
-        if not len(kmers) or not len(self.packed):
-            return [np.empty(0, dtype=np.int64) for _ in sizes]
-        start = np.searchsorted(self.packed, kmers << np.uint64(32), side="left")
-        stop = np.searchsorted(self.packed, (kmers + np.uint64(1)) << np.uint64(32), side="left")
-        length = stop - start
-        keep = (length > 0) & (length <= MAX_POSTINGS)
+        kmers = kmers[kmers >= 0].astype(np.uint32)
+        at = np.searchsorted(self.words, kmers)
+        inside = at < len(self.words)
+        at = at[inside][self.words[at[inside]] == kmers[inside]]  # the query's words the table holds
+        start = self.starts[at]
+        length = self.starts[at + 1] - start
+        keep = length <= MAX_POSTINGS
         if not keep.any():
             return [np.empty(0, dtype=np.int64) for _ in sizes]
         start, length = start[keep], length[keep]
-        offsets = np.repeat(start - np.r_[0, np.cumsum(length)[:-1]], length) + np.arange(length.sum())
-        owners = (self.packed[offsets] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        counts = np.bincount(owners, minlength=self.size)
-        sharing = np.flatnonzero(counts)
-        minus_counts = -counts[sharing]
+        where = np.repeat(start - np.r_[0, np.cumsum(length)[:-1]], length) + np.arange(length.sum())
+        owners = self.owners[where]
+        if self.size <= 8 * len(owners):  # a count per reference costs less than sorting the postings
+            counts = np.bincount(owners, minlength=self.size)
+            sharing = np.flatnonzero(counts)
+            counts = counts[sharing]
+        else:
+            sharing, counts = np.unique(owners, return_counts=True)
         found = []
         for n in sizes:
-            top = sharing[np.argpartition(minus_counts, n - 1)[:n]] if len(sharing) > n else sharing
-            found.append(top[np.argsort(-counts[top], kind="stable")].astype(np.int64))
+            top = np.argpartition(-counts, n - 1)[:n] if len(sharing) > n else np.arange(len(sharing))
+            found.append(sharing[top[np.argsort(-counts[top], kind="stable")]].astype(np.int64))
         return found
+
+
+def _sampled(bases: np.ndarray, offsets: np.ndarray, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 12-mer codes of barcodes ``first:stop`` at every ``STRIDE``-th position (none holding an N), and the
+    barcode each belongs to.
+
+    A 12-mer is three 4-mers, and a 4-mer fits a byte: the chunk's 4-mers at every position are two passes
+    over bytes, and each sampled word three look-ups, where building it base by base took twelve.
+    """
+    chunk = bases[offsets[first] : offsets[stop]]
+    begin = offsets[first:stop] - offsets[first]
+    counts = np.maximum(0, (np.diff(offsets[first : stop + 1]) - K) // STRIDE + 1)
+    owner = np.repeat(np.arange(first, stop, dtype=np.uint32), counts)
+    at = STRIDE * np.arange(int(counts.sum())) + np.repeat(begin - STRIDE * (np.cumsum(counts) - counts), counts)
+    if not len(at):
+        return np.empty(0, dtype=np.uint32), owner
+    two = ((chunk[:-1] & 3) << 2) | (chunk[1:] & 3)
+    four = (two[:-2] << 4) | two[2:]
+    words = (four[at].astype(np.uint32) << 16) | (four[at + 4].astype(np.uint32) << 8) | four[at + 8]
+    unknown = chunk == 4
+    if unknown.any():  # the same three look-ups of "a 4-mer holds an N"
+        unknown = unknown[:-1] | unknown[1:]
+        unknown = unknown[:-2] | unknown[2:]
+        good = ~(unknown[at] | unknown[at + 4] | unknown[at + 8])
+        words, owner = words[good], owner[good]
+    return words, owner

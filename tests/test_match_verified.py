@@ -149,7 +149,16 @@ def test_anchor_table_finds_references_covering_a_fragment():
     rng = np.random.default_rng(12)
     barcodes = [random_sequence(rng, 650) for _ in range(50)]
     table = AnchorTable.of(barcodes, chunk=7)  # chunks must not change the table
-    assert np.array_equal(table.packed, AnchorTable.of(barcodes).packed)
+    whole = AnchorTable.of(barcodes)
+    assert all(np.array_equal(getattr(table, a), getattr(whole, a)) for a in ("words", "starts", "owners"))
+    # Against every barcode's words at every 4th position, written out (those holding an N left out).
+    spotted = [b[:100] + "N" + b[101:300] + "NN" + b[302:] if i % 3 == 0 else b for i, b in enumerate(barcodes)]
+    code = {"A": 0, "C": 1, "G": 2, "T": 3}
+    pairs = sorted((sum(code[c] << 2 * (11 - j) for j, c in enumerate(b[i : i + 12])), owner)
+                   for owner, b in enumerate(spotted) for i in range(0, len(b) - 11, 4) if "N" not in b[i : i + 12])
+    spotted_table = AnchorTable.of(spotted, chunk=7)
+    words = np.repeat(spotted_table.words, np.diff(spotted_table.starts))
+    assert list(zip(words.tolist(), spotted_table.owners.tolist(), strict=True)) == pairs
     read = barcodes[17][420:620]  # a 200 bp read from anywhere in reference 17
     assert table.candidates(read, 3)[0] == 17
     # Against a plain count of each reference's sampled 12-mers (every 4th position) that the read holds, on
