@@ -68,7 +68,7 @@ def main() -> None:
         cells = []
         for c in sizes:  # the first stage exactly as `clibd match` runs it (both strands, 12-mer anchors)
             proposed = _propose(records, index, encoder, MatchOptions(candidates=c))
-            found = [verified_hits(q, index, v, s, 1) for q, v, s, _ in proposed]
+            found = [verified_hits(p.sequence, index, p.vectors, p.cosines, 1) for p in proposed]
             best = np.array([h.identity[0] if len(h.identity) else 0.0 for h in found])
             gap = 100 * (np.array(truth) - best)
             missed = gap > 0.1
