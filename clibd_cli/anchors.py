@@ -91,7 +91,7 @@ class AnchorTable:
         start, length = start[keep], length[keep]
         where = np.repeat(start - np.r_[0, np.cumsum(length)[:-1]], length) + np.arange(length.sum())
         owners = self.owners[where]
-        if self.size <= 8 * len(owners):  # a count per reference costs less than sorting the postings
+        if self.size <= len(owners):  # a count per reference costs less than sorting the postings
             counts = np.bincount(owners, minlength=self.size)
             sharing = np.flatnonzero(counts)
             counts = counts[sharing]
