@@ -2,12 +2,14 @@
 
 Seeded held-out split of `bold_insect_coi_dev.tsv.gz` (5 % of species absent from the reference).
 For a sample of queries (present species, absent species, and absent species cut to their last
-313 bp), the best identity clibd's two stages find (`--candidates` C distinct references from the
-k-mer search on both strands, plus 12-mer anchors for reads under 500 bp, verified as `clibd match`
-does) is compared with the best identity over *every* distinct reference: all are scored by Opal
-(overlap mode, score only), the 50 best-scoring are aligned in full.
-Recall = share of queries whose best found identity is within 0.1 point of the exhaustive best; for
-the others, the median shortfall in identity points.
+313 bp), the references over *every* distinct one that align best (all scored by Opal, overlap mode,
+score only; the 50 best-scoring aligned in full; those within 0.1 identity point of the best) are looked
+for among clibd's candidates (`--candidates` C distinct references from the k-mer search on both
+strands, plus 12-mer anchors for reads under 500 bp, as `clibd match` proposes them).
+Recall = share of queries with one of them among the candidates; for the others, the median shortfall
+of the best identity clibd then verifies (as `clibd match` does) below the exhaustive best.  For the
+absent species, a second table says where the best reference ranks among all references by exact
+profile cosine: whether more candidates, or an exact search, would find it.
 
     python benchmarks/candidate_recall.py [--queries 40] [--candidates 16,32,64]
 """
@@ -83,11 +85,12 @@ def main() -> None:
         cells = []
         for c in sizes:  # the first stage exactly as `clibd match` runs it (both strands, 12-mer anchors)
             proposed = _propose(records, index, encoder, MatchOptions(candidates=c))
-            found = [verified_hits(p.sequence, index, p.vectors, p.cosines, 1) for p in proposed]
+            missed = np.array([not np.isin(b, p.vectors).any() for b, p in zip(bests, proposed, strict=True)])
+            found = [verified_hits(p.sequence, index, p.vectors, p.cosines, 1)
+                     for p, m in zip(proposed, missed, strict=True) if m]
             best = np.array([h.identity[0] if len(h.identity) else 0.0 for h in found])
-            gap = 100 * (np.array(truth) - best)
-            missed = gap > 0.1
-            cells.append(f"{np.mean(~missed):.1%} (missed by {np.median(gap[missed]) if missed.any() else 0:.1f} pt)")
+            gap = np.maximum(0.0, 100 * (np.array(truth)[missed] - best))
+            cells.append(f"{np.mean(~missed):.1%} (missed by {np.median(gap) if len(gap) else 0:.1f} pt)")
             if name == "absent" and c == max(sizes):
                 found_absent = ~missed
         lines.append(f"| {name} | {len(queries)} | " + " | ".join(cells) + f" | {seconds:.1f} |")
@@ -98,7 +101,7 @@ def main() -> None:
     lines += ["", "Absent species: is the alignment-best reference among the references whose profiles are closest to "
               "the query (exact cosine, so apart from the graph's approximation)?  By how close it is:", "",
               "| nearest reference | queries | " + " | ".join(f"among the {r:,} closest" for r in RANKS)
-              + f" | found by clibd ({max(sizes)} candidates) |", "|---|---|" + "---|" * (len(RANKS) + 1)]
+              + f" | among clibd's {max(sizes)} candidates |", "|---|---|" + "---|" * (len(RANKS) + 1)]
     floor = np.inf
     for low, label in BANDS:
         band = (truth >= low) & (truth < floor)
