@@ -41,16 +41,16 @@ class AnchorTable:
         as the index holds them (:meth:`clibd_cli.index.ReferenceIndex.input_codes`)."""
         self.size = len(offsets) - 1
         most = int(np.maximum(0, (np.diff(offsets) - K) // STRIDE + 1).sum())
-        buffer = np.empty(2 * most, dtype=np.uint32)
-        pairs = buffer.view(np.uint64)
+        buffer = np.empty(2 * most, dtype=np.uint32)  # (word, owner) pairs, read as 64-bit numbers to sort
+        low = 0 if np.little_endian else 1  # where a pair's owner half lies
         n = 0
         for first in range(0, self.size, chunk):  # bounded working memory, whatever the library's size
             words, owners = _sampled(bases, offsets, first, min(first + chunk, self.size))
-            pairs[n : n + len(words)] = (words.astype(np.uint64) << np.uint64(32)) | owners
+            buffer[2 * n + low : 2 * (n + len(words)) : 2] = owners
+            buffer[2 * n + 1 - low : 2 * (n + len(words)) : 2] = words
             n += len(words)
-        pairs = pairs[:n]
+        pairs = buffer.view(np.uint64)[:n]
         pairs.sort()  # by word, then owner
-        low = 0 if np.little_endian else 1  # where a pair's owner half lies in the buffer
         high = buffer[1 - low : 2 * n : 2]
         begins = [np.zeros(min(n, 1), dtype=np.int64)]
         for i in range(1, n, BLOCK):  # where each word's run begins, a block at a time
