@@ -6,8 +6,8 @@ For a sample of queries (present species, absent species, and absent species cut
 score only; the 50 best-scoring aligned in full; those within 0.1 identity point of the best) are looked
 for among clibd's candidates (`--candidates` C distinct references from the k-mer search on both
 strands, plus 12-mer anchors for reads under 500 bp, as `clibd match` proposes them).
-Recall = share of queries with one of them among the candidates; for the others, the median shortfall
-of the best identity clibd then verifies (as `clibd match` does) below the exhaustive best.  For the
+Recall = share of queries whose candidates hold a reference as close as the exhaustive best (within
+0.1 identity point, both aligned by Opal); for the others, the median shortfall in identity points.  For the
 absent species, a second table says where the best reference ranks among all references by exact
 profile cosine: whether more candidates, or an exact search, would find it.
 
@@ -30,7 +30,7 @@ from dna_vs_vsearch import DEFAULT_DATA, held_out_case
 from clibd_cli.align import _aligner, align_many
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.match import MIN_COVERAGE, MatchOptions, _propose, verified_hits
+from clibd_cli.match import MIN_COVERAGE, MatchOptions, _propose
 from clibd_cli.sequences import SequenceRecord, read_sequences
 
 BANDS = ((0.95, "≥ 95 %"), (0.92, "92–95 %"), (0.90, "90–92 %"), (0.0, "< 90 %"))  # nearest reference's identity
@@ -44,6 +44,16 @@ def exhaustive_best(query: str, database, inputs: list[str], top: int = 50) -> t
     found = align_many(query, [inputs[i] for i in best])
     identity = np.array([a.identity if a.coverage >= MIN_COVERAGE else 0.0 for a in found])
     return float(identity.max(initial=0.0)), best[identity >= identity.max(initial=0.0) - 0.001]
+
+
+def candidates_shortfall(query: str, candidates: np.ndarray, best: np.ndarray, identity: float,
+                         inputs: list[str]) -> float:
+    """How many identity points the best of ``candidates`` (aligned as the exhaustive search aligns) is below
+    the exhaustive ``identity``: 0 where one of the ``best`` references is among them."""
+    if np.isin(best, candidates).any():
+        return 0.0
+    found = align_many(query, [inputs[i] for i in candidates])
+    return max(0.0, 100 * (identity - max((a.identity for a in found if a.coverage >= MIN_COVERAGE), default=0.0)))
 
 
 def cosine_ranks(queries: list[str], bests: list[np.ndarray], encoder, vectors: np.ndarray) -> np.ndarray:
@@ -85,12 +95,10 @@ def main() -> None:
         cells = []
         for c in sizes:  # the first stage exactly as `clibd match` runs it (both strands, 12-mer anchors)
             proposed = _propose(records, index, encoder, MatchOptions(candidates=c))
-            missed = np.array([not np.isin(b, p.vectors).any() for b, p in zip(bests, proposed, strict=True)])
-            found = [verified_hits(p.sequence, index, p.vectors, p.cosines, 1)
-                     for p, m in zip(proposed, missed, strict=True) if m]
-            best = np.array([h.identity[0] if len(h.identity) else 0.0 for h in found])
-            gap = np.maximum(0.0, 100 * (np.array(truth)[missed] - best))
-            cells.append(f"{np.mean(~missed):.1%} (missed by {np.median(gap) if len(gap) else 0:.1f} pt)")
+            gap = np.array([candidates_shortfall(q, p.vectors, b, t, inputs)
+                            for q, p, b, t in zip(queries, proposed, bests, truth, strict=True)])
+            missed = gap > 0.1
+            cells.append(f"{np.mean(~missed):.1%} (missed by {np.median(gap[missed]) if missed.any() else 0:.1f} pt)")
             if name == "absent" and c == max(sizes):
                 found_absent = ~missed
         lines.append(f"| {name} | {len(queries)} | " + " | ".join(cells) + f" | {seconds:.1f} |")
@@ -101,7 +109,7 @@ def main() -> None:
     lines += ["", "Absent species: is the alignment-best reference among the references whose profiles are closest to "
               "the query (exact cosine, so apart from the graph's approximation)?  By how close it is:", "",
               "| nearest reference | queries | " + " | ".join(f"among the {r:,} closest" for r in RANKS)
-              + f" | among clibd's {max(sizes)} candidates |", "|---|---|" + "---|" * (len(RANKS) + 1)]
+              + f" | recall, {max(sizes)} candidates |", "|---|---|" + "---|" * (len(RANKS) + 1)]
     floor = np.inf
     for low, label in BANDS:
         band = (truth >= low) & (truth < floor)
