@@ -11,7 +11,7 @@ Recall = share of queries whose candidates hold a reference as close as the exha
 absent species, a second table says where the best reference ranks among all references by exact
 profile cosine: whether more candidates, or an exact search, would find it.
 
-    python benchmarks/candidate_recall.py [--queries 40] [--candidates 16,32,64]
+    python benchmarks/candidate_recall.py [--queries 40] [--candidates 16,32,64] [--word-candidates]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, held_out_case
 
+from clibd_cli import match
 from clibd_cli.align import _aligner, align_many
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
@@ -75,7 +76,13 @@ def main() -> None:
     parser.add_argument("--candidates", default="16,32,64")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--word-candidates", action="store_true",
+                        help="experiment: whole barcodes also get the word candidates `clibd match` gives reads "
+                             "under 500 bp (implies --no-write)")
     args = parser.parse_args()
+    if args.word_candidates:
+        match.FRAGMENT_LENGTH = sys.maxsize
+        args.no_write = True
     records = read_sequences([args.data]).records
     reference, present, absent = held_out_case(records, args.queries, args.queries, 0.05, args.seed)
     encoder = KmerProfileEncoder()
