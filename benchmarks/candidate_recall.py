@@ -61,8 +61,8 @@ def cosine_ranks(queries: list[str], bests: list[np.ndarray], encoder, vectors: 
     """Per query, how many references' profiles are closer to it (exact cosine) than the closest of its
     alignment-best references: whether more candidates would find it, apart from the graph's approximation."""
     ranks = []
-    for query, best in zip(queries, bests, strict=True):
-        cosines = vectors @ encoder.encode([query])[0]
+    for embedding, best in zip(encoder.encode(queries), bests, strict=True):
+        cosines = vectors @ embedding
         ranks.append(int((cosines > cosines[best].max()).sum()))
     return np.array(ranks)
 
