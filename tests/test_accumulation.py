@@ -12,10 +12,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from gloo_ranks import run_ranks  # noqa: E402
 from torch import nn  # noqa: E402
 
 from clibd_cli.schema import MODALITIES  # noqa: E402
@@ -35,7 +31,6 @@ from clibd_training.losses import contrastive_loss  # noqa: E402
 
 WORLD, PASSES, MICRO = 2, 3, 4  # 2 ranks × 3 micro-batches × 4 samples = one contrastive batch of 24
 N = WORLD * PASSES * MICRO
-LOCALHOST = "127.0.0.1"
 
 
 @pytest.fixture(autouse=True)
@@ -103,32 +98,19 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, store_port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
-    if loopback is not None:
-        os.environ["GLOO_SOCKET_IFNAME"] = loopback
-    timeout = timedelta(seconds=60)
-    store = dist.TCPStore(LOCALHOST, store_port, is_master=False, timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=timeout)
-    try:
-        model = fresh_model()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        loss, parts = accumulate_large_batch(Task(model), ddp, micro_batches(rank))
-        torch.save({"loss": loss, "parts": parts, "grads": grads(model)}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_results(rank: int) -> dict:
+    """One rank: K micro-batches through accumulate_large_batch under DDP; the loss and gradients."""
+    model = fresh_model()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    loss, parts = accumulate_large_batch(Task(model), ddp, micro_batches(rank))
+    return {"loss": loss, "parts": parts, "grads": grads(model)}
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    out_dir = tmp_path_factory.mktemp("accum")
-    store = dist.TCPStore(LOCALHOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    mp.spawn(_worker, args=(store.port, str(out_dir)), nprocs=WORLD, join=True)
-    del store
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank_results, WORLD, tmp_path_factory.mktemp("accum"))
 
 
 def one_big_batch() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

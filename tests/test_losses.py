@@ -10,19 +10,15 @@ gradients that DDP needs to reproduce the single-process gradient exactly.
 from __future__ import annotations
 
 import math
-import os
-import socket
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from gloo_ranks import run_ranks  # noqa: E402
 from torch import nn  # noqa: E402
 
 from clibd_cli.schema import CONTRASTIVE_PAIRS as PAIRS  # noqa: E402
@@ -35,7 +31,6 @@ from clibd_training.losses import (  # noqa: E402
 
 SCALE = 1 / 0.07  # CLIP's initial exp(logit_scale)
 WORLD = 2
-LOCALHOST = "127.0.0.1"
 
 
 def normalised(seed: int, n: int, dim: int = 8, names: tuple[str, ...] = MODALITIES) -> dict[str, torch.Tensor]:
@@ -352,39 +347,20 @@ def run_ddp_case(case: Case, lo: int, hi: int) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in module.named_parameters()}
 
 
-def _worker(rank: int, world: int, store_port: int, out_dir: str) -> None:
-    """One rank: every case with gathering, the clip case without, and the DDP case; results to rank{r}.pt."""
-    torch.set_num_threads(1)
-    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
-    if loopback is not None:  # gloo's own sockets on 127.0.0.1 too, whatever the host name resolves to
-        os.environ["GLOO_SOCKET_IFNAME"] = loopback
-    timeout = timedelta(seconds=60)  # a hang fails the test instead of blocking it
-    store = dist.TCPStore(LOCALHOST, store_port, is_master=False, timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
-    try:
-        results = {name: run_case(case, *case.bounds(rank)) for name, case in CASES.items()}
-        results["clip_local"] = run_case(CASES["clip"], *CASES["clip"].bounds(rank), gather=False)
-        results["ddp"] = run_ddp_case(DDP_CASE, *DDP_CASE.bounds(rank))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank_results(rank: int) -> dict:
+    """One rank: every case with gathering, the clip case without, and the DDP case."""
+    results = {name: run_case(case, *case.bounds(rank)) for name, case in CASES.items()}
+    results["clip_local"] = run_case(CASES["clip"], *CASES["clip"].bounds(rank), gather=False)
+    results["ddp"] = run_ddp_case(DDP_CASE, *DDP_CASE.bounds(rank))
+    return results
 
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory) -> list[dict]:
-    """Spawn WORLD gloo processes once for all distributed checks; their results, by rank.
-
-    The rendezvous store is opened here on 127.0.0.1 port 0 (the OS picks a free port) and stays open
-    while the workers run, so nothing can take the port between choosing and using it, as can happen
-    when a port is probed with a throw-away socket and the number handed on.
-    """
+    """WORLD gloo processes, started once for all distributed checks; their results, by rank."""
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    out_dir = tmp_path_factory.mktemp("dist")
-    store = dist.TCPStore(LOCALHOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
-    mp.spawn(_worker, args=(WORLD, store.port, str(out_dir)), nprocs=WORLD, join=True)
-    del store
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_rank_results, WORLD, tmp_path_factory.mktemp("dist"))
 
 
 @pytest.mark.parametrize("name", list(CASES))
