@@ -94,6 +94,7 @@ RECORDS_DB = "records.sqlite"
 EXACT_MAX = 10_000
 RESCORE_BLOCK = 128  # queries whose candidate rows are read and rescored at a time
 LOOKUP_BLOCK = 500  # rowids per SQLite query (older SQLite builds allow 999 parameters)
+WORDS_SUFFIX = ".words"  # a barcode part's 12-mer word table (clibd_cli.anchors)
 INPUT_BLOCK = 8192  # barcodes encoded to base codes at a time (a joined copy of them all would be transient GBs)
 
 _SCHEMA = """
@@ -486,24 +487,35 @@ class ReferenceIndex:
                 self._input_codes = _encoded(lengths, (inputs[i : i + INPUT_BLOCK]
                                                        for i in range(0, len(inputs), INPUT_BLOCK)))
             else:
-                with _connect(self.records_db) as db:
-                    sizes = db.execute(f"SELECT vector, length(sequence) {_PER_VECTOR}",
-                                       (self.modality,)).fetchall()
-                    lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
-                    for j, size in sizes:
-                        lengths[j] = size or 0
-                    cursor = db.execute(f"SELECT sequence {_PER_VECTOR}", (self.modality,))
-                    self._input_codes = _encoded(lengths, ([s or "" for (s,) in rows]
-                                                           for rows in iter(lambda: cursor.fetchmany(INPUT_BLOCK), [])))
+                self._input_codes = _codes_from_db(self.records_db, self.modality)
         return self._input_codes
 
     def anchors(self):
-        """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`), built on first use."""
+        """The exact 12-mer table of the distinct barcodes (:mod:`clibd_cli.anchors`): mapped from the saved index
+        (its checksum checked first), or built on first use where it holds none (built before the table was saved,
+        or not saved yet)."""
         if self._anchors is None:
             from clibd_cli.anchors import AnchorTable
 
-            self._anchors = AnchorTable(*self._encoded_inputs())
+            path = self._words_file()
+            if path is not None:
+                try:
+                    self._anchors = AnchorTable.load(path, self.spec.counts.vectors)
+                except ValueError as exc:
+                    raise InputError(f"{exc}. Rebuild the index.") from None
+            else:
+                self._anchors = AnchorTable(*self._encoded_inputs())
         return self._anchors
+
+    def _words_file(self) -> Path | None:
+        """The saved word table, its checksum checked; None where the index holds none for these records."""
+        if not (self._stored and self.path is not None and self.manifest.get("words")):
+            return None
+        path = confined(self.path, self.manifest["words"], manifest=MANIFEST, what="index", remedy="Rebuild the index.")
+        if not path.exists():
+            raise InputError(f"{self.path}: {self.manifest['words']} is missing. Rebuild the index.")
+        _verify(path, self.manifest.get("words_sha256"), self.path)
+        return path
 
     def species_per_bin(self) -> dict[str, int]:
         """How many species of the reference each BIN holds (BINs shared by species are a warning sign)."""
@@ -824,18 +836,28 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
                 db.close()
             stored["records_sha256"] = sha256_file(tmp / RECORDS_DB)
             for part in parts:
-                if part._stored and part.path is not None:  # loaded and unchanged: keep its file
+                words = part.modality + WORDS_SUFFIX if part.modality == "dna" else None
+                if part._stored and part.path is not None:  # loaded and unchanged: keep its files
                     filename = Path(part.manifest["file"]).name
                     shutil.copyfile(_part_file(part.path, part.manifest), tmp / filename)
+                    saved = part._words_file() if words is not None else None
+                    if saved is not None:
+                        shutil.copyfile(saved, tmp / words)
+                    elif words is not None:
+                        _save_words(part, tmp, words)
                 elif engine() == HNSWLIB:
                     filename = part.modality + GRAPH_SUFFIX
-                    _save_graph(part, tmp, filename, threads)
+                    _save_graph(part, tmp, filename, threads, words)
                 else:
                     filename = part.modality + VECTORS_SUFFIX
                     save_vectors(part.vectors(), tmp / filename)
+                    if words is not None:
+                        _save_words(part, tmp, words)
                 part.manifest.update(file=f"{generation}/{filename}", records=stored["records"],
                                      search=HNSWLIB if filename.endswith(GRAPH_SUFFIX) else "exact",
                                      format_version=FORMAT_VERSION, sha256=sha256_file(tmp / filename))
+                if words is not None:
+                    part.manifest.update(words=f"{generation}/{words}", words_sha256=sha256_file(tmp / words))
                 part._spec = None
                 stored["parts"][part.modality] = _part_entry(part.manifest)
         switch(directory, stored)
@@ -858,19 +880,26 @@ def save_parts(parts: Sequence[ReferenceIndex], directory: Path, *, force: bool 
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _save_graph(part: ReferenceIndex, folder: Path, filename: str, threads: int | None) -> None:
-    """Build and save a part's graph without its vectors and records in memory beside it.
+def _save_graph(part: ReferenceIndex, folder: Path, filename: str, threads: int | None,
+                words: str | None = None) -> None:
+    """Build and save a part's graph (and its word table as ``words``) without its vectors and records in memory
+    beside it.
 
     The graph holds a copy of every vector; keeping the array too would double the peak of a large
     build (and the records, written to ``folder``'s SQLite already, add ~1.6 kB per barcode).  So the
     vectors go to a scratch file in the new generation, the array, the records and the lookup tables
-    made from them are dropped, and the graph is built from the file a chunk at a time.  Afterwards the
+    made from them are dropped, the word table is written then (its transient pairs beside neither the
+    array nor the graph), and the graph is built from the file a chunk at a time.  Afterwards the
     part reads its rows from the graph file and its records from SQLite, like a loaded index: the same
     values.  If the build fails, both are read back, so the part is as it was.
     """
     spill = SpilledVectors(part.vectors(), folder / (filename + ".vectors"))
+    codes = part._input_codes
     part._vectors = part._records = part._inputs = part._input_codes = part._anchors = None
     try:
+        if words is not None:
+            _save_words(part, folder, words, codes)
+        del codes
         graph = build_graph(spill, threads)
     except BaseException:
         part._vectors = np.fromfile(spill.path, dtype="<f4").reshape(spill.shape)
@@ -880,6 +909,19 @@ def _save_graph(part: ReferenceIndex, folder: Path, filename: str, threads: int 
         spill.path.unlink()
     graph.save_index(str(folder / filename))
     part._graph = graph
+
+
+def _save_words(part: ReferenceIndex, folder: Path, name: str,
+                codes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Write the part's word table (:class:`clibd_cli.anchors.AnchorTable`) as ``folder/name``: from its barcodes'
+    ``codes`` when given, else encoded from ``folder``'s records database, which holds them (a part about to be
+    saved may hold its records no more)."""
+    from clibd_cli.anchors import AnchorTable
+
+    if codes is None:
+        codes = part._input_codes if part._input_codes is not None else _codes_from_db(folder / RECORDS_DB,
+                                                                                         part.modality)
+    AnchorTable(*codes).save(folder / name)
 
 
 def _embed(encoder: Encoder, items: list[str], batch_size: int, progress) -> np.ndarray:
@@ -944,6 +986,19 @@ def _connect(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
         raise InputError(f"{path}: cannot be opened ({exc}). Rebuild the index.") from exc
+
+
+def _codes_from_db(path: Path, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct vector's barcode in a records database as base codes in one buffer, and their offsets,
+    encoded :data:`INPUT_BLOCK` at a time (lengths read first)."""
+    with _connect(path) as db:
+        sizes = db.execute(f"SELECT vector, length(sequence) {_PER_VECTOR}", (modality,)).fetchall()
+        lengths = np.zeros(sizes[-1][0] + 1 if sizes else 0, dtype=np.int64)
+        for j, size in sizes:
+            lengths[j] = size or 0
+        cursor = db.execute(f"SELECT sequence {_PER_VECTOR}", (modality,))
+        return _encoded(lengths, ([s or "" for (s,) in rows]
+                                  for rows in iter(lambda: cursor.fetchmany(INPUT_BLOCK), [])))
 
 
 def _encoded(lengths: np.ndarray, blocks: Iterable[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:

@@ -177,6 +177,11 @@ class IndexPart(_Open):
     """The engine the part was built for: ``hnswlib`` or ``exact`` (absent before format 4)."""
     sha256: str | None = None
     """sha256 of ``file``, checked before the file is opened (absent before format 4)."""
+    words: str | None = None
+    """Barcodes: the 12-mer word table that proposes candidates for reads (:mod:`clibd_cli.anchors`), relative to
+    the index folder (absent in indexes built before it was saved: built on first use)."""
+    words_sha256: str | None = None
+    """sha256 of ``words``, checked before the table is mapped."""
 
 
 class StoredPart(IndexPart):

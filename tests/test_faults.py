@@ -345,6 +345,45 @@ def test_damaged_or_foreign_index_files_are_refused(tmp_path, queries, indexes):
         assert ReferenceIndex.load(damaged).size == len(queries[1])
 
 
+def test_a_damaged_word_table_is_one_line(tmp_path, queries, indexes):
+    """The saved 12-mer table that proposes a read's candidates is checked before it is mapped: a flipped bit is
+    one line, and a table whose arrays do not fit together (manifest resealed to match it) is one line, not a
+    crash or a silent wrong candidate."""
+    import shutil
+    from dataclasses import replace
+
+    from clibd_cli.checksums import sealed, sha256_file
+
+    fasta, specimens = queries
+    reads = write_fasta(tmp_path / "reads.fasta", [replace(s, sequence=s.sequence[-200:]) for s in specimens[:3]])
+
+    def copy(name: str) -> tuple[Path, Path, dict]:
+        target = tmp_path / name
+        shutil.copytree(indexes[0], target)
+        manifest = json.loads((target / MANIFEST).read_text())
+        return target, target / manifest["parts"]["dna"]["words"], manifest
+
+    flipped, words, _ = copy("flipped")
+    data = bytearray(words.read_bytes())
+    data[-3] ^= 0xFF
+    words.write_bytes(bytes(data))
+    one_error_line(invoke("match", reads, "-i", flipped, "-o", tmp_path / "1.csv"), "does not match the checksum")
+    assert invoke("match", fasta, "-i", flipped, "-o", tmp_path / "whole.csv").exit_code == 0  # whole barcodes
+    # need no word table: the index answers them
+
+    cut, words, manifest = copy("cut")
+    words.write_bytes(words.read_bytes()[:-400])
+    manifest["parts"]["dna"]["words_sha256"] = sha256_file(words)
+    (cut / MANIFEST).write_text(json.dumps(sealed(manifest), indent=2))
+    one_error_line(invoke("match", reads, "-i", cut, "-o", tmp_path / "2.csv"), "ends inside its owners array",
+                   "Rebuild the index")
+
+    missing, words, _ = copy("missing")
+    words.unlink()
+    one_error_line(invoke("match", reads, "-i", missing, "-o", tmp_path / "3.csv"), "dna.words is missing",
+                   "Rebuild the index")
+
+
 # ------------------------------------------------------------------------------- pipes and FIFOs
 
 def test_queries_and_references_from_pipes_are_read_once(tmp_path, queries):

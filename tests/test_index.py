@@ -40,7 +40,7 @@ def test_round_trip(tmp_path, records, encoder):
     target = tmp_path / "idx"
     assert built.save(target) == target
     assert sorted(p.name for p in target.iterdir()) == [LOCK, "gen-000001", MANIFEST]
-    assert sorted(p.name for p in (target / "gen-000001").iterdir()) == ["dna.hnsw", RECORDS_DB]
+    assert sorted(p.name for p in (target / "gen-000001").iterdir()) == ["dna.hnsw", "dna.words", RECORDS_DB]
     loaded = ReferenceIndex.load(target)
     assert loaded.size == len(records) == 108
     assert loaded.fingerprint == built.fingerprint
@@ -166,6 +166,39 @@ def test_append(tmp_path, records, encoder):
     assert (found.labels[:, 0] == np.arange(61, len(records) + 1)).mean() > 0.9
     np.testing.assert_allclose(found.similarities[:, 0], 1.0, atol=1e-5)
     assert not leftovers(target)
+
+
+def test_the_word_table_is_saved_mapped_and_follows_appends(tmp_path, records, encoder):
+    """`build-index` saves the 12-mer table that proposes a read's candidates; a loaded index maps it (not built
+    again) and it equals the table built from the barcodes; an append saves one that holds the new barcodes; and
+    an index saved before the table was (no ``words`` in its manifest) builds the same table on first use."""
+    from clibd_cli.anchors import AnchorTable
+
+    target = tmp_path / "idx"
+    first, rest = records[:60], records[60:]
+    ReferenceIndex.from_records(first, encoder).save(target)
+    bigger = ReferenceIndex.load(target).appended(rest, encoder)
+    bigger.save(target)
+    loaded = ReferenceIndex.load(target)
+    table = loaded.anchors()
+    assert isinstance(table.owners, np.memmap) and loaded._input_codes is None  # mapped, nothing encoded
+    built = AnchorTable.of(loaded.vector_inputs())
+    assert all(np.array_equal(getattr(table, a), getattr(built, a)) for a in ("words", "starts", "owners"))
+    last = rest[-1]
+    vector = int(loaded.labels.vector[len(records) - 1])
+    assert table.candidates(last.sequence[-200:], 1)[0] == vector  # an appended barcode is in the table
+
+    stored = json.loads((target / MANIFEST).read_text())
+    for key in ("words", "words_sha256"):
+        del stored["parts"]["dna"][key]
+    (target / MANIFEST).write_text(json.dumps(sealed(stored), indent=2))
+    older = ReferenceIndex.load(target)
+    rebuilt = older.anchors()
+    assert not isinstance(rebuilt.owners, np.memmap)
+    assert all(np.array_equal(getattr(rebuilt, a), getattr(built, a)) for a in ("words", "starts", "owners"))
+    older.save(target)  # saved again, unchanged: the table is written now
+    assert "words" in json.loads((target / MANIFEST).read_text())["parts"]["dna"]
+    assert isinstance(ReferenceIndex.load(target).anchors().owners, np.memmap)
 
 
 def test_append_rejects_duplicate_ids(tmp_path, records, encoder):
