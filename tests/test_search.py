@@ -118,7 +118,10 @@ def test_append_without_hnswlib_to_a_graph_index(tmp_path, monkeypatch):
 
 def test_match_is_identical_with_and_without_hnswlib(tmp_path, monkeypatch, graph_always):
     """The README's barcode job: rows and top hits (ids, identities, calls) do not depend on the engine,
-    even with the graph searched on this small index (normally exact below 10,000 vectors)."""
+    even with the graph searched on this small index (normally exact below 10,000 vectors); nor do the calls
+    of Leray reads, whose candidates also come from the 12-mer word table both engines save in the index."""
+    reads = tmp_path / "leray.fasta"
+    reads.write_text("".join(f">{r.id}\n{r.sequence[-313:]}\n" for r in SequenceStream([EXAMPLES / "queries.fasta"])))
     outputs = {}
     for engine in ("hnswlib", "exact"):
         if engine == "exact":
@@ -128,12 +131,17 @@ def test_match_is_identical_with_and_without_hnswlib(tmp_path, monkeypatch, grap
         clibd_ok("build-index", "--barcodes", EXAMPLES / "reference.fasta", "-o", index)
         clibd_ok("match", EXAMPLES / "queries.fasta", "--index", index, "-o", out / "calls.json",
                  "--hits", out / "hits.tsv")
+        clibd_ok("match", reads, "--index", index, "-o", out / "reads.csv")
         document = json.loads((out / "calls.json").read_text())
-        outputs[engine] = (document["results"], read_rows(out / "hits.tsv"), document["info"]["search"])
-    (rows, hits, search), (exact_rows, exact_hits, exact_search) = outputs["hnswlib"], outputs["exact"]
+        assert (index / part_file(index)[1]["words"]).is_file()
+        outputs[engine] = (document["results"], read_rows(out / "hits.tsv"), document["info"]["search"],
+                           read_rows(out / "reads.csv"))
+    (rows, hits, search, fragments), (exact_rows, exact_hits, exact_search, exact_fragments) = \
+        outputs["hnswlib"], outputs["exact"]
     assert len(rows) == 40 and rows == exact_rows
     assert len(hits) > 150 and hits == exact_hits
     assert search.startswith("hnswlib HNSW graph") and exact_search.startswith("exact (index built without")
+    assert sum(row["status"] == "assigned" for row in fragments) >= 20 and fragments == exact_fragments
 
 
 def test_classify_is_identical_with_and_without_hnswlib(tmp_path, monkeypatch, graph_always):
