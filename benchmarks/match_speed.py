@@ -15,6 +15,7 @@ repeated sequence once) and only their distinct sequences (what VSEARCH users fe
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,11 @@ def main() -> None:
         for _ in range(args.rounds):
             for key, cmd in commands.items():
                 seconds[key].append(timed(cmd))
+        distinct_name = f"{len(distinct):,} distinct"
+        stages = json.loads(subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "_stage_times.py"),
+             *commands[("clibd match (64 candidates)", distinct_name)][3:-3], "--threads", "1", "--force"],
+            check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     lines = [f"{len(queries):,} queries (held-out case; {len(distinct):,} distinct sequences, as specimens of one "
              f"species often share a haplotype) against {len(reference):,} reference barcodes, {args.threads} "
              f"threads, each command {args.rounds}× alternating; the fastest run counts.  `clibd match` aligns a "
@@ -70,9 +76,25 @@ def main() -> None:
         n = len(sets[set_name])
         lines.append(f"| {name} | {set_name} | {' / '.join(f'{s:.1f}' for s in runs)} | {n / best:.0f} | "
                      f"{base / best:.2f}× |")
+    lines += ["", _stage_lines(stages, len(distinct), min(seconds[("VSEARCH", distinct_name)]), args.threads)]
     print("\n".join(lines))
     if not args.no_write:
         write_section("Barcode identification speed vs VSEARCH (idle machine)", "\n".join(lines), invocation())
+
+
+def _stage_lines(stages: dict, queries: int, vsearch: float, threads: int) -> str:
+    """Where one process's time goes on the distinct queries, against the CPU time 5× VSEARCH's speed allows."""
+    spent, calls = stages["seconds"], stages["calls"]
+    graph, diagonal, opal = (spent.get(s, 0.0) for s in ("graph", "diagonal", "opal"))
+    budget, rest = threads * vsearch / 5, stages["wall"] - graph - diagonal - opal
+    return (f"Where the time goes: `clibd match --threads 1` of the {queries:,} distinct queries in one process, "
+            f"each stage timed where it is called (benchmarks/_stage_times.py): {stages['wall']:.1f} s "
+            f"({stages['cpu']:.1f} s CPU); graph searches (both strands, rescoring, rivals) {graph:.1f} s, the "
+            f"diagonal stage {diagonal:.1f} s, Opal alignments {opal:.1f} s ({calls.get('opal', 0):,} alignments), "
+            f"the rest (start-up, encoding, ranking, voting, writing) {rest:.1f} s.  5× "
+            f"VSEARCH's speed on {threads} cores allows at most {threads} × {vsearch:.1f} / 5 = {budget:.1f} s of CPU "
+            f"for these queries; the two stages issue 9 prescribes (graph search and alignment) take "
+            f"{graph + opal:.1f} s.")
 
 
 if __name__ == "__main__":
