@@ -17,6 +17,10 @@ barcodes and is refused)::
                          build makes the graph from a scratch file, not beside the array); built
                          without hnswlib, the part stores gen-N/<modality>.npy (the vectors) instead
                          and is searched exactly (:mod:`clibd_cli.search`: both open everywhere)
+    DIR/gen-N/dna.words  barcodes only: the sampled 12-mers of every distinct barcode and the references that
+                         hold each (:mod:`clibd_cli.anchors`), which propose candidates for reads under
+                         500 bp; memory-mapped by `clibd match` (an index built before it was saved has
+                         none, and builds it on first use)
 
 A :class:`ReferenceIndex` object is one part (one modality).  A DNA-only index built with the k-mer
 profile has just the ``dna`` part; an index built with a model bundle may hold barcodes, photos and
