@@ -63,6 +63,37 @@ def test_fast_path_agrees_with_alignment():
     assert limited[0] == fast[0] and limited[1] == fast[1]  # the diagonal ones needed no alignment
 
 
+def test_a_querys_alignments_are_one_opal_call_and_the_batches_still_decide(monkeypatch):
+    """The targets a query may align go to Opal in one call; what the batches of four keep is unchanged: once the
+    first batch verifies a 99 % hit, a fifth target estimated 7 points below it is turned away (None, though it was
+    aligned), and one within the margin is kept, with the identity it gets aligned alone."""
+    import clibd_cli.align as align
+
+    rng = np.random.default_rng(21)
+    base = random_sequence(rng, 650)
+
+    def with_indel(at: int, rate: float = 0.0) -> str:  # an indel splits the diagonal: the fast path cannot
+        return mutate(base[:at] + base[at + 3 :], rate, rng)  # verify it (its longer part estimates the identity)
+
+    calls = []
+
+    def counted(query, targets):
+        calls.append(len(targets))
+        return align_many(query, targets)
+
+    monkeypatch.setattr(align, "align_many", counted)
+    close = [with_indel(at) for at in (230, 250, 270, 290)]  # 99.5 %, estimated 100 %
+    for fifth, kept in ((with_indel(260, 0.08), False), (with_indel(260, 0.015), True)):
+        calls.clear()
+        found = verify(base, [*close, fifth], full=5)
+        assert calls == [5]  # one call, the fifth included
+        assert [a.identity for a in found[:4]] == [align_many(base, [t])[0].identity for t in close]
+        assert min(a.identity for a in found[:4]) >= 0.97
+        assert (found[4] == align_many(base, [fifth])[0]) if kept else found[4] is None
+    calls.clear()
+    assert verify(base, close, full=2) == verify(base, close, full=2) and calls == [2, 2]  # at most ``full``
+
+
 def test_staggered_barcodes_need_no_alignment():
     """Two barcodes that overlap staggered (one starts earlier, the other ends later) match along one diagonal
     over the whole overlap they allow, shorter than either: that diagonal is their alignment, found without one."""
