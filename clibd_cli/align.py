@@ -341,7 +341,7 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
     # batches then keep what they would have aligned, and a target a risen floor turns away was aligned for nothing.
     floor = best - margin if best >= NEAR_IDENTITY else -1.0
     chosen = [i for i in pending[:full] if estimate[i] >= floor]
-    aligned = dict(zip(chosen, align_many(query, [targets[i] for i in chosen]), strict=True))
+    aligned = dict(zip(chosen, align_many(query, [targets[i] for i in chosen]), strict=True)) if chosen else {}
     done = 0
     while pending and done < full:
         floor = best - margin if best >= NEAR_IDENTITY else -1.0
