@@ -310,13 +310,12 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
     real BOLD pairs such diagonals give the optimal overlap alignment's identity for 87 % of them and
     are within 0.45 point of it for 99 % (35,156 pairs of the held-out queries of
     benchmarks/dna_vs_vsearch.py against Opal; tests/test_align.py checks against Biopython).  The
-    others (indels, distant or
-    unrelated sequences) are aligned with Opal (overlap mode) in the order of their diagonal identity,
-    a few at a time, at most ``full`` of them; once a hit at ≥ :data:`NEAR_IDENTITY` is verified, only
-    while that estimate is within ``margin`` of the best: a hit three points below it weighs e^-3 of it
-    in the vote.  Targets left out are ``None`` (not verified).  ``codes``: the targets' :func:`base_codes`,
-    when the caller has them already (``targets`` may then be None: the few that are aligned are spelled
-    from their codes).
+    others (indels, distant or unrelated sequences) are aligned with Opal (overlap mode, all in one call)
+    and taken in the order of their diagonal identity, four at a time, at most ``full`` of them; once a
+    hit at ≥ :data:`NEAR_IDENTITY` is verified, only while that estimate is within ``margin`` of the
+    best: a hit three points below it weighs e^-3 of it in the vote.  Targets left out are ``None`` (not
+    verified).  ``codes``: the targets' :func:`base_codes`, when the caller has them already (``targets``
+    may then be None: the few that are aligned are spelled from their codes).
     """
     q = base_codes(query)
     if targets is None:

@@ -65,8 +65,8 @@ def test_fast_path_agrees_with_alignment():
 
 def test_a_querys_alignments_are_one_opal_call_and_the_batches_still_decide(monkeypatch):
     """The targets a query may align go to Opal in one call; what the batches of four keep is unchanged: once the
-    first batch verifies a 99 % hit, a fifth target estimated 7 points below it is turned away (None, though it was
-    aligned), and one within the margin is kept, with the identity it gets aligned alone."""
+    first batch verifies a 99.5 % hit, a fifth target estimated some 8 points below it is turned away (None, though it
+    was aligned), and one within the margin is kept, with the identity it gets aligned alone."""
     import clibd_cli.align as align
 
     rng = np.random.default_rng(21)
@@ -91,7 +91,7 @@ def test_a_querys_alignments_are_one_opal_call_and_the_batches_still_decide(monk
         assert min(a.identity for a in found[:4]) >= 0.97
         assert (found[4] == align_many(base, [fifth])[0]) if kept else found[4] is None
     calls.clear()
-    assert verify(base, close, full=2) == verify(base, close, full=2) and calls == [2, 2]  # at most ``full``
+    assert sum(a is not None for a in verify(base, close, full=2)) == 2 and calls == [2]  # at most ``full``
 
 
 def test_staggered_barcodes_need_no_alignment():
