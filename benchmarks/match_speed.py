@@ -50,8 +50,8 @@ def main() -> None:
         for set_name, chosen in sets.items():
             fasta = work / f"{len(chosen)}.fasta"
             write_fasta(fasta, chosen, with_taxonomy=False)
-            clibd = [sys.executable, "-m", "clibd_cli.app", "match", str(fasta), "-i", str(work / "idx"), "-o",
-                     str(work / "c.csv"), "--threads", threads, "--force"]
+            match = ["match", str(fasta), "-i", str(work / "idx"), "-o", str(work / "c.csv"), "--force"]
+            clibd = [sys.executable, "-m", "clibd_cli.app", *match, "--threads", threads]
             commands[("clibd match (64 candidates)", set_name)] = clibd
             commands[("clibd match --candidates 32", set_name)] = [*clibd, "--candidates", "32"]
             commands[("VSEARCH", set_name)] = ["vsearch", "--usearch_global", str(fasta), "--db",
@@ -61,10 +61,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for key, cmd in commands.items():
                 seconds[key].append(timed(cmd))
-        distinct_name = f"{len(distinct):,} distinct"
+        distinct_name = f"{len(distinct):,} distinct"  # (the last set: ``match`` is its command)
         stages = json.loads(subprocess.run(
-            [sys.executable, str(Path(__file__).resolve().parent / "_stage_times.py"),
-             *commands[("clibd match (64 candidates)", distinct_name)][3:-3], "--threads", "1", "--force"],
+            [sys.executable, str(Path(__file__).resolve().parent / "_stage_times.py"), *match, "--threads", "1"],
             check=True, capture_output=True, text=True).stdout.splitlines()[-1])
     lines = [f"{len(queries):,} queries (held-out case; {len(distinct):,} distinct sequences, as specimens of one "
              f"species often share a haplotype) against {len(reference):,} reference barcodes, {args.threads} "

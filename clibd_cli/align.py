@@ -334,23 +334,22 @@ def verify(query: str, targets: Sequence[str] | None, full: int = 10, margin: fl
                     if fast[i] is not None else 0.0) for i, a in enumerate(out) if a is None}
     pending = sorted(estimate, key=lambda i: -estimate[i])
     best = max((a.identity for a in out if a is not None and a.coverage >= 0.5), default=0.0)
-    # The batches below take a prefix of ``pending`` (sorted by estimate), at most ``full`` long, whose estimates pass
-    # the first batch's floor (the floor only rises).  That prefix is aligned in one Opal call, whose score pass
-    # costs about as much for one target as for five (its SIMD lanes hold targets), not in one call per batch; the
-    # batches then keep what they would have aligned, and a target a risen floor turns away was aligned for nothing.
+    # The batches of ALIGN_BATCH can only take a prefix of ``pending`` (sorted by estimate), at most ``full`` long,
+    # whose estimates pass the first batch's floor (the floor only rises).  That prefix is aligned in one Opal call,
+    # whose score pass costs about as much for one target as for five (its SIMD lanes hold targets), not in one call
+    # per batch; each batch then keeps those of its targets that pass the floor its predecessors raised (a prefix of
+    # it, the rest aligned for nothing), and a batch cut short ends them.
     floor = best - margin if best >= NEAR_IDENTITY else -1.0
     chosen = [i for i in pending[:full] if estimate[i] >= floor]
-    aligned = dict(zip(chosen, align_many(query, [targets[i] for i in chosen]), strict=True)) if chosen else {}
-    done = 0
-    while pending and done < full:
+    aligned = align_many(query, [targets[i] for i in chosen]) if chosen else []
+    for start in range(0, len(chosen), ALIGN_BATCH):
         floor = best - margin if best >= NEAR_IDENTITY else -1.0
-        batch = [i for i in pending[:ALIGN_BATCH] if estimate[i] >= floor][: full - done]
-        if not batch:
-            break
-        pending = pending[ALIGN_BATCH:]
-        for i in batch:
-            alignment = out[i] = aligned[i]
+        batch = [(i, a) for i, a in zip(chosen[start : start + ALIGN_BATCH], aligned[start : start + ALIGN_BATCH],
+                                        strict=True) if estimate[i] >= floor]
+        for i, alignment in batch:
+            out[i] = alignment
             if alignment.coverage >= 0.5:
                 best = max(best, alignment.identity)
-        done += len(batch)
+        if len(batch) < ALIGN_BATCH:
+            break
     return out
