@@ -10,9 +10,10 @@ BOLD packages mix markers (COI-5P, ITS, 28S, …): where a file says which marke
 `marker_code`/`markercode`/`marker` column, or the marker field of a BOLD FASTA header), only rows of the
 requested marker (default COI-5P) are read.
 
-Every sequence is normalised the same way (upper-case, U→T, gaps dropped, IUPAC codes → N, end Ns
-trimmed) and quality-checked, because the tokenizer and the k-mer encoder treat every non-ACGT letter
-as unknown: lower case or alignment gaps must not silently become missing data.
+Every sequence is normalised the same way (upper-case, U→T, gaps and line numbers dropped, IUPAC codes → N,
+end Ns trimmed) and quality-checked, because the tokenizer and the k-mer encoder treat every non-ACGT letter
+as unknown: lower case or alignment gaps must not silently become missing data.  A record holding any other
+character (``#``, ``X``, a stray header) is refused with a line naming it, never passed on.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 IUPAC_AMBIGUOUS = "RYSWKMBDHVN"
 _GAP_CHARS = "-.~ \t\r\n*?"
+_LINE_NUMBERS = "0123456789"  # GenBank/EMBL-formatted sequences number their lines; BLAST ignores digits too
 _NUCLEOTIDE_LETTERS = set("ACGTU" + IUPAC_AMBIGUOUS)
-_TRANSLATE = str.maketrans({**{c: "N" for c in IUPAC_AMBIGUOUS}, "U": "T", **{c: None for c in _GAP_CHARS}})
+_TRANSLATE = str.maketrans({**{c: "N" for c in IUPAC_AMBIGUOUS}, "U": "T",
+                            **{c: None for c in _GAP_CHARS + _LINE_NUMBERS}})
+_DROP_BASES = str.maketrans(dict.fromkeys("ACGTN"))
+_NOT_BASE = re.compile("[^ACGTN]")
 
 DEFAULT_MIN_LENGTH = 200
 DEFAULT_MAX_AMBIGUOUS = 0.05
@@ -84,8 +89,21 @@ class SequenceRecord:
 
 
 def normalise_sequence(raw: str) -> str:
-    """Upper-case, U→T, drop gaps and whitespace, IUPAC ambiguity codes → N, trim end Ns."""
-    return raw.upper().translate(_TRANSLATE).strip("N")
+    """Upper-case, U→T, drop gaps, whitespace and line numbers, IUPAC ambiguity codes → N, trim end Ns.
+
+    What is left is A, C, G, T and N only, whatever ``raw`` holds: any other character becomes N, so that no
+    consumer (Opal refuses letters outside its alphabet) meets one.  Files read as records refuse such a record
+    first (:func:`_foreign_characters`), so this only guards the values other readers pass through.
+    """
+    sequence = raw.upper().translate(_TRANSLATE)
+    if sequence.translate(_DROP_BASES):
+        sequence = _NOT_BASE.sub("N", sequence)
+    return sequence.strip("N")
+
+
+def _foreign_characters(raw: str) -> str:
+    """The characters of a raw sequence that are no nucleotide, IUPAC code, gap, whitespace or line number."""
+    return raw.upper().translate(_DROP_NUCLEOTIDES)
 
 
 def qc_flags(sequence: str, qc: QCConfig = QCConfig()) -> tuple[str, ...]:
@@ -255,17 +273,26 @@ def fasta_header_marker(header: str) -> str:
     return fields[2] if len(fields) >= 3 and _MARKER.match(fields[2]) else ""
 
 
-_DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP_CHARS))
+_DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP_CHARS + _LINE_NUMBERS))
 
 
-def _looks_like_protein(raw: str) -> bool:
-    """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …)."""
-    upper = raw.upper()
-    foreign = upper.translate(_DROP_NUCLEOTIDES)
-    if not foreign:
-        return False
-    letters = len(upper) - sum(upper.count(c) for c in _GAP_CHARS)
+def _looks_like_protein(raw: str, foreign: str) -> bool:
+    """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …); ``foreign``: those of
+    :func:`_foreign_characters`."""
+    letters = sum(c.isalpha() for c in raw)
     return sum(c.isalpha() for c in foreign) > 0.1 * max(letters, 1)
+
+
+def _not_dna(where: str, seq_id: str, raw: str, foreign: str) -> InputError:
+    """The error for a record whose sequence holds ``foreign`` characters: protein, or a few stray ones."""
+    if _looks_like_protein(raw, foreign):
+        return InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
+                          "clibd needs nucleotide barcodes (e.g. COI-5P).")
+    shown = sorted(set(foreign))
+    listed = ", ".join(repr(c) for c in shown[:5]) + (" …" if len(shown) > 5 else "")
+    return InputError(f"{where}: {seq_id!r} holds {len(foreign)} character{'s' if len(foreign) > 1 else ''} that "
+                      f"{'are' if len(foreign) > 1 else 'is'} not DNA ({listed}). Use A, C, G, T (or U), IUPAC "
+                      "ambiguity codes and gaps: replace the others (N for an unknown base) or remove them.")
 
 
 class RawRecord(NamedTuple):
@@ -542,9 +569,9 @@ class SequenceStream:
                     raise InputError(f"{where}: duplicate id {seq_id!r} (first at {first}). "
                                      f"Ids must be unique; rename or remove one.{hint}")
                 seen[seq_id] = (where, row_marker)
-                if _looks_like_protein(raw):
-                    raise InputError(f"{where}: {seq_id!r} looks like a protein sequence, not DNA. "
-                                     "clibd needs nucleotide barcodes (e.g. COI-5P).")
+                foreign = _foreign_characters(raw)
+                if foreign:
+                    raise _not_dna(where, seq_id, raw, foreign)
                 sequence = normalise_sequence(raw)
                 if not sequence and self.skip_empty:
                     self.skipped_empty += 1

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_reference, write_fasta
+from conftest import clibd_ok, make_reference, write_fasta
 from typer.testing import CliRunner
 
 from clibd_cli.app import app
@@ -110,6 +110,26 @@ def test_protein_fasta(files, tmp_path):
     line = assert_user_error(invoke("match", protein, "-i", files["index"]), str(protein), "cox1_protein",
                              "protein")
     assert "record 2" in line
+
+
+def test_stray_characters_stop_the_run_with_one_line(files, tmp_path):
+    """A query holding characters that are no base (Opal refused them with a traceback) is one line and exit 2;
+    the same barcode with GenBank-style line numbers is identified like the plain one."""
+    known = files["known"][0]
+    stray = tmp_path / "stray.fasta"
+    stray.write_text(f">good\n{known.sequence}\n>typo\n{known.sequence[:300]}#{known.sequence[300:]}\n")
+    line = assert_user_error(invoke("match", stray, "-i", files["index"]), str(stray), "typo", "'#'",
+                             "not DNA")
+    assert "record 2" in line
+    numbered = tmp_path / "numbered.fasta"
+    lines = [f"{i + 1:>9} {known.sequence[i : i + 60]}" for i in range(0, len(known.sequence), 60)]
+    numbered.write_text(f">{known.id}\n" + "\n".join(lines) + "\n")
+    plain = tmp_path / "plain.fasta"
+    plain.write_text(f">{known.id}\n{known.sequence}\n")
+    for fasta in (numbered, plain):
+        clibd_ok("match", fasta, "-i", files["index"], "-o", tmp_path / f"{fasta.stem}.csv")
+    rows = [read_rows(tmp_path / f"{name}.csv", "csv") for name in ("numbered", "plain")]
+    assert rows[0] == rows[1] and rows[0][0]["status"] == "assigned"
 
 
 def test_duplicate_ids(files, tmp_path):

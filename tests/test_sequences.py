@@ -43,6 +43,8 @@ ACGTN = re.compile(r"^[ACGTN]*$")
     ("--NN..ACGT..NN--", "ACGT"),
     ("", ""),
     ("----", ""),
+    ("        1 gatcctccat atacaacggt\n       21 atctccacct", "GATCCTCCATATACAACGGTATCTCCACCT"),  # GenBank layout
+    ("ACG#TXA", "ACGNTNA"),  # what readers refuse (foreign_characters) never reaches an aligner as is
 ])
 def test_normalise_sequence(raw, expected):
     assert normalise_sequence(raw) == expected
@@ -293,6 +295,20 @@ def test_record_without_id_is_refused(tmp_path):
                        ",")
     with pytest.raises(InputError, match=r"line 3: the record has no id"):
         read_sequences([path])
+
+
+@pytest.mark.parametrize(("raw", "shown"), [("ACGT#ACGTX", "2 characters that are not DNA ('#', 'X')"),
+                                            ("ACGTACGT>ACGT", "1 character that is not DNA ('>')")])
+def test_record_with_characters_that_are_not_dna_is_refused(tmp_path, raw, shown):
+    """A few stray characters (not enough to look like protein) name the record; line numbers are not among them."""
+    path = tmp_path / "stray.fasta"
+    path.write_text(f">good\n1 ACGTACGTAC\n11 GTACGTACGT\n>bad\n{'ACGTACGTAC' * 20}{raw}\n")
+    with pytest.raises(InputError) as caught:
+        read_sequences([path])
+    assert str(caught.value).startswith(f"{path}: record 2 (>bad): 'bad' holds {shown}")
+    assert "N for an unknown base" in str(caught.value)
+    path.write_text(">good\n1 ACGTACGTAC\n11 GTACGTACGT\n")
+    assert read_sequences([path]).records[0].sequence == "ACGTACGTACGTACGTACGT"
 
 
 def test_fastq_is_refused(tmp_path):
