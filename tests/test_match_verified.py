@@ -17,11 +17,18 @@ from clibd_cli.sequences import SequenceRecord
 
 
 @pytest.fixture(scope="module")
-def matched(tmp_path_factory, split_reference):
-    """The split reference indexed, and every kind of query matched once through the CLI."""
-    reference, known, _ = split_reference
+def split_index(tmp_path_factory, split_reference):
+    """The split reference indexed."""
     tmp = tmp_path_factory.mktemp("verified")
-    clibd_ok("build-index", "-b", write_fasta(tmp / "ref.fasta", reference), "-o", tmp / "idx")
+    clibd_ok("build-index", "-b", write_fasta(tmp / "ref.fasta", split_reference[0]), "-o", tmp / "idx")
+    return tmp / "idx"
+
+
+@pytest.fixture(scope="module")
+def matched(tmp_path_factory, split_reference, split_index):
+    """Every kind of query matched once against the split reference through the CLI."""
+    _, known, _ = split_reference
+    tmp = tmp_path_factory.mktemp("verified")
     rng = np.random.default_rng(1)
     queries = [Specimen(f"full-{s.id}", *s.lineage, s.bin, s.sequence) for s in known]
     queries += [Specimen(f"rc-{s.id}", *s.lineage, s.bin, reverse_complement(s.sequence)) for s in known]
@@ -29,7 +36,7 @@ def matched(tmp_path_factory, split_reference):
     queries += [Specimen(f"noise-{i}", "", "", "", "", "", random_sequence(rng, 600)) for i in range(10)]
     queries.append(Specimen("empty-1", "", "", "", "", "", "NNNN"))
     fasta = write_fasta(tmp / "queries.fasta", queries, style="bare")
-    clibd_ok("match", fasta, "-i", tmp / "idx", "-o", tmp / "out.csv", "--hits", tmp / "hits.csv")
+    clibd_ok("match", fasta, "-i", split_index, "-o", tmp / "out.csv", "--hits", tmp / "hits.csv")
     rows = {row["query_id"]: row for row in read_rows(tmp / "out.csv")}
     return known, queries, rows, read_rows(tmp / "hits.csv")
 
@@ -60,6 +67,33 @@ def test_non_homologous_queries_get_no_call(matched):
     _, _, rows, _ = matched
     noise = [row for qid, row in rows.items() if qid.startswith("noise-")]
     assert len(noise) == 10 and all(row["status"] == "no_match" and not row["order"] for row in noise)
+
+
+def test_a_barcode_inside_a_longer_sequence_is_found(matched, split_index, tmp_path):
+    """Cut to the stretch that references cover, a barcode inside a long sequence (a mitogenome, a long read) gets
+    the barcode's call, on either strand, flagged: the call covers a part of the query.  Searched whole, 4.6 kb
+    of profile resemble no barcode's: with 8 candidates of ~90 (a small reference's 64 would hold them all) its
+    species' references were not among them."""
+    known, _, rows, _ = matched
+    rng = np.random.default_rng(5)
+    other = [s.sequence for s in make_reference(seed=99, id_prefix="OTHER")]  # COI-like, homologous to none
+    queries = []
+    for i, s in enumerate(known[:6]):
+        inside = "".join(other[4 * i : 4 * i + 3]) + s.sequence + "".join(other[4 * i + 3 : 4 * i + 6])
+        queries += [Specimen(f"long-{s.id}", *s.lineage, s.bin, inside),
+                    Specimen(f"longrc-{s.id}", *s.lineage, s.bin, reverse_complement(inside))]
+    queries += [Specimen(f"longnoise-{i}", "", "", "", "", "", random_sequence(rng, 5000)) for i in range(2)]
+    fasta = write_fasta(tmp_path / "long.fasta", queries, style="bare")
+    clibd_ok("match", fasta, "-i", split_index, "-o", tmp_path / "long.csv", "--candidates", "8")
+    found = {row["query_id"]: row for row in read_rows(tmp_path / "long.csv")}
+    for s in known[:6]:
+        full = rows[f"full-{s.id}"]
+        for name in (f"long-{s.id}", f"longrc-{s.id}"):
+            row = found[name]
+            assert (row["status"], row["species"], row["identity"]) == (full["status"], s.species, full["identity"])
+            assert "low_overlap" in row["flags"] and abs(int(row["overlap"]) - len(s.sequence)) <= 5
+        assert "reverse_complement" in found[f"longrc-{s.id}"]["flags"]
+    assert all(found[f"longnoise-{i}"]["status"] == "no_match" for i in range(2))
 
 
 def _identify(reference: list[Specimen], queries: list[Specimen], thresholds: dict[str, float]) -> list[dict]:
