@@ -19,6 +19,7 @@ character (``#``, ``X``, a stray header) is refused with a line naming it, never
 from __future__ import annotations
 
 import atexit
+import codecs
 import csv
 import gzip
 import io
@@ -180,6 +181,8 @@ def open_text(path: Path) -> io.TextIOBase:
             sample = fh.read(65536)
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot be read ({exc}). Is it a complete file?") from exc
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
+        return opener(path, "rt", encoding="utf-16", errors="strict", newline="")
     if not sample.strip():
         raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
     if b"\x00" in sample:
@@ -321,12 +324,18 @@ def _read_fasta(path: Path) -> Iterator[RawRecord]:
 
 
 def table_delimiter(path: Path, first_line: str) -> str:
-    """Tab or comma: from the extension (.tsv/.tab, .csv, also gzipped), else the first line's content."""
+    """Tab, comma or semicolon: from the extension (.tsv/.tab; .csv, also gzipped), else the header's content.
+
+    A .csv whose header holds semicolons and no comma is semicolon-separated: Excel writes its "CSV" so where
+    the decimal separator is a comma (most of Europe and Latin America)."""
     name = path.name.lower().removesuffix(".gz")
     if name.endswith((".tsv", ".tab")):
         return "\t"
+    semicolons = ";" in first_line and "," not in first_line and "\t" not in first_line
     if name.endswith(".csv"):
-        return ","
+        return ";" if semicolons else ","
+    if semicolons:
+        return ";"
     return "\t" if "\t" in first_line and first_line.count("\t") >= first_line.count(",") else ","
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import re
 import sys
+from dataclasses import replace
 
 import pytest
 from conftest import clibd_ok, make_reference, requires_shared, shared_path, write_fasta, write_table
@@ -222,6 +224,33 @@ def test_csv_with_named_columns(tmp_path):
     assert [(r.id, r.sequence) for r in records] == [("s1", "ACGTACGT"), ("s2", "TTTTGGGG")]
     assert records[0].taxonomy == {"order": "", "family": "", "genus": "Aedes", "species": "Aedes aegypti"}
     assert records[1].taxonomy["genus"] == "Culex"
+
+
+@pytest.mark.parametrize("name", ["lab.csv", "lab.txt"])
+def test_semicolon_csv_reads_like_a_comma_one(tmp_path, name):
+    """Excel writes its CSV with semicolons where the decimal separator is a comma (most of Europe): a header
+    with semicolons and no comma is read so (the cells keep their commas)."""
+    rows = [["s1", "Aedes aegypti", "acgtACGT", "1,5 mm"], ["s2", "Culex pipiens", "TTTTGGGG", "2,0 mm"]]
+    header = ["processid", "species", "nucleotides", "size"]
+    comma = read_sequences([write_table(tmp_path / "comma.csv", header, rows, ",")]).records
+    semicolon = read_sequences([write_table(tmp_path / name, header, rows, ";")]).records
+    assert _read(semicolon) == _read(comma) and [r.sequence for r in semicolon] == ["ACGTACGT", "TTTTGGGG"]
+
+
+def _read(records: list) -> list:
+    """Records as read, wherever from (their source names the file)."""
+    return [replace(r, source="") for r in records]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_text_reads_like_utf8(tmp_path, encoding):
+    """Windows Notepad saves "Unicode" as UTF-16 with a byte-order mark; it was refused as a binary file."""
+    text = ">Q1|Diptera|Culicidae|Aedes|Aedes vexans|\nACGTACGTTT\n>Q2\nGGGCCCAAAT\n"
+    (tmp_path / "utf8.fasta").write_text(text, encoding="utf-8")
+    (tmp_path / "utf16.fasta").write_bytes((codecs.BOM_UTF16_BE if encoding.endswith("be") else b"")
+                                           + text.encode(encoding))
+    utf16 = read_sequences([tmp_path / "utf16.fasta"]).records
+    assert _read(utf16) == _read(read_sequences([tmp_path / "utf8.fasta"]).records) and len(utf16) == 2
 
 
 def test_tsv_with_named_columns(tmp_path):
