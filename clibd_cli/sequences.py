@@ -227,6 +227,9 @@ def sniff_format(path: Path) -> str:
                 return "fasta"
             if stripped.startswith("@"):
                 raise InputError(f"{path}: looks like FASTQ; convert it to FASTA first (e.g. seqkit fq2fa).")
+            if _BARE_SEQUENCE.fullmatch(stripped):  # a sequence saved from a trace viewer
+                raise InputError(f"{path}: begins with a bare sequence, not a FASTA record or a table. Put a line "
+                                 "'>name' above each sequence.")
             return "tsv" if line.count("\t") >= line.count(",") and "\t" in line else "csv"
     raise InputError(f"{path}: the file is empty. Give a FASTA, TSV or CSV with barcodes.")
 
@@ -236,6 +239,7 @@ def sniff_format(path: Path) -> str:
 
 _SINTAX_RANKS = {"o": "order", "f": "family", "g": "genus", "s": "species"}
 _MARKER = re.compile(r"^(COI|COX|CO1|ITS|16S|18S|12S|28S|RBCL|MATK|CYTB)", re.IGNORECASE)
+_BARE_SEQUENCE = re.compile(r"[ACGTURYSWKMBDHVN.-]{20,}", re.IGNORECASE)
 _BIN = re.compile(r"^BOLD:[A-Z]{3}\d{4}$")
 
 

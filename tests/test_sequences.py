@@ -340,6 +340,16 @@ def test_record_with_characters_that_are_not_dna_is_refused(tmp_path, raw, shown
     assert read_sequences([path]).records[0].sequence == "ACGTACGTACGTACGTACGT"
 
 
+def test_bare_sequence_without_header_is_refused_clearly(tmp_path):
+    """A sequence saved alone (as trace viewers save one) was read as a table whose one column is the barcode."""
+    path = tmp_path / "trace.fasta"
+    path.write_text("acgtacgtacgtacgtacgtnnACGT-ACGT\nACGTACGT\n")
+    with pytest.raises(InputError, match=r"trace.fasta: begins with a bare sequence.*'>name'"):
+        read_sequences([path])
+    path.write_text("sample_id\tsequence\nS1\tACGTACGTACGTACGTACGTACGT\n")  # a table still is one
+    assert [r.id for r in read_sequences([path]).records] == ["S1"]
+
+
 def test_fastq_is_refused(tmp_path):
     path = tmp_path / "reads.fq"
     path.write_text("@read1\nACGT\n+\nIIII\n")
