@@ -158,19 +158,25 @@ assert tuple(f.name for f in fields(Specimen))[1:5] == RANKS  # the record's ran
 def find_column(header: Sequence[str], candidates: Iterable[str], explicit: str | None, what: str,
                 path: Path | str) -> str | None:
     """The column named `explicit` (case-insensitive; an :class:`InputError` if absent), else the first of
-    `candidates` present, else None."""
+    `candidates` present, else None.  A name that several columns share is an :class:`InputError`: which one
+    holds the field cannot be told."""
     lowered = {name.strip().lower(): name for name in header}
+    found = None
     if explicit:
-        if explicit in header:
-            return explicit
-        if explicit.strip().lower() in lowered:
-            return lowered[explicit.strip().lower()]
-        raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
-                         f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    return None
+        if explicit.strip().lower() not in lowered:
+            raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
+                             f"{', '.join(header[:20])}{' …' if len(header) > 20 else ''}.")
+        found = explicit.strip().lower()
+    else:
+        found = next((name for name in candidates if name in lowered), None)
+    if found is None:
+        return None
+    shared = [i + 1 for i, name in enumerate(header) if name.strip().lower() == found]
+    if len(shared) > 1:
+        listed = ", ".join(map(str, shared[:-1])) + f" and {shared[-1]}"
+        raise InputError(f"{path}: columns {listed} are {'both' if len(shared) == 2 else 'all'} named "
+                         f"{header[shared[0] - 1]!r} (the {what}); keep one, or rename the others.")
+    return explicit if explicit in header else lowered[found]
 
 
 @dataclass(frozen=True)

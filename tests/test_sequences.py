@@ -253,6 +253,16 @@ def test_utf16_text_reads_like_utf8(tmp_path, encoding):
     assert _read(utf16) == _read(read_sequences([tmp_path / "utf8.fasta"]).records) and len(utf16) == 2
 
 
+def test_two_columns_of_one_name_are_refused(tmp_path):
+    """Which of two 'nucleotides' columns holds the barcode cannot be told; the first was taken silently."""
+    path = write_table(tmp_path / "two.tsv", ["processid", "nucleotides", "Nucleotides"],
+                       [["P1", "ACGTACGT", "GGGGCCCC"]], "\t")
+    with pytest.raises(InputError, match=r"two.tsv: columns 2 and 3 are both named 'nucleotides' \(the sequence\)"):
+        read_sequences([path])
+    with pytest.raises(InputError, match="columns 2 and 3 are both named"):  # naming it does not tell them apart
+        read_sequences([path], sequence_column="nucleotides")
+
+
 def test_tsv_with_named_columns(tmp_path):
     path = write_table(tmp_path / "lab.tsv", ["tube", "order", "barcode_seq"],
                        [["T1", "Diptera", "ACGTTT"], ["T2", "Coleoptera", "GGGCCC"]], "\t")
