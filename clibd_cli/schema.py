@@ -161,7 +161,6 @@ def find_column(header: Sequence[str], candidates: Iterable[str], explicit: str 
     `candidates` present, else None.  A name that several columns share is an :class:`InputError`: which one
     holds the field cannot be told."""
     lowered = {name.strip().lower(): name for name in header}
-    found = None
     if explicit:
         if explicit.strip().lower() not in lowered:
             raise InputError(f"{path}: no column named {explicit!r} for the {what}; columns are: "
