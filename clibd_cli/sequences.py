@@ -335,11 +335,10 @@ def table_delimiter(path: Path, first_line: str) -> str:
     name = path.name.lower().removesuffix(".gz")
     if name.endswith((".tsv", ".tab")):
         return "\t"
-    semicolons = ";" in first_line and "," not in first_line and "\t" not in first_line
-    if name.endswith(".csv"):
-        return ";" if semicolons else ","
-    if semicolons:
+    if ";" in first_line and "," not in first_line and "\t" not in first_line:
         return ";"
+    if name.endswith(".csv"):
+        return ","
     return "\t" if "\t" in first_line and first_line.count("\t") >= first_line.count(",") else ","
 
 
