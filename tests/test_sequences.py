@@ -46,7 +46,7 @@ ACGTN = re.compile(r"^[ACGTN]*$")
     ("", ""),
     ("----", ""),
     ("        1 gatcctccat atacaacggt\n       21 atctccacct", "GATCCTCCATATACAACGGTATCTCCACCT"),  # GenBank layout
-    ("ACG#TXA", "ACGNTNA"),  # what readers refuse (foreign_characters) never reaches an aligner as is
+    ("ACG#TXA", "ACGNTNA"),  # what record readers refuse never reaches an aligner as is
 ])
 def test_normalise_sequence(raw, expected):
     assert normalise_sequence(raw) == expected
