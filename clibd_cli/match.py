@@ -67,7 +67,7 @@ DEFAULT_CANDIDATES = 64
 # let 5 queries of a missing synthetic genus get a genus call (test_missing_genus_stops_above_genus).
 DEFAULT_ALIGNED = 5
 IDENTITY_TAU = 0.01  # a hit one identity point below the best weighs e^-1 of it
-MIN_SPECIES_OVERLAP = 100  # bp: a shorter overlap cannot support a species call
+MIN_CALL_OVERLAP = 100  # bp: a shorter overlap supports no call, at any rank
 MIN_COVERAGE = 0.5  # a hit must cover this share of the shorter sequence to count at all
 FRAGMENT_LENGTH = 500  # bp: shorter queries also get candidates by shared exact 12-mers
 LONG_LENGTH = 800  # bp: and so do longer ones (a whole COI gene, a barcode inside a longer read), cut first
@@ -221,7 +221,7 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
                     rivals: Rivals | None = None, embeddings: Sequence[np.ndarray] = (),
                     word_pools: Sequence[np.ndarray | None] = ()) -> list[Assignment]:
     """Per-rank calls on identity, voted by each query's leading taxa (:class:`VerifiedHits`); a call's
-    ``best_hit`` is a column of ``taxa``.  Hits whose overlap is too short to support a species abstain there.
+    ``best_hit`` is a column of ``taxa``.  Hits whose overlap is under :data:`MIN_CALL_OVERLAP` abstain at every rank.
 
     Each rank's winner also gets its lead over every other taxon at that rank among the verified
     candidates (:attr:`clibd_cli.assign.RankCall.lead`), for the ranks' lead rules (``leads``, calibrated by
@@ -249,11 +249,12 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
         labels[i, :m] = h.taxa[:m] + 1
         votes[i, :m] = h.votes[:m]
         records[i, :m] = h.taxon_records[:m]
-        short[i, :m] = h.taxon_overlap[:m] < MIN_SPECIES_OVERLAP
+        short[i, :m] = h.taxon_overlap[:m] < MIN_CALL_OVERLAP
     taxonomy = index.taxonomy_of(labels)
     codes = index.lineage_codes_of(labels)
-    taxonomy["species"] = np.where(short, "", taxonomy["species"])
-    codes["species"] = np.where(short, -1, codes["species"])
+    for rank in RANKS:
+        taxonomy[rank] = np.where(short, "", taxonomy[rank])
+        codes[rank] = np.where(short, -1, codes[rank])
     every = index.lineage_codes()
     spreads = {rank: index.spreads(rank) for rank in SPREAD_RANKS}
     out = []
@@ -262,9 +263,7 @@ def assign_verified(hits: Sequence[VerifiedHits], index: ReferenceIndex, thresho
         for rank, call in calls.items():
             if call.best_hit < 0:
                 continue
-            rival = every[rank][h.taxa]
-            if rank == "species":
-                rival = np.where(h.taxon_overlap < MIN_SPECIES_OVERLAP, -1, rival)
+            rival = np.where(h.taxon_overlap < MIN_CALL_OVERLAP, -1, every[rank][h.taxa])
             other = (rival >= 0) & (rival != codes[rank][i, call.best_hit])
             if other.any():
                 call.lead = float(sims[i, call.best_hit] - h.taxon_identity[other].max())
@@ -302,7 +301,7 @@ def _flags(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, in
     if hits.reverse and len(hits.records):  # a strand is only "chosen" when something aligned on it
         flags.add("reverse_complement")
     if len(hits.records):
-        if hits.overlap[0] < max(MIN_SPECIES_OVERLAP, LOW_OVERLAP_SHARE * len(query.sequence)) and \
+        if hits.overlap[0] < max(MIN_CALL_OVERLAP, LOW_OVERLAP_SHARE * len(query.sequence)) and \
                 hits.overlap[0] < len(query.sequence):
             flags.add("low_overlap")
         close = hits.taxa[hits.taxon_identity >= thresholds.get("species", 1.0)]
@@ -562,7 +561,7 @@ def _propose(queries: Sequence[SequenceRecord], index: ReferenceIndex, encoder: 
 def barcode_region(sequence: str, index: ReferenceIndex) -> str:
     """The stretch of ``sequence`` that the reference sharing the most words with it covers, along their best
     diagonal, with :data:`REGION_MARGIN` either side (as ``sequence`` reads: the reference may match the other
-    strand); all of ``sequence`` where no reference matches it along a diagonal by :data:`MIN_SPECIES_OVERLAP`
+    strand); all of ``sequence`` where no reference matches it along a diagonal by :data:`MIN_CALL_OVERLAP`
     bases.
 
     Sequence beyond the barcode region (the rest of the COI gene, a mitogenome, a long read's adapters) dilutes
@@ -572,7 +571,7 @@ def barcode_region(sequence: str, index: ReferenceIndex) -> str:
     aligned as the barcode it holds;
     its row's ``low_overlap`` still says that the call covers only part of it.
     """
-    best, region = MIN_SPECIES_OVERLAP - 1, sequence
+    best, region = MIN_CALL_OVERLAP - 1, sequence
     for reverse in (False, True):
         strand = reverse_complement(sequence) if reverse else sequence
         top = index.anchors().candidates(strand, 1)
