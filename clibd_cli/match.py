@@ -568,8 +568,7 @@ def barcode_region(sequence: str, index: ReferenceIndex) -> str:
     a query's composition profile, and the references it should find fall out of its nearest profiles: 94 real
     barcodes of species in the reference, with 500 bp of random sequence either side, were named right 61 times,
     with 4,000 bp never (94 times either way once cut).  Cut to this stretch, a long query is searched and
-    aligned as the barcode it holds;
-    its row's ``low_overlap`` still says that the call covers only part of it.
+    aligned as the barcode it holds; its row's ``low_overlap`` still says that the call covers only part of it.
     """
     best, region = MIN_CALL_OVERLAP - 1, sequence
     for reverse in (False, True):
