@@ -44,6 +44,7 @@ from typing import Any
 
 from clibd_cli import __version__
 from clibd_cli.calibrate import applied_lead_rules, applied_thresholds, describe_threshold
+from clibd_cli.match import MIN_CALL_OVERLAP
 from clibd_cli.schema import RANKS
 
 BARCODE, PHOTO = "barcode", "photo"
@@ -118,7 +119,7 @@ def identification_remarks(row: Mapping[str, Any], subject: str, info: Mapping[s
         return "; ".join([*parts, f"error: not identified ({reason})"])
     thresholds = _thresholds(row, info)
     rank = _text(row.get("rank"))
-    parts.append(f"{status}: {_STATUS_MEANS.get(status, status)}")
+    parts.append(f"{status}: {_too_short(row, subject) or _STATUS_MEANS.get(status, status)}")
     if rank:
         parts.append(f"called to {rank}, {_score(row, rank, thresholds)}{_by_lead(row, rank, thresholds, info)}")
     finer = RANKS[RANKS.index(rank) + 1] if rank in RANKS[:-1] else (RANKS[0] if not rank else "")
@@ -164,6 +165,17 @@ def _by_lead(row: Mapping[str, Any], rank: str, thresholds: Mapping[str, float],
     spread = f", and within the {rank}'s own spread in the reference" if rule.get("within_spread") else ""
     return (f", by its lead rule: from {rule['threshold']:.3f} when {100 * rule['lead']:.2g} identity points "
             f"above any other {rank}{spread}")
+
+
+def _too_short(row: Mapping[str, Any], subject: str) -> str:
+    """Why a barcode's no_match has no call when its top hit overlaps it too little to support one; else ""."""
+    try:
+        overlap = int(row.get("overlap"))  # (a number, or its text in a file read back)
+    except (TypeError, ValueError):
+        return ""
+    if subject != BARCODE or _text(row.get("status")) != "no_match" or overlap >= MIN_CALL_OVERLAP:
+        return ""
+    return f"its top hit overlaps it by {overlap} bp, fewer than the {MIN_CALL_OVERLAP} bp a call at any rank needs"
 
 
 def _top_hit(row: Mapping[str, Any], subject: str) -> str:

@@ -166,7 +166,10 @@ def test_dwc_rows_without_a_call_and_formula_cells(tmp_path):
     species = "Lestotocera scichasalis"  # the species of the first query (see the README example's output)
     reference.write_text(lines.replace(f"|{species}|", f"|@{species}|"))
     out = tmp_path / "calls.dwc.csv"
-    clibd_ok("match", _awkward_queries(tmp_path), "--index", reference, "-o", out)
+    queries = _awkward_queries(tmp_path)
+    with open(queries, "a") as handle:  # and 60 bp of a barcode: matched exactly, too short for any call
+        handle.write(f">stretch\n{read_fasta(EXAMPLES / 'queries.fasta')[1][1][200:260]}\n")
+    clibd_ok("match", queries, "--index", reference, "-o", out)
     with open(out, newline="") as handle:
         raw = list(csv.DictReader(handle))
     by_id = rows_by_id(raw, "occurrenceID")
@@ -180,6 +183,9 @@ def test_dwc_rows_without_a_call_and_formula_cells(tmp_path):
     assert "error: not identified (no sequence" in empty["identificationRemarks"] and empty["DNA_sequence"] == ""
     assert "no_match: no rank's score reaches its threshold" in noise["identificationRemarks"]
     assert "order not called, score" in noise["identificationRemarks"]
+    stretch = by_id["stretch"]  # the remark says why it has no call
+    assert stretch["scientificName"] == "" and ("no_match: its top hit overlaps it by 60 bp, fewer than the 100 bp"
+                                                in stretch["identificationRemarks"])
 
 
 def test_dwc_resume_continues_where_the_file_ends(tmp_path):
