@@ -56,6 +56,7 @@ _TRANSLATE = str.maketrans({**{c: "N" for c in IUPAC_AMBIGUOUS}, "U": "T",
                             **{c: None for c in _GAP_CHARS + _LINE_NUMBERS}})
 _DROP_BASES = str.maketrans(dict.fromkeys("ACGTN"))
 _NOT_BASE = re.compile("[^ACGTN]")
+_BARE_SEQUENCE = re.compile(f"[ACGTU{IUPAC_AMBIGUOUS}.-]{{20,}}", re.IGNORECASE)  # a line of bases only
 
 DEFAULT_MIN_LENGTH = 200
 DEFAULT_MAX_AMBIGUOUS = 0.05
@@ -239,7 +240,6 @@ def sniff_format(path: Path) -> str:
 
 _SINTAX_RANKS = {"o": "order", "f": "family", "g": "genus", "s": "species"}
 _MARKER = re.compile(r"^(COI|COX|CO1|ITS|16S|18S|12S|28S|RBCL|MATK|CYTB)", re.IGNORECASE)
-_BARE_SEQUENCE = re.compile(r"[ACGTURYSWKMBDHVN.-]{20,}", re.IGNORECASE)
 _BIN = re.compile(r"^BOLD:[A-Z]{3}\d{4}$")
 
 
