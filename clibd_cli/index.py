@@ -244,20 +244,21 @@ class ReferenceIndex:
         """The barcode part's lead rules, per rank that has one (:class:`clibd_cli.assign.LeadRule`)."""
         return _lead_rules(self.spec.leads)
 
-    def short_read_thresholds(self) -> ShortReads | None:
-        """The thresholds (and lead rules) for barcode queries with a short overlap, or None (not fitted)."""
+    def short_read_thresholds(self) -> tuple[ShortReads, ...]:
+        """The thresholds (and lead rules) for barcode queries with a short overlap, one set per window it was
+        fitted on, shortest overlap first; () when none was fitted."""
         from clibd_cli.match import ShortReads
 
-        short = self.spec.short_reads
-        return ShortReads(dict(short.thresholds), short.below_overlap, _lead_rules(short.leads)) if short else None
+        return tuple(ShortReads(dict(s.thresholds), s.below_overlap, _lead_rules(s.leads), s.window)
+                     for s in sorted(self.spec.short_read_sets, key=lambda s: s.below_overlap))
 
-    def set_short_read_thresholds(self, thresholds: dict[str, float], calibration: dict, window: int,
-                                  below_overlap: int, leads: Mapping[str, LeadRule] | None = None) -> None:
-        """Store thresholds (and lead rules) fitted on ``window``-bp stretches, for queries overlapping
-        < ``below_overlap``."""
-        self.manifest["short_reads"] = {"thresholds": {rank: float(thresholds[rank]) for rank in RANKS},
-                                        "calibration": calibration, "window": window, "below_overlap": below_overlap,
-                                        **_leads_entry(leads)}
+    def set_short_read_thresholds(self, sets: Sequence[tuple[ShortReads, dict]]) -> None:
+        """Store short-read sets, each (thresholds and lead rules fitted on ``window`` bp stretches, for queries
+        overlapping < ``below_overlap``; its calibration report)."""
+        self.manifest["short_reads"] = [
+            {"thresholds": {rank: float(short.thresholds[rank]) for rank in RANKS}, "calibration": calibration,
+             "window": short.window, "below_overlap": short.below_overlap, **_leads_entry(short.leads)}
+            for short, calibration in sets]
         self._spec = None
 
     def set_cross_thresholds(self, query_modality: str, thresholds: dict[str, float], calibration: dict) -> None:

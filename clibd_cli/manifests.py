@@ -117,9 +117,10 @@ class CrossCalibration(_Open):
 
 
 class ShortReadCalibration(CrossCalibration):
-    """Thresholds for barcode queries whose top hit overlaps fewer than ``below_overlap`` columns
-    (``parts.dna.short_reads``), fitted like the part's own on ``window``-bp stretches of the calibration
-    queries: identity over 200 columns scatters more than over 658, so a short read needs a higher one."""
+    """Thresholds for barcode queries whose top hit overlaps fewer than ``below_overlap`` columns (and no fewer
+    than the next shorter set's), one entry of ``parts.dna.short_reads``, fitted like the part's own on
+    ``window``-bp stretches of the calibration queries: identity over 100 or 200 columns scatters more than
+    over 658, so a short read needs a higher one."""
 
     window: PositiveInt
     """Length of the calibration queries' stretches (bp)."""
@@ -165,8 +166,15 @@ class IndexPart(_Open):
     for taxa with one such member, and in indexes built before spreads."""
     cross_thresholds: dict[Modality, CrossCalibration] = {}
     """Thresholds for queries of other modalities (e.g. photos against barcodes)."""
-    short_reads: ShortReadCalibration | None = None
-    """Barcodes: thresholds for queries with a short overlap (absent in indexes built before them)."""
+    short_reads: list[ShortReadCalibration] | ShortReadCalibration | None = None
+    """Barcodes: thresholds for queries with a short overlap, one set per window they were fitted on (a single
+    set in indexes built before there were several; absent in indexes built before short-read thresholds)."""
+
+    @property
+    def short_read_sets(self) -> list[ShortReadCalibration]:
+        """``short_reads`` as a list, whichever form the index holds."""
+        short = self.short_reads
+        return [] if short is None else [short] if isinstance(short, ShortReadCalibration) else list(short)
     counts: Counts
     """Records, distinct vectors and taxa of this part."""
     fingerprint: str

@@ -84,11 +84,28 @@ FLAGS = ("reverse_complement", "low_overlap", "short", "ambiguous", "multiple_bi
 
 
 class ShortReads(NamedTuple):
-    """The calls of queries whose top hit overlaps fewer than ``below_overlap`` columns."""
+    """The calls of queries whose top hit overlaps fewer than ``below_overlap`` columns (and no fewer than the
+    next shorter set's ``below_overlap``), fitted on ``window`` bp stretches."""
 
     thresholds: dict[str, float]
     below_overlap: int
     leads: Mapping[str, LeadRule] | None = None
+    window: int | None = None
+
+
+def short_read_sets(given: ShortReads | tuple | Sequence[ShortReads] | None) -> tuple[ShortReads, ...]:
+    """Short-read threshold sets, shortest overlap first, from one set (a :class:`ShortReads` or its plain
+    tuple), several, or none."""
+    if not given:
+        return ()
+    sets = [given] if isinstance(given[0], Mapping) else list(given)
+    return tuple(sorted((ShortReads(*s) for s in sets), key=lambda s: s.below_overlap))
+
+
+def _set_for(overlap: int, sets: Sequence[ShortReads]) -> int | None:
+    """Which of ``sets`` (shortest first) a top hit overlapping ``overlap`` columns is called with: the first
+    whose bound it is under; None (the whole-barcode thresholds) when it reaches them all."""
+    return next((i for i, s in enumerate(sets) if overlap < s.below_overlap), None)
 
 
 @dataclass
@@ -325,13 +342,15 @@ def _error_row(query: SequenceRecord, reason: str) -> dict:
 
 def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: Encoder,
              thresholds: dict[str, float], options: MatchOptions = MatchOptions(),
-             progress: Callable[[int], None] | None = None, short_reads: ShortReads | tuple | None = None,
+             progress: Callable[[int], None] | None = None,
+             short_reads: ShortReads | tuple | Sequence[ShortReads] | None = None,
              leads: Mapping[str, LeadRule] | None = None) -> Iterator[MatchResult]:
     """Yield a :class:`MatchResult` per query, in input order, batch by batch (errors included).
 
-    ``short_reads``: (thresholds, below_overlap[, leads]) for queries whose top verified hit overlaps fewer
-    columns (:meth:`ReferenceIndex.short_read_thresholds`); the others are called with ``thresholds`` and
-    ``leads`` (the ranks' lead rules, :class:`clibd_cli.assign.LeadRule`).
+    ``short_reads``: one or more (thresholds, below_overlap[, leads]) sets for queries whose top verified hit
+    overlaps fewer columns (:meth:`ReferenceIndex.short_read_thresholds`; a query takes the set with the
+    lowest bound above its overlap); the others are called with ``thresholds`` and ``leads`` (the ranks' lead
+    rules, :class:`clibd_cli.assign.LeadRule`).
 
     ``queries`` may be a stream (:class:`clibd_cli.sequences.SequenceStream`): two batches are held, the one
     being verified and called (in :class:`Verifier`'s processes) and the next one, proposed meanwhile.  A
@@ -341,7 +360,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     identical sequences get identical calls either way.
     """
     index.check_encoder(encoder)
-    short_reads = ShortReads(*short_reads) if short_reads is not None else None
+    short_reads = short_read_sets(short_reads)
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
@@ -443,12 +462,13 @@ def _before_fork(index: ReferenceIndex, rules: _Rules) -> None:
 
 
 class _Rules(NamedTuple):
-    """How a run calls: ``thresholds`` and ``leads`` (:func:`identify`), ``short_reads``' own, ``k`` voting
-    records, and what measures a deciding lead against other taxa (:class:`clibd_cli.rivals.Rivals`)."""
+    """How a run calls: ``thresholds`` and ``leads`` (:func:`identify`), the ``short_reads`` sets (shortest
+    first), ``k`` voting records, and what measures a deciding lead against other taxa
+    (:class:`clibd_cli.rivals.Rivals`)."""
 
     thresholds: dict[str, float]
     leads: Mapping[str, LeadRule] | None
-    short_reads: ShortReads | None
+    short_reads: tuple[ShortReads, ...]
     k: int
     rivals: Rivals | None
 
@@ -499,15 +519,13 @@ class _Called(NamedTuple):
 def _assign(hits: list[VerifiedHits], proposals: Sequence[_Proposal], index: ReferenceIndex, rules: _Rules,
             ) -> list[tuple[Assignment, dict[str, float]]]:
     """Each query's assignment and the thresholds it was called with: ``rules.thresholds`` and ``rules.leads``, or
-    for a top hit overlapping fewer columns than ``short_reads.below_overlap``, ``short_reads``' own."""
-    short_reads = rules.short_reads
-    below = short_reads.below_overlap if short_reads is not None else 0
-    short = [bool(len(h.records)) and h.overlap[0] < below for h in hits]
+    for a top hit overlapping fewer columns than a short-read set's ``below_overlap``, the first such set's."""
+    chosen_set = [_set_for(int(h.overlap[0]), rules.short_reads) if len(h.records) else None for h in hits]
     out: list[tuple[Assignment, dict[str, float]] | None] = [None] * len(hits)
-    sets = ((False, rules.thresholds, rules.leads),) + \
-        (((True, short_reads.thresholds, short_reads.leads),) if short_reads else ())
-    for flag, used, leads in sets:
-        rows = [i for i, s in enumerate(short) if s == flag]
+    sets = [(None, rules.thresholds, rules.leads)] + \
+        [(i, s.thresholds, s.leads) for i, s in enumerate(rules.short_reads)]
+    for which, used, leads in sets:
+        rows = [i for i, c in enumerate(chosen_set) if c == which]
         if rows:
             chosen = assign_verified([hits[i] for i in rows], index, used, rules.k, leads=leads, rivals=rules.rivals,
                                      embeddings=[proposals[i].embedding for i in rows],
@@ -676,8 +694,8 @@ class MatchRun:
     options: MatchOptions
     notes: Notes
     _pending: Iterator[SequenceRecord] = field(repr=False)
-    short_reads: ShortReads | None = None
-    """The index's thresholds (and lead rules) for queries whose top hit overlaps less."""
+    short_reads: tuple[ShortReads, ...] = ()
+    """The index's thresholds (and lead rules) for queries whose top hit overlaps less, shortest first."""
     leads: dict[str, LeadRule] = field(default_factory=dict)
     """The index's lead rules (calibrated with its thresholds; none with the conventional cut-offs or for a
     rank whose threshold is overridden)."""
@@ -717,11 +735,11 @@ class MatchRun:
         base = dict(CONVENTIONAL) if thresholds == "conventional" else opened.index.thresholds
         provenance = "conventional identity cut-offs" if thresholds == "conventional" else \
             opened.index.manifest.get("calibration", {}).get("method", "")
-        short = opened.index.short_read_thresholds() if thresholds == "calibrated" else None
+        short = opened.index.short_read_thresholds() if thresholds == "calibrated" else ()
         # never looser than the main set, which `clibd calibrate --queries` may have raised since
-        short_reads = ShortReads({**{rank: max(value, base[rank]) for rank, value in short.thresholds.items()},
-                                  **overrides}, short.below_overlap,
-                                 _without(short.leads, overrides)) if short else None
+        short_reads = tuple(ShortReads({**{rank: max(value, base[rank]) for rank, value in s.thresholds.items()},
+                                        **overrides}, s.below_overlap, _without(s.leads, overrides), s.window)
+                            for s in short)
         leads = _without(opened.index.leads, overrides) if thresholds == "calibrated" else {}
         return cls(stream, opened, {**base, **overrides}, provenance, overrides, options or MatchOptions(), notes,
                    chain(first, records), short_reads, leads)
@@ -737,10 +755,7 @@ class MatchRun:
                 "neighbours": options.neighbours, "candidates": options.candidates,
                 "search": index.search_description(),
                 **({"leads": _leads_info(self.leads)} if self.leads else {}),
-                **({"short_read_thresholds": {"thresholds": self.short_reads.thresholds,
-                                              "below_overlap": self.short_reads.below_overlap,
-                                              **({"leads": _leads_info(self.short_reads.leads)}
-                                                 if self.short_reads.leads else {})}}
+                **({"short_read_thresholds": [_short_reads_info(s) for s in self.short_reads]}
                    if self.short_reads else {})}
 
     @property
@@ -771,6 +786,13 @@ class MatchRun:
 def _without(leads: Mapping[str, LeadRule] | None, overrides: Mapping[str, float]) -> dict[str, LeadRule]:
     """The lead rules of the ranks whose threshold the user did not set: ``--threshold genus=0.95`` means 0.95."""
     return {rank: rule for rank, rule in (leads or {}).items() if rank not in overrides}
+
+
+def _short_reads_info(short: ShortReads) -> dict[str, Any]:
+    """A short-read set as an output's ``info`` records it."""
+    return {"thresholds": short.thresholds, "below_overlap": short.below_overlap,
+            **({"window": short.window} if short.window else {}),
+            **({"leads": _leads_info(short.leads)} if short.leads else {})}
 
 
 def _leads_info(leads: Mapping[str, LeadRule]) -> dict[str, dict[str, float]]:

@@ -449,18 +449,25 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     assert thresholds == expected.thresholds
     refit = ("thresholds", "calibration", "short_reads", "spreads")  # refitted alongside (short reads never looser)
     assert {k: v for k, v in after.items() if k not in refit} == {k: v for k, v in before.items() if k not in refit}
-    assert after["short_reads"]["window"] == 200 and "short_reads" not in before
-    assert all(after["short_reads"]["thresholds"][rank] >= thresholds[rank] for rank in thresholds)
-    # One shared leave-out search fits both sets: the short-read set is what a fit of its own gives.
-    alone = calibrate_open_set(ReferenceIndex.load(target), target=0.9, sample=60, seed=3, window=200)
-    assert after["short_reads"]["calibration"]["ranks"] == alone.report["ranks"]
+    sets = after["short_reads"]
+    assert [(s["window"], s["below_overlap"]) for s in sets] == [(100, 125), (150, 175), (200, 300)]
+    assert "short_reads" not in before
+    # each set never looser than the one of the next longer window, the last than the whole-barcode thresholds
+    for shorter, longer in zip(sets, [*sets[1:], {"thresholds": thresholds}], strict=True):
+        assert all(shorter["thresholds"][rank] >= longer["thresholds"][rank] for rank in thresholds)
+    assert all(s["thresholds"]["species"] == thresholds["species"] for s in sets)
+    # One shared leave-out search fits every set: each short-read set is what a fit of its own gives.
+    alone = calibrate_open_set(ReferenceIndex.load(target), target=0.9, sample=60, seed=3, window=150)
+    assert sets[1]["calibration"]["ranks"] == alone.report["ranks"]
     assert "species" in result.stdout and "threshold" in result.stdout
-    short, leads = after["short_reads"]["thresholds"], after["short_reads"].get("leads", {})
-    assert ("short reads (overlap < 300 bp): " + ", ".join(
-        f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead"
-                                 + (", within spread" if leads[r].get("within_spread") else "") + ")"
-                                 if r in leads else "") for r in short)
-            + " (fitted on 200 bp stretches)") in " ".join(result.stdout.split())
+    printed = " ".join(result.stdout.split())
+    for s, span in zip(sets, ("< 125 bp", "125-174 bp", "175-299 bp"), strict=True):
+        short, leads = s["thresholds"], s.get("leads", {})
+        assert (f"short reads (overlap {span}): " + ", ".join(
+            f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead"
+                                     + (", within spread" if leads[r].get("within_spread") else "") + ")"
+                                     if r in leads else "") for r in short)
+                + f" (fitted on {s['window']} bp stretches)") in printed
     # The calibrated thresholds are what `match` uses.
     out = tmp_path / "out.json"
     assert_ok(invoke("match", files["queries"], "-i", target, "-o", out))

@@ -262,6 +262,22 @@ def test_remarks_quote_the_threshold_set_the_read_was_called_with():
     assert "(threshold 0.940)" in full and "(threshold 0.970)" in full
 
 
+def test_remarks_quote_the_set_of_the_lowest_bound_the_overlap_is_under():
+    """With several short-read sets, a read is quoted the one with the lowest bound above its overlap."""
+    from clibd_cli.darwincore import BARCODE, identification_remarks
+
+    info = {"thresholds": {"order": 0.85, "family": 0.9, "genus": 0.94, "species": 0.97},
+            "short_read_thresholds": [
+                {"thresholds": {"order": 0.9, "family": 0.95, "genus": 0.955, "species": 0.97}, "below_overlap": 300},
+                {"thresholds": {"order": 0.93, "family": 0.96, "genus": 0.965, "species": 0.97},
+                 "below_overlap": 150}]}
+    row = {"status": "rolled_up", "rank": "family", "genus_score": 0.96, "species_score": 0.965,
+           "top_hit_id": "R1", "identity": 96.5, "flags": ""}
+    assert "(threshold 0.965)" in identification_remarks({**row, "overlap": 120}, BARCODE, info)
+    assert "(threshold 0.955)" in identification_remarks({**row, "overlap": 220}, BARCODE, info)
+    assert "(threshold 0.940)" in identification_remarks({**row, "overlap": 640}, BARCODE, info)
+
+
 def test_remarks_name_the_lead_rule_a_call_below_its_threshold_was_made_by():
     from clibd_cli.darwincore import BARCODE, identification_remarks
 

@@ -12,8 +12,8 @@ from clibd_cli.align import CONVENTIONAL, reverse_complement
 from clibd_cli.calibrate import calibrate_open_set
 from clibd_cli.encoders import KmerProfileEncoder
 from clibd_cli.index import ReferenceIndex
-from clibd_cli.match import MatchOptions, identify
-from clibd_cli.sequences import SequenceRecord
+from clibd_cli.match import MatchOptions, ShortReads, identify
+from clibd_cli.sequences import RANKS, SequenceRecord
 
 
 @pytest.fixture(scope="module")
@@ -233,16 +233,57 @@ def test_short_overlaps_are_called_with_the_short_read_thresholds():
     assert plain["full"]["species"] == routed["full"]["species"] == "Aedes s0"
 
 
+def test_a_read_is_called_with_the_set_of_the_lowest_bound_its_overlap_is_under():
+    """Two short-read sets: a 120 bp read is under both bounds and takes the stricter 100 bp set's (no genus at
+    96 %), a 180 bp read at the same identity only under the 200 bp set's (genus called), a whole barcode
+    under neither (species called)."""
+    rng = np.random.default_rng(6)
+    lineage = ("Diptera", "Culicidae", "Aedes")
+    reference = [Specimen(f"R{i}", *lineage, f"Aedes s{i}", f"BOLD:AAB000{i}", random_sequence(rng, 600))
+                 for i in range(3)]
+    target = reference[0].sequence
+    queries = [SequenceRecord("r120", substitute(target[100:220], 5, rng)),  # 115 / 120 = 95.8 %
+               SequenceRecord("r180", substitute(target[100:280], 7, rng)),  # 173 / 180 = 96.1 % (or a little more)
+               SequenceRecord("full", substitute(target, 23, rng))]  # 577 / 600 = 96.2 %
+    thresholds = {"order": 0.85, "family": 0.90, "genus": 0.93, "species": 0.95}
+    sets = [ShortReads({**thresholds, "genus": 0.97, "species": 0.98}, 150, None, 100),
+            ShortReads({**thresholds, "species": 0.98}, 300, None, 200)]
+    index = ReferenceIndex.from_records(to_records(reference), KmerProfileEncoder())
+    rows = {r.row["query_id"]: r.row for r in identify(queries, index, KmerProfileEncoder(), thresholds,
+                                                       short_reads=sets[::-1])}
+    assert int(rows["r120"]["overlap"]) < 150 <= int(rows["r180"]["overlap"]) < 300
+    assert (rows["r120"]["genus"], rows["r120"]["family"]) == ("", "Culicidae")
+    assert (rows["r180"]["genus"], rows["r180"]["species"]) == ("Aedes", "")
+    assert rows["full"]["species"] == "Aedes s0"
+
+
 def test_an_index_holds_short_read_thresholds_no_looser_than_its_own(split_reference, tmp_path):
     reference, _, _ = split_reference
     clibd_ok("build-index", "-b", write_fasta(tmp_path / "ref.fasta", reference), "-o", tmp_path / "idx")
     index = ReferenceIndex.load(tmp_path / "idx", "dna")
-    short, below, leads = index.short_read_thresholds()
-    assert below == 300 and index.spec.short_reads.window == 200
-    assert all(short[rank] >= index.thresholds[rank] for rank in short)
-    assert all((leads or {}).get(rank, 0.0) >= lead for rank, lead in index.leads.items())
-    assert short["species"] == index.thresholds["species"]  # species keeps the whole-barcode threshold
-    assert "200 bp" in index.manifest["short_reads"]["calibration"]["method"]
+    sets = index.short_read_thresholds()
+    assert [(s.window, s.below_overlap) for s in sets] == [(100, 125), (150, 175), (200, 300)]
+    longer = ShortReads(index.thresholds, 0, index.leads)
+    for short in reversed(sets):  # each no looser than the set of the next longer window, the last than the index
+        assert all(short.thresholds[rank] >= longer.thresholds[rank] for rank in RANKS)
+        assert all(rank in (longer.leads or {}) and rule.lead >= longer.leads[rank].lead
+                   for rank, rule in (short.leads or {}).items() if rank != "species")
+        assert short.thresholds["species"] == index.thresholds["species"]  # species keeps the whole-barcode one
+        longer = short
+    assert [f"{s.window} bp" in entry["calibration"]["method"]
+            for s, entry in zip(sets, index.manifest["short_reads"], strict=True)] == [True] * 3
+
+
+def test_an_index_of_one_short_read_set_still_reads(split_reference, tmp_path):
+    """Indexes built before there were several short-read sets hold one, as a mapping: read as one set."""
+    reference, _, _ = split_reference
+    clibd_ok("build-index", "-b", write_fasta(tmp_path / "ref.fasta", reference), "-o", tmp_path / "idx")
+    index = ReferenceIndex.load(tmp_path / "idx", "dna")
+    last = index.manifest["short_reads"][-1]
+    index.manifest["short_reads"] = last
+    index.save_manifest()
+    (short,) = ReferenceIndex.load(tmp_path / "idx", "dna").short_read_thresholds()
+    assert (short.thresholds, short.below_overlap, short.window) == (last["thresholds"], 300, 200)
 
 
 @pytest.mark.parametrize("kept", [None, 1])

@@ -31,11 +31,12 @@ from clibd_cli.errors import ClibdError
 from clibd_cli.schema import RANKS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from clibd_cli.assign import LeadRule
     from clibd_cli.calibrate import Calibration
     from clibd_cli.index import ReferenceIndex
+    from clibd_cli.match import ShortReads
 
 
 @user_errors
@@ -92,10 +93,8 @@ def _print_part(output: Path, modality: str, part: ReferenceIndex) -> None:
     if modality != "text":  # taxonomy strings are references, never queries
         console.print(f"  {modality} queries: " + _thresholds_text(part.thresholds, part.leads)
                       + f" ({part.manifest['calibration'].get('method')})")
-    short = part.short_read_thresholds()
-    if short:
-        console.print("  " + _short_reads_line(short.thresholds, short.below_overlap, part.spec.short_reads.window,
-                                               short.leads))
+    for line in _short_reads_lines(part.short_read_thresholds()):
+        console.print("  " + line)
     for query, entry in part.manifest.get("cross_thresholds", {}).items():
         console.print(f"  {query} queries: " + ", ".join(f"{r} {entry['thresholds'][r]:.3f}" for r in RANKS)
                       + " (leave-species-out)")
@@ -136,11 +135,8 @@ def calibrate(
     calibration = calibrate_index(index_path, queries=queries, images=images, against=against, model=model,
                                   device=device, options=options, notify=say, progress=step_progress)
     stdout().print(_thresholds_table(calibration, precision))
-    short = calibration.short_reads
-    if short is not None:
-        from clibd_cli.calibrate import SHORT_READ_WINDOW
-
-        stdout().print(_short_reads_line(short.thresholds, short.below_overlap, SHORT_READ_WINDOW, short.leads))
+    for line in _short_reads_lines(calibration.short_reads):
+        stdout().print(line)
 
 
 def _thresholds_text(thresholds: dict[str, float], leads: Mapping[str, LeadRule] | None) -> str:
@@ -156,11 +152,15 @@ def _lead_text(rule: LeadRule) -> str:
     return f"{rule.threshold:.3f}, {100 * rule.lead:.2g} pts ahead" + (", within spread" if rule.within_spread else "")
 
 
-def _short_reads_line(thresholds: dict[str, float], below_overlap: int, window: int,
-                      leads: Mapping[str, LeadRule] | None) -> str:
-    """The thresholds for short reads in one line (`build-index`, `calibrate`)."""
-    return (f"short reads (overlap < {below_overlap} bp): " + _thresholds_text(thresholds, leads)
-            + f" (fitted on {window} bp stretches)")
+def _short_reads_lines(sets: Sequence[ShortReads]) -> list[str]:
+    """The thresholds for short reads, a line per set, shortest overlap first (`build-index`, `calibrate`)."""
+    lines, start = [], 0
+    for short in sets:
+        span = f"{start}-{short.below_overlap - 1} bp" if start else f"< {short.below_overlap} bp"
+        lines.append(f"short reads (overlap {span}): " + _thresholds_text(short.thresholds, short.leads)
+                     + (f" (fitted on {short.window} bp stretches)" if short.window else ""))
+        start = short.below_overlap
+    return lines
 
 
 def _thresholds_table(calibration: Calibration, precision: float):
