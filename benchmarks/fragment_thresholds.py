@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import invocation, write_section
 from dna_vs_vsearch import DEFAULT_DATA, split_case, write_fasta
 
-from clibd_cli.calibrate import SHORT_READ_OVERLAP, SHORT_READ_WINDOW, calibrate_open_set
+from clibd_cli.calibrate import SHORT_READ_OVERLAP, SHORT_READ_WINDOWS, calibrate_open_set
 from clibd_cli.index import ReferenceIndex
 from clibd_cli.schema import RANKS
 from clibd_cli.sequences import SequenceRecord, read_sequences
@@ -54,7 +54,7 @@ def genus_calls(work: Path, records: list[SequenceRecord], window: int) -> tuple
     reads = [SequenceRecord(r.id, r.sequence[-window:], dict(r.taxonomy), r.bin) for r in records]
     write_fasta(work / "reads.fasta", reads, False)
     run = MatchRun.open(work / "reads.fasta", work / "idx")
-    run.short_reads = None
+    run.short_reads = ()
     rows = [result.row for result in run.results()]
     truth = {r.id: r.label("genus") for r in records}
     identity = np.array([float(r["genus_identity"]) if r["genus"] and np.isfinite(r["genus_identity"])
@@ -103,9 +103,10 @@ def main() -> None:
         label = (" (whole-barcode fit)" if cut == round(100 * full["genus"], 2) else
                  f" ({args.window} bp fit)" if cut == round(100 * fitted["genus"], 2) else "")
         lines.append(f"| {cut:.2f}{label} | {cells[0]} | {cells[1]} |")
-    lines += ["", "Calls here use the whole-barcode thresholds at every overlap. `build-index` also fits a set on "
-              f"{SHORT_READ_WINDOW} bp windows and `clibd match` applies it, above species, where the top hit "
-              f"overlaps < {SHORT_READ_OVERLAP} bp: see the DNA identification section for what that gives."]
+    lines += ["", "Calls here use the whole-barcode thresholds at every overlap. `build-index` also fits sets on "
+              f"{', '.join(map(str, SHORT_READ_WINDOWS))} bp windows and `clibd match` applies them, above species, "
+              f"where the top hit overlaps < {SHORT_READ_OVERLAP} bp (each read the set of the window nearest its "
+              "overlap): see the DNA identification section for what that gives."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
