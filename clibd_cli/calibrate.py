@@ -112,9 +112,11 @@ def _short_read_set(info: Mapping[str, Any], row: Mapping[str, Any]) -> Mapping[
     short = info.get("short_read_thresholds")
     sets = [short] if isinstance(short, Mapping) else short if isinstance(short, list) else []
     overlap = _finite(row.get("overlap"))
-    applies = [(below, s) for s in sets if isinstance(s, Mapping) and isinstance(s.get("thresholds"), Mapping)
-               and (below := _finite(s.get("below_overlap"))) is not None and overlap is not None and overlap < below]
-    return min(applies, key=lambda pair: pair[0])[1] if applies else None
+    if overlap is None:
+        return None
+    bounded = [(below, s) for s in sets if isinstance(s, Mapping) and isinstance(s.get("thresholds"), Mapping)
+               and (below := _finite(s.get("below_overlap"))) is not None]
+    return next((s for below, s in sorted(bounded, key=lambda pair: pair[0]) if overlap < below), None)
 
 
 def _finite(value: Any) -> float | None:

@@ -170,17 +170,18 @@ class IndexPart(_Open):
     """Barcodes: thresholds for queries with a short overlap, one set per window they were fitted on (a single
     set in indexes built before there were several; absent in indexes built before short-read thresholds)."""
 
-    @property
-    def short_read_sets(self) -> list[ShortReadCalibration]:
-        """``short_reads`` as a list, whichever form the index holds."""
-        short = self.short_reads
-        return [] if short is None else [short] if isinstance(short, ShortReadCalibration) else list(short)
     counts: Counts
     """Records, distinct vectors and taxa of this part."""
     fingerprint: str
     """Fingerprint of the encoder and the record ids: outputs quote it to say which reference answered."""
     file: str | None = None
     """The graph (``.hnsw``) or vector (``.npy``) file, relative to the index folder."""
+
+    @property
+    def short_read_sets(self) -> list[ShortReadCalibration]:
+        """``short_reads`` as a list, whichever form the index holds."""
+        short = self.short_reads
+        return [] if short is None else [short] if isinstance(short, ShortReadCalibration) else list(short)
     search: str | None = None
     """The engine the part was built for: ``hnswlib`` or ``exact`` (absent before format 4)."""
     sha256: str | None = None

@@ -93,7 +93,7 @@ class ShortReads(NamedTuple):
     window: int | None = None
 
 
-def short_read_sets(given: ShortReads | tuple | Sequence[ShortReads] | None) -> tuple[ShortReads, ...]:
+def _short_read_sets(given: ShortReads | tuple | Sequence[ShortReads] | None) -> tuple[ShortReads, ...]:
     """Short-read threshold sets, shortest overlap first, from one set (a :class:`ShortReads` or its plain
     tuple), several, or none."""
     if not given:
@@ -360,7 +360,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
     identical sequences get identical calls either way.
     """
     index.check_encoder(encoder)
-    short_reads = short_read_sets(short_reads)
+    short_reads = _short_read_sets(short_reads)
     seen: OrderedDict[str, _Called] = OrderedDict()  # the last REPEATS_KEPT distinct sequences' calls
     last: dict[str, _Called] = {}  # the batch finished last (repeats in the next one may be in flight)
     stream = iter(queries)
