@@ -318,8 +318,8 @@ def _flags(query: SequenceRecord, hits: VerifiedHits, assignment: Assignment, in
     if hits.reverse and len(hits.records):  # a strand is only "chosen" when something aligned on it
         flags.add("reverse_complement")
     if len(hits.records):
-        if hits.overlap[0] < max(MIN_CALL_OVERLAP, LOW_OVERLAP_SHARE * len(query.sequence)) and \
-                hits.overlap[0] < len(query.sequence):
+        read = len(query.sequence) - query.sequence.count("N")  # the overlap counts no column with an N
+        if hits.overlap[0] < max(MIN_CALL_OVERLAP, LOW_OVERLAP_SHARE * read) and hits.overlap[0] < read:
             flags.add("low_overlap")
         close = hits.taxa[hits.taxon_identity >= thresholds.get("species", 1.0)]
         bins = {b for b in index.labels.bin[close] if b}

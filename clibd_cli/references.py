@@ -157,7 +157,9 @@ def calibrate_part(index: ReferenceIndex, precision: float = DEFAULT_PRECISION, 
             index.set_thresholds(calibration.thresholds, calibration.report)
     except ValueError:
         if notes is not None:
-            notes.note("too few labelled references to calibrate; using the encoder's default thresholds.")
+            notes.note("too few labelled references to calibrate; using "
+                       + ("the conventional identity cut-offs (97/95/90/85 %)." if index.modality == "dna"
+                          else "the encoder's default thresholds."))
         return False
     return True
 

@@ -37,6 +37,8 @@ MATCH_HIT_COLUMNS = [*HIT_COLUMNS, "identity", "overlap"]
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
                ".ndjson": "jsonl"}
 SPREADSHEET_FORMATS = ("csv", "tsv")
+# Workbook files a spreadsheet opens as binary: text written under these names would not open.
+_WORKBOOKS = (".xlsx", ".xlsm", ".xls", ".ods")
 DWC_SUFFIX = ".dwc.csv"  # Darwin Core occurrences (clibd_cli.darwincore), CSV with the terms as header
 # Text a spreadsheet would take for a formula, after any quotes this module added (so the mapping can
 # be undone exactly: an id that itself starts with "'=" is written "''=" and read back as "'=").
@@ -55,6 +57,9 @@ def choose_format(fmt: str | None, path: Path | None, stdout_is_tty: bool) -> st
     if path is not None:
         if path.name.lower().endswith(DWC_SUFFIX):
             return "dwc"
+        if path.suffix.lower() in _WORKBOOKS:
+            raise InputError(f"{path}: clibd writes text tables, not {path.suffix} workbooks; name it "
+                             f"{path.with_suffix('.csv').name} (spreadsheets open CSV) or choose --format.")
         return _EXTENSIONS.get(path.suffix.lower(), "tsv")
     return "table" if stdout_is_tty else "csv"
 

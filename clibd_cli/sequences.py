@@ -284,10 +284,11 @@ _DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP
 
 
 def _looks_like_protein(raw: str, foreign: str) -> bool:
-    """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …); ``foreign``: those of
+    """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …), and more than two of
+    them (a stray ``X`` in a short test sequence is a typo, not a protein); ``foreign``: those of
     :func:`_foreign_characters`."""
     letters = sum(c.isalpha() for c in raw)
-    return sum(c.isalpha() for c in foreign) > 0.1 * max(letters, 1)
+    return sum(c.isalpha() for c in foreign) > max(0.1 * letters, 2)
 
 
 def _not_dna(where: str, seq_id: str, raw: str, foreign: str) -> InputError:
@@ -563,7 +564,7 @@ class SequenceStream:
         seen: dict[str, tuple[str, str]] = {}
         for path in self.paths:
             self.files.append(str(path))
-            rows = kept = 0
+            rows = kept = sequences = 0
             others: Counter[str] = Counter()
             for seq_id, taxonomy, bin_uri, raw, where, row_marker in iter_raw_records(path, self.id_column,
                                                                                       self.sequence_column):
@@ -589,6 +590,7 @@ class SequenceStream:
                     self.skipped_empty += 1
                     continue
                 kept += 1
+                sequences += bool(sequence)
                 yield SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where, qc_flags(sequence, self.qc),
                                      row_marker)
             if not rows:
@@ -597,7 +599,7 @@ class SequenceStream:
                 self.skipped_marker += others.total()
                 for name, count in others.items():
                     self.other_markers[name] = self.other_markers.get(name, 0) + count
-                if not kept:
+                if not sequences:  # rows that name no marker and hold no sequence do not count as the marker's
                     present = ", ".join(name for name, _ in others.most_common())
                     what = (f"no {self.marker.strip()} rows" if rows == others.total()
                             else f"no {self.marker.strip()} sequences")

@@ -12,7 +12,8 @@ from clibd_cli.sequences import read_sequences
 
 
 def biopython_identity(query: str, target: str) -> tuple[float, int]:
-    """Overlap alignment (free end gaps) in the same scoring; identity over the columns where both have bases."""
+    """Overlap alignment (free end gaps) in the same scoring; identity over the columns where both have bases,
+    those with an N in either apart."""
     aligner = Align.PairwiseAligner(mode="global", match_score=MATCH, mismatch_score=MISMATCH,
                                     open_gap_score=-GAP_OPEN, extend_gap_score=-GAP_EXTEND)
     aligner.end_gap_score = 0
@@ -20,8 +21,9 @@ def biopython_identity(query: str, target: str) -> tuple[float, int]:
     top, bottom = alignment[0], alignment[1]
     both = [i for i in range(len(top)) if top[i] != "-" and bottom[i] != "-"]
     columns = range(both[0], both[-1] + 1)
-    matches = sum(top[i] == bottom[i] and top[i] != "N" for i in columns)
-    return matches / len(columns), len(columns)
+    read = [i for i in columns if "N" not in (top[i], bottom[i])]
+    matches = sum(top[i] == bottom[i] for i in read)
+    return matches / len(read), len(read)
 
 
 def test_identity_of_constructed_pairs():
@@ -44,6 +46,27 @@ def test_identity_of_constructed_pairs():
     (unrelated,) = align_many(shuffled, [base])  # unrelated sequences: a high identity over a sliver only
     assert unrelated.identity < 0.8 or unrelated.coverage < 0.1
     assert reverse_complement("AACGTN") == "NACGTT"
+
+
+def test_a_run_of_n_counts_neither_as_match_nor_as_mismatch():
+    """BOLD fills a gap in a read with Ns: 200 of them in a barcode 99 % identical over its read bases once made
+    it 67 % identical and unidentified.  Identity is over the bases both read, on the diagonal path, in Opal
+    and in Biopython alike; the overlap counts those bases."""
+    rng = np.random.default_rng(8)
+    base = random_sequence(rng, 658)
+    changed = list(base)
+    for site in (30, 90, 150, 500, 600):
+        changed[site] = "A" if base[site] != "A" else "C"
+    gapped = "".join(changed[:250]) + "N" * 200 + "".join(changed[450:])
+    expected = (458 - 5) / 458
+    (aligned,) = align_many(gapped, [base])
+    (quick,) = verify(gapped, [base], full=0)
+    for found in (aligned, quick):
+        assert found is not None
+        assert found.identity == pytest.approx(expected) and found.overlap == 458 and found.unknown == 200
+        assert found.coverage == 1.0
+    assert biopython_identity(gapped, base) == (pytest.approx(expected), 458)
+    assert biopython_identity(base, gapped) == (pytest.approx(expected), 458)  # an N in the reference alike
 
 
 def test_fast_path_agrees_with_alignment():
@@ -165,4 +188,6 @@ def test_kmer_codes_and_diagonal_segments_match_direct_counting():
         best = max((sum(scores[b:e]), -(e - b), b) for b in range(len(scores)) for e in range(b, len(scores) + 1))
         b, e = best[2], best[2] - best[1]
         matches = sum(a == t and a != 4 for a, t in columns[b:e])
-        assert (found.overlap, found.matches) == (e - b, matches)
+        unknown = sum(4 in pair for pair in columns[b:e])
+        assert (found.overlap, found.matches, found.unknown) == (e - b - unknown, matches, unknown)
+        assert found.identity == pytest.approx(matches / (e - b - unknown))

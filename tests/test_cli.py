@@ -96,6 +96,13 @@ def test_empty_file(files, tmp_path):
     assert_user_error(invoke("match", empty, "-i", files["index"]), str(empty), "empty")
 
 
+def test_workbook_output_name_is_refused(files, tmp_path):
+    """`-o calls.xlsx` once wrote tab-separated text under a name Excel opens as a workbook, and fails to."""
+    out = tmp_path / "calls.xlsx"
+    assert_user_error(invoke("match", files["queries"], "-i", files["index"], "-o", out), str(out), "calls.csv")
+    assert not out.exists()
+
+
 def test_binary_file(files, tmp_path):
     binary = tmp_path / "photo.fasta"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
@@ -198,6 +205,16 @@ def test_bad_threshold_option(files):
                       "specie=0.9")
     assert_user_error(invoke("match", files["queries"], "-i", files["index"], "--threshold", "genus=high"),
                       "genus=high")
+    assert_user_error(invoke("match", files["queries"], "-i", files["index"], "--threshold", "genus=150"),
+                      "genus=150", "species=98%")
+
+
+def test_threshold_as_a_percentage_as_identities_are_printed():
+    """Identities are printed in % (99.54), thresholds were fractions only: `species=98` was refused."""
+    from clibd_cli.cli.options import parse_thresholds
+
+    assert parse_thresholds(["species=98", "genus=95.5%", "family=0.9", "order=1.01"]) == pytest.approx(
+        {"species": 0.98, "genus": 0.955, "family": 0.9, "order": 1.01})
 
 
 def test_append_duplicate_ids_leaves_index_unchanged(files, tmp_path):
@@ -482,6 +499,33 @@ def test_calibrate_with_labelled_queries(files, tmp_path):
     calibration = json.loads((target / MANIFEST).read_text())["parts"]["dna"]["calibration"]
     assert calibration["method"] == "labelled queries (alignment identity)"
     assert calibration["queries"] == 64 and calibration["absent_species_queries"] == 40
+
+
+def test_calibrate_with_checks_of_present_species_keeps_thresholds(files, tmp_path):
+    """A lab's checks are mostly of species the reference holds: 120 such queries and 5 of a missing species
+    reach a precision of 96 % at any identity, which once put every rank's threshold at the lowest score
+    seen (67 % on real barcodes) and named missing species.  Each rank is bounded on its present and its
+    missing queries apart, and a rank with too few missing-taxon queries keeps the index's threshold."""
+    import dataclasses
+
+    target = tmp_path / "index"
+    shutil.copytree(files["index"], target)
+    before = json.loads((target / MANIFEST).read_text())["parts"]["dna"]
+    checks = [dataclasses.replace(s, id=f"{s.id}-{n}") for n in range(5) for s in files["known"]]
+    labelled = write_fasta(tmp_path / "checks.fasta", checks + files["novel"][:5])
+    result = invoke("calibrate", "-i", target, "--queries", labelled)
+    assert_ok(result)
+    after = json.loads((target / MANIFEST).read_text())["parts"]["dna"]
+    assert after["calibration"]["queries"] == 125 and after["calibration"]["absent_species_queries"] == 5
+    for rank in ("order", "family", "genus", "species"):
+        assert after["thresholds"][rank] >= before["thresholds"][rank], rank
+    # Short reads are never judged more leniently than whole barcodes.
+    assert after["short_reads"] and all(short["thresholds"][rank] >= after["thresholds"][rank]
+                                        for short in after["short_reads"] for rank in after["thresholds"])
+    out = tmp_path / "out.csv"
+    assert_ok(invoke("match", files["queries"], "-i", target, "-o", out))
+    novel = {s.id for s in files["novel"]}
+    assert not [row for row in read_rows(out, "csv") if row["query_id"] in novel and row["species"]]
 
 
 def test_calibrate_too_small_reference(files, tmp_path):

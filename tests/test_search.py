@@ -188,3 +188,24 @@ def test_note_names_the_extra_and_why(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIBD_SEARCH", "exact")
     result = invoke("match", EXAMPLES / "queries.fasta", "--index", index, "-o", tmp_path / "b.tsv")
     assert "search: exact (CLIBD_SEARCH=exact)" in " ".join(result.stderr.split())
+
+
+def test_build_summary_names_the_search_match_runs(tmp_path, monkeypatch):
+    """The README promises that build-index's summary says which search runs: on a small reference that is exact
+    search, though the graph is built for when the reference grows, and the summary said `search: hnswlib`."""
+    import re
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    index = tmp_path / "idx"
+    built = clibd_ok("build-index", "--barcodes", EXAMPLES / "reference.fasta", "-o", index)
+    out = tmp_path / "out.json"
+    clibd_ok("match", EXAMPLES / "queries.fasta", "--index", index, "-o", out)
+    engine = json.loads(out.read_text())["info"]["search"]
+    assert engine.startswith("exact (") and "hnswlib graph beyond" in engine
+    assert f"search: {engine})" in " ".join(built.stderr.split())
+    example = re.search(r"`(search: exact \([\d,]+ distinct vectors ≤ [\d,]+; hnswlib graph beyond\))`", readme)
+    assert example and re.sub(r"[\d,]+ distinct", "N distinct", example.group(1)) == re.sub(
+        r"[\d,]+ distinct", "N distinct", f"search: {engine}")
+    monkeypatch.setattr(index_module, "EXACT_MAX", 10)
+    graph = ReferenceIndex.load(index).search_description()
+    assert f"`search: {graph}`" in readme

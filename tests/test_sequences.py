@@ -17,6 +17,7 @@ from clibd_cli.errors import InputError
 from clibd_cli.index import MANIFEST, ReferenceIndex
 from clibd_cli.sequences import (
     QCConfig,
+    SequenceStream,
     iter_table,
     normalise_sequence,
     parse_fasta_header,
@@ -579,6 +580,19 @@ def test_package_without_the_marker_names_the_markers_it_has(tmp_path, suffix):
         read_sequences([path])
     assert str(info.value) == f"{path}: no COI-5P rows (markers present: ITS, 16S). Choose one with --marker."
     assert [r.id for r in read_sequences([path], marker="its").records] == ["P1", "P3"]
+
+
+def test_rows_without_marker_or_sequence_are_not_the_markers_rows(tmp_path):
+    """A BOLD combined TSV holds specimens with no sequence and no marker: `--marker ITS` on one whose
+    sequences are all COI-5P and 28S must say there is no ITS, not read those empty rows as ITS queries."""
+    rows = [_v5_row("P1", "COI-5P", COI_A), _v5_row("P2", "", ""), _v5_row("P3", "28S", COI_B)]
+    path = write_table(tmp_path / "v5.tsv", V5_HEADER, rows, "\t")
+    for skip_empty in (True, False):
+        with pytest.raises(InputError) as info:
+            list(SequenceStream([path], marker="ITS", skip_empty=skip_empty))
+        assert str(info.value) == f"{path}: no ITS sequences (markers present: COI-5P, 28S). Choose one with --marker."
+    kept = list(SequenceStream([path], skip_empty=False))
+    assert [(r.id, bool(r.sequence)) for r in kept] == [("P1", True), ("P2", False)]
 
 
 def test_marker_none_or_all_keeps_every_row(tmp_path):

@@ -14,14 +14,26 @@ def stderr():
     """A console on standard error: notes, warnings, progress and summaries (stdout carries the results)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return _unwrapped_off_terminal(Console(stderr=True, highlight=False))
 
 
 def stdout(highlight: bool = True):
     """A console on standard output, for tables (results in the ``table`` format are not highlighted)."""
     from rich.console import Console
 
-    return Console(highlight=highlight)
+    return _unwrapped_off_terminal(Console(highlight=highlight))
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``1 record``, ``2 records``, ``1 genus``, ``3 genera``: a count and its noun, agreeing."""
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def _unwrapped_off_terminal(console):
+    """In a log or a pipe a line stays one line (rich would fold it at 80 columns, mid-phrase, so that a
+    grep for ``species 0.974`` or ``2 no_match`` misses it); tables keep their width."""
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 @contextlib.contextmanager

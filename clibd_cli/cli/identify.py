@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from clibd_cli.cli.console import progress_bar, say, stderr, stdout
+from clibd_cli.cli.console import counted, progress_bar, say, stderr, stdout
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import (
     BundleOption,
@@ -103,7 +103,8 @@ def match(
         counts = out.write(run.results(done, advance), stdout(highlight=False))
     run.finish()
     skipped = f" ({len(done):,} already done)" if done else ""
-    stderr().print(f"{sum(counts.values()):,} queries{skipped}: {_counted(counts, STATUSES, errors_if_none=False)}")
+    stderr().print(f"{counted(sum(counts.values()), 'query', 'queries')}{skipped}: "
+                   f"{_counted(counts, STATUSES, errors_if_none=False)}")
 
 
 @user_errors

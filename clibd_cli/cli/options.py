@@ -55,17 +55,22 @@ TrustCheckpoint = Annotated[bool, typer.Option(
 
 
 def parse_thresholds(values: list[str] | None) -> dict[str, float]:
-    """``--threshold RANK=VALUE`` (repeatable) as {rank: value}."""
+    """``--threshold RANK=VALUE`` (repeatable) as {rank: value}: a fraction (``species=0.98``) or, as identities
+    are printed, a percentage (``species=98`` or ``species=98%``)."""
     out: dict[str, float] = {}
     for item in values or []:
         rank, sep, value = item.partition("=")
-        rank = rank.strip().lower()
+        rank, value = rank.strip().lower(), value.strip()
+        percent = value.endswith("%")
         try:
-            number = float(value)
+            number = float(value.removesuffix("%"))
         except ValueError:
             number = float("nan")
+        if percent or 1.01 < number <= 100.0:
+            number /= 100.0
         if not sep or rank not in RANKS or not 0.0 <= number <= 1.01:
             raise ClibdError(f"--threshold {item!r}: use RANK=VALUE with RANK one of "
-                             f"{', '.join(RANKS)} and VALUE between 0 and 1, e.g. species=0.95.")
+                             f"{', '.join(RANKS)} and VALUE a fraction or a percentage, e.g. species=0.98 or "
+                             "species=98%.")
         out[rank] = number
     return out

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clibd_cli.cli.console import say, stderr, stdout, step_progress, wrote
+from clibd_cli.cli.console import counted, say, stderr, stdout, step_progress, wrote
 from clibd_cli.cli.errors import user_errors
 from clibd_cli.cli.options import (
     BundleOption,
@@ -53,7 +53,8 @@ def build_index(
     force: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
     kmer: Kmer = None,
     calibrate: Annotated[bool, typer.Option(help="Fit thresholds by leave-species-out on the reference.")] = True,
-    precision: Annotated[float, typer.Option(help="Target precision for calibrated thresholds.")] = 0.95,
+    precision: Annotated[float, typer.Option(min=0.5, max=1.0,
+                                             help="Target precision for calibrated thresholds.")] = 0.95,
     id_column: IdColumn = None,
     sequence_column: SeqColumn = None,
     image_column: ImageColumn = None,
@@ -82,14 +83,16 @@ def build_index(
 
 def _print_part(output: Path, modality: str, part: ReferenceIndex) -> None:
     """What one part of a built index holds, and its thresholds per query modality."""
+    from rich.markup import escape
+
     console = stderr()
     counts = part.manifest["counts"]
     what = part.encoder_description.get("name")
     if what == "kmer-profile":
         what += f" k={part.encoder_description.get('k')}"
-    console.print(f"[green]wrote[/green] {output} \\[{modality}]: {counts['records']:,} records, "
-                  f"{counts['species']:,} species, {counts['genus']:,} genera ({what}; search: "
-                  f"{part.manifest.get('search', 'exact')})")
+    console.print(f"[green]wrote[/green] {output} \\[{modality}]: {counted(counts['records'], 'record')}, "
+                  f"{counts['species']:,} species, {counted(counts['genus'], 'genus', 'genera')} ({what}; "
+                  f"search: {escape(part.search_description())})")
     if modality != "text":  # taxonomy strings are references, never queries
         console.print(f"  {modality} queries: " + _thresholds_text(part.thresholds, part.leads)
                       + f" ({part.manifest['calibration'].get('method')})")
@@ -149,7 +152,9 @@ def _thresholds_text(thresholds: dict[str, float], leads: Mapping[str, LeadRule]
 def _lead_text(rule: LeadRule) -> str:
     """A lead rule in a few words: its threshold, the lead in identity points, and whether the call must also
     reach its taxon's spread."""
-    return f"{rule.threshold:.3f}, {100 * rule.lead:.2g} pts ahead" + (", within spread" if rule.within_spread else "")
+    points = f"{100 * rule.lead:.2g}"
+    within = ", within spread" if rule.within_spread else ""
+    return f"{rule.threshold:.3f}, {points} {'pt' if points == '1' else 'pts'} ahead{within}"
 
 
 def _short_reads_lines(sets: Sequence[ShortReads]) -> list[str]:
