@@ -142,11 +142,17 @@ def _readable_thresholds(value: Any) -> Any:
 
 
 def _info_html(value: Any, depth: int = 0) -> str:
+    """The run info as nested definition lists: a list of sets (the short-read thresholds, one per overlap
+    range) as a numbered list of them, a list of plain values as text; JSON only past a few levels."""
     if isinstance(value, dict) and "thresholds" in value:
         value = {**value, "thresholds": _readable_thresholds(value["thresholds"])}
-    if isinstance(value, dict) and value and depth < 3:
+    if isinstance(value, dict) and value and depth < 4:
         items = "".join(f"<dt>{_e(k)}</dt><dd>{_info_html(v, depth + 1)}</dd>" for k, v in value.items())
         return f"<dl>{items}</dl>"
+    if isinstance(value, list) and value and depth < 4:
+        if all(not isinstance(v, dict | list) for v in value):
+            return _e(", ".join(str(v) for v in value))
+        return "<ol>" + "".join(f"<li>{_info_html(v, depth + 1)}</li>" for v in value) + "</ol>"
     if isinstance(value, dict | list):
         return f"<code>{_e(json.dumps(value, ensure_ascii=False))}</code>"
     return _e(value)

@@ -175,6 +175,18 @@ def test_thresholds_that_stand_for_never_read_as_words(tmp_path):
     assert text.count('class="tick"') == 2  # order and family only
 
 
+def test_short_read_sets_read_as_lists_not_json(tmp_path):
+    """The run info showed a match's short-read thresholds as one line of raw JSON."""
+    sets = [{"thresholds": {"order": 0.93, "family": 0.96, "genus": 0.96, "species": 0.974}, "window": 100,
+             "below_overlap": 125}, {"thresholds": {"order": 0.91, "family": 1.01, "genus": 0.958, "species": 0.974},
+                                     "window": 150, "below_overlap": 175}]
+    text = render_report(read_results(write(tmp_path / "calls.csv", ROWS[:1], MATCH_COLUMNS, "csv",
+                                            identity={"short_read_thresholds": sets, "overrides": {}})))
+    assert '{"thresholds"' not in text and "<ol><li><dl><dt>thresholds</dt>" in text
+    assert "<dt>below_overlap</dt><dd>125</dd>" in text and "<dt>window</dt><dd>150</dd>" in text
+    assert "never (no threshold reaches the target precision)" in text  # 1.01 in words at this depth too
+
+
 def test_hostile_ids_and_names_are_escaped(tmp_path):
     hostile_id = "<script>alert(1)</script>"
     hostile_species = 'Aus </script><img src=x onerror="alert(2)">'

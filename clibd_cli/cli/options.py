@@ -19,7 +19,7 @@ SeqColumn = Annotated[str | None, typer.Option(help="Column holding the barcodes
                                                f"present of {', '.join(schema.SEQUENCE_COLUMNS)}).")]
 ImageColumn = Annotated[str | None, typer.Option(help="Column holding the photo files in tables (default: the first "
                                                  f"present of {', '.join(schema.IMAGE_COLUMNS)}).")]
-MinLength = Annotated[int, typer.Option(help="Flag sequences shorter than this (bp) as 'short'.")]
+MinLength = Annotated[int, typer.Option(min=0, help="Flag sequences shorter than this (bp) as 'short'.")]
 Marker = Annotated[str, typer.Option(help="Which marker to keep from BOLD packages that mix markers "
                                      "(e.g. COI-5P, ITS, rbcLa); 'all' keeps every row.")]
 Kmer = Annotated[int | None, typer.Option("--kmer", min=2, max=8, help="k of the weight-free k-mer profile "
