@@ -564,7 +564,7 @@ class SequenceStream:
         seen: dict[str, tuple[str, str]] = {}
         for path in self.paths:
             self.files.append(str(path))
-            rows = kept = sequences = 0
+            rows = sequences = 0
             others: Counter[str] = Counter()
             for seq_id, taxonomy, bin_uri, raw, where, row_marker in iter_raw_records(path, self.id_column,
                                                                                       self.sequence_column):
@@ -589,7 +589,6 @@ class SequenceStream:
                 if not sequence and self.skip_empty:
                     self.skipped_empty += 1
                     continue
-                kept += 1
                 sequences += bool(sequence)
                 yield SequenceRecord(seq_id, sequence, taxonomy, bin_uri, where, qc_flags(sequence, self.qc),
                                      row_marker)

@@ -481,7 +481,8 @@ def test_calibrate_writes_thresholds(files, tmp_path):
     for s, span in zip(sets, ("< 125 bp", "125-174 bp", "175-299 bp"), strict=True):
         short, leads = s["thresholds"], s.get("leads", {})
         assert (f"short reads (overlap {span}): " + ", ".join(
-            f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} pts ahead"
+            f"{r} {short[r]:.3f}" + (f" (or {leads[r]['threshold']:.3f}, {100 * leads[r]['lead']:.2g} "
+                                     + ("pt" if round(100 * leads[r]['lead'], 2) == 1 else "pts") + " ahead"
                                      + (", within spread" if leads[r].get("within_spread") else "") + ")"
                                      if r in leads else "") for r in short)
                 + f" (fitted on {s['window']} bp stretches)") in printed
