@@ -42,10 +42,11 @@ _local = threading.local()
 class Alignment(NamedTuple):
     """One query-target alignment: identity as a fraction (0–1) and the overlap in columns.
 
-    ``coverage`` is the aligned span (``overlap`` and the ``unknown`` columns, those where either sequence
-    has an N) as a share of the shorter sequence.  With free end gaps, two unrelated sequences align best
-    as a few bases overhanging each other's ends (100 % identity over 2 columns): identity means nothing
-    without coverage, so calls use only hits that cover most of the shorter one.
+    ``coverage`` is the overlap as a share of the shorter sequence.  With free end gaps, two unrelated
+    sequences align best as a few bases overhanging each other's ends (100 % identity over 2 columns):
+    identity means nothing without coverage, so calls use only hits that cover most of the shorter one.
+    Columns with an N (``unknown``) are not part of the overlap, so a reference that read a third of the
+    query's stretch is not a hit however identical that third is, and does not outrank one that read it all.
     """
 
     identity: float
@@ -89,7 +90,7 @@ def align_many(query: str, targets: Sequence[str]) -> list[Alignment]:
 
 def _covering(alignment: Alignment, query_length: int, target_length: int) -> Alignment:
     shorter = max(1, min(query_length, target_length))
-    return alignment._replace(coverage=(alignment.overlap + alignment.unknown) / shorter)
+    return alignment._replace(coverage=alignment.overlap / shorter)
 
 
 def _stats(cigar: str, q: np.ndarray, t: np.ndarray, qi: int, ti: int) -> Alignment:

@@ -64,7 +64,9 @@ def test_a_run_of_n_counts_neither_as_match_nor_as_mismatch():
     for found in (aligned, quick):
         assert found is not None
         assert found.identity == pytest.approx(expected) and found.overlap == 458 and found.unknown == 200
-        assert found.coverage == 1.0
+        assert found.coverage == pytest.approx(458 / 658)  # a hit (over half), of what both read
+    (mostly_unread,) = align_many(base[:250] + "N" * 380 + base[630:], [base])
+    assert mostly_unread.identity == 1.0 and mostly_unread.coverage < 0.5  # identical, but over 278 of 658 bases
     assert biopython_identity(gapped, base) == (pytest.approx(expected), 458)
     assert biopython_identity(base, gapped) == (pytest.approx(expected), 458)  # an N in the reference alike
 
