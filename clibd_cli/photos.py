@@ -43,7 +43,7 @@ from clibd_cli.errors import InputError
 from clibd_cli.image_formats import HEIF_EXTENSIONS, PILLOW_EXTENSIONS, RAW_EXTENSIONS
 from clibd_cli.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImagePreprocessing, preprocess_image
 from clibd_cli.schema import RANKS, complete_taxonomy
-from clibd_cli.sequences import SpecimenTable
+from clibd_cli.sequences import SpecimenTable, check_id
 
 # Every extension a camera, phone, microscope or scanner writes photos with: pillow's own formats, HEIC/HEIF
 # and camera RAW.  A file with one of them is always a row: decoded, or an error row saying why not
@@ -245,6 +245,7 @@ def _add_manifest(collector: _Collector, manifest: Path, group_by: str | None, i
     for line, row in table:
         written = row[path_i].strip()
         photo_id = row[id_i].strip() if id_i is not None else ""
+        check_id(photo_id, f"{manifest}: line {line}")
         if not written:
             problem_id = photo_id or f"{manifest.name}:{line}"
             collector.problems.append(PhotoProblem(problem_id, "", f"{manifest}: line {line} names no image file"))

@@ -96,7 +96,7 @@ def restore(value: str) -> str:
 
 
 def check_output(path: Path | None, *, resume: bool | None, force: bool, inputs: Iterable[Path | str] = (),
-                 others: Iterable[Path | None] = (), folders: Iterable[Path] = ()) -> None:
+                 others: Iterable[Path | None] = (), folders: Iterable[Path] = (), option: str = "-o") -> None:
     """Refuse to overwrite an existing output unless asked; called before any work is done.
 
     ``resume`` is None for a command that has no ``--resume`` (`clibd report`): the refusal then offers
@@ -105,10 +105,15 @@ def check_output(path: Path | None, *, resume: bool | None, force: bool, inputs:
     ``inputs`` (query and reference files), anything inside ``folders`` (indexes) and ``others`` (the run's
     other outputs) must not be the output: ``-o`` naming a query file or ``INDEX/index.json`` with
     ``--force`` destroyed it, and ``-o`` equal to ``--hits`` interleaved both tables in one file.  (A new
-    file inside a folder of photos is fine.)
+    file inside a folder of photos is fine.)  ``option``: how the command names this output, for the messages.
     """
     if path is None:
         return
+    try:
+        path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11-3.12 raise RuntimeError for a loop, later ones OSError
+        raise InputError(f"{path}: is a symbolic link that leads back to itself; remove the loop or choose "
+                         f"another {option} path.") from None
     for other in others:
         if other is not None and _same_file(path, Path(other)):
             raise InputError(f"{path}: is also given as another output (--hits?); give each output its own file.")
@@ -121,7 +126,7 @@ def check_output(path: Path | None, *, resume: bool | None, force: bool, inputs:
             raise InputError(f"{path}: is inside the index {folder}; writing there could destroy it. Choose "
                              "another -o/--hits path.")
     if path.exists() and path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name for -o.")
+        raise InputError(f"{path}: is a folder; give a file name for {option}.")
     if path.exists() and path.stat().st_size > 0 and not (resume or force):
         if resume is None:
             raise OutputExistsError(f"{path}: already exists. Use --force to replace it, or choose another -o.")
@@ -137,7 +142,7 @@ def check_output(path: Path | None, *, resume: bool | None, force: bool, inputs:
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: Path.resolve of a symlink loop (Python 3.11-3.12)
         return False
 
 

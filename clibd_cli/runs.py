@@ -61,7 +61,8 @@ class RunOutput:
         check_output(self.path, resume=self.resume, force=self.force, inputs=inputs, others=[self.hits],
                      folders=folders)
         if self.hits is not None:
-            check_output(self.hits, resume=self.resume, force=self.force, inputs=inputs, folders=folders)
+            check_output(self.hits, resume=self.resume, force=self.force, inputs=inputs, folders=folders,
+                         option="--hits")
 
     @property
     def previous(self) -> list[dict]:

@@ -283,6 +283,20 @@ def fasta_header_marker(header: str) -> str:
 _DROP_NUCLEOTIDES = str.maketrans(dict.fromkeys("ACGTU" + IUPAC_AMBIGUOUS + _GAP_CHARS + _LINE_NUMBERS))
 
 
+# Characters an id cannot hold: it is one cell of a CSV/TSV row and one line of a terminal table.  A line break
+# or tab splits a row (a reader then sees two queries, and --resume ran one again); a bidirectional override
+# shows an id other than the one written.
+_ID_BREAKERS = re.compile("[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def check_id(record_id: str, where: str) -> None:
+    """Refuse an id holding a line break, tab or other control character (:data:`_ID_BREAKERS`)."""
+    found = _ID_BREAKERS.search(record_id)
+    if found:
+        raise InputError(f"{where}: the id {record_id!r} holds a control character ({found.group()!r}: a line "
+                         "break, tab or text-direction mark), which would break the output's rows. Rename it.")
+
+
 def _looks_like_protein(raw: str, foreign: str) -> bool:
     """More than 10 % letters that are no nucleotide or IUPAC code (E, F, I, L, P, Q, …), and more than two of
     them (a stray ``X`` in a short test sequence is a typo, not a protein); ``foreign``: those of
@@ -574,6 +588,7 @@ class SequenceStream:
                     continue
                 if not seq_id:
                     raise InputError(f"{where}: the record has no id. Give every record an id.")
+                check_id(seq_id, where)
                 if seq_id in seen:
                     first, first_marker = seen[seq_id]
                     hint = (" The file has several markers per specimen: keep one with --marker."

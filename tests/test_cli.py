@@ -103,6 +103,30 @@ def test_workbook_output_name_is_refused(files, tmp_path):
     assert not out.exists()
 
 
+def test_dash_output_is_standard_output(files, tmp_path, monkeypatch):
+    """`-o -` wrote a file named '-' (and a run record beside it) instead of standard output."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("match", files["queries"], "-i", files["index"], "-o", "-", "-f", "csv")
+    assert_ok(result)
+    assert result.stdout.startswith("query_id,status,rank,") and len(result.stdout.splitlines()) == 65
+    assert not (tmp_path / "-").exists() and not list(tmp_path.iterdir())
+
+
+def test_output_paths_that_cannot_be_files_are_one_line(files, tmp_path):
+    """A file where a folder must be, and a symbolic-link loop, ended in tracebacks."""
+    blocker = tmp_path / "calls.csv"
+    blocker.write_text("x")
+    assert_user_error(invoke("match", files["queries"], "-i", files["index"], "-o", blocker / "x.csv"),
+                      "not a folder")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for option in ("-o", "--hits"):
+        out = ["-o", tmp_path / "ok.csv"] if option == "--hits" else []
+        assert_user_error(invoke("match", files["queries"], "-i", files["index"], *out, option, tmp_path / "loop1"),
+                          "leads back to itself", f"another {option} path")
+    assert_user_error(invoke("build-index", "-b", files["reference"], "-o", blocker / "idx"), "not a folder")
+
+
 def test_binary_file(files, tmp_path):
     binary = tmp_path / "photo.fasta"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)

@@ -86,3 +86,15 @@ def test_extras_the_readme_names_exist():
     named = {extra for group in re.findall(r"`\[([\w,]+)\]`", section("Install")) for extra in group.split(",")}
     assert named and named <= declared, named - declared
     assert {"train", "export", "plots", "hnsw", "raw"} <= named
+
+
+def test_classify_columns_are_what_the_readme_says():
+    """The README said classify's columns were all of match's plus three; match's identity columns are not."""
+    from clibd_cli.classify import CLASSIFY_COLUMNS
+    from clibd_cli.report import MATCH_COLUMNS
+
+    text = " ".join(README.split())
+    assert ("Output columns are those of `clibd match` up to `flags` (no `identity` or `overlap`: photos are not "
+            "aligned) plus `against`, `photos` and `error`.") in text
+    upto = MATCH_COLUMNS[: MATCH_COLUMNS.index("flags") + 1]
+    assert CLASSIFY_COLUMNS == [*upto, "against", "photos", "error"]

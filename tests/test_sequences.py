@@ -595,6 +595,18 @@ def test_rows_without_marker_or_sequence_are_not_the_markers_rows(tmp_path):
     assert [(r.id, bool(r.sequence)) for r in kept] == [("P1", True), ("P2", False)]
 
 
+@pytest.mark.parametrize("bad", ["cr\rret", "line\nbreak", "tab\there", "\u202eevil"])
+def test_an_id_that_would_break_a_row_is_refused(tmp_path, bad):
+    """An id with a bare CR was written unquoted, read back as two rows, and --resume ran it again; one with a
+    newline made --resume fail with a traceback; a text-direction override showed another id on the terminal."""
+    path = tmp_path / "q.csv"
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["id", "sequence"], ["ok", COI_A], [bad, COI_B]])
+    with pytest.raises(InputError) as info:
+        list(SequenceStream([path]))
+    assert str(info.value).startswith(f"{path}: line 3: the id {bad!r} holds a control character")
+
+
 def test_marker_none_or_all_keeps_every_row(tmp_path):
     rows = [_v5_row("P1", "COI-5P", COI_A), _v5_row("P2", "ITS", ITS), _v5_row("P3", "28S", COI_B)]
     path = write_table(tmp_path / "v5.tsv", V5_HEADER, rows, "\t")

@@ -95,6 +95,13 @@ def environment_error(exc: OSError) -> str | None:
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
         return (f"{where}{reason} while writing. What was written before is kept: free some space or choose "
                 "another -o, then rerun (match and classify continue with --resume).")
+    if exc.errno == errno.ENOTDIR:
+        return f"{where}{reason}: a part of this path is a file, not a folder. Choose another path."
+    if exc.errno == errno.ELOOP:
+        return f"{where}{reason}: symbolic links that point at each other. Remove the loop or choose another path."
+    if exc.errno == errno.EEXIST:
+        return (f"{where}{reason}, and is not what clibd can write there (a broken or looping link?). Choose "
+                "another path.")
     return None
 
 

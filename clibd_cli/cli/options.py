@@ -25,9 +25,16 @@ Marker = Annotated[str, typer.Option(help="Which marker to keep from BOLD packag
 Kmer = Annotated[int | None, typer.Option("--kmer", min=2, max=8, help="k of the weight-free k-mer profile "
                                                          "encoder, 2-8 (default 5; must match the index).")]
 
+
+def _dash_is_stdout(value: Path | None) -> Path | None:
+    """``-o -`` is standard output, as ``-`` is standard input for queries (it wrote a file named ``-``)."""
+    return None if value is not None and str(value) == "-" else value
+
+
 # Outputs of the commands that write result rows (match, classify, check).
-Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write results here (format from the "
-                                             "extension).")]
+Output = Annotated[Path | None, typer.Option("--output", "-o", callback=_dash_is_stdout,
+                                             help="Write results here (format from the extension; - for "
+                                             "standard output).")]
 Format = Annotated[str | None, typer.Option("--format", "-f", help="table, csv, tsv, json, jsonl or dwc (Darwin "
                                             "Core, match/classify; -o x.dwc.csv) (default: table on a terminal, "
                                             "CSV when piped).")]
