@@ -97,4 +97,4 @@ def test_classify_columns_are_what_the_readme_says():
     assert ("Output columns are those of `clibd match` up to `flags` (no `identity` or `overlap`: photos are not "
             "aligned) plus `against`, `photos` and `error`.") in text
     upto = MATCH_COLUMNS[: MATCH_COLUMNS.index("flags") + 1]
-    assert CLASSIFY_COLUMNS == [*upto, "against", "photos", "error"]
+    assert [*upto, "against", "photos", "error"] == CLASSIFY_COLUMNS
