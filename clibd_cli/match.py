@@ -71,6 +71,9 @@ MIN_CALL_OVERLAP = 100  # bp: a shorter overlap supports no call, at any rank
 MIN_COVERAGE = 0.5  # a hit must cover this share of the shorter sequence to count at all
 FRAGMENT_LENGTH = 500  # bp: shorter queries also get candidates by shared exact 12-mers
 LONG_LENGTH = 800  # bp: and so do longer ones (a whole COI gene, a barcode inside a longer read), cut first
+# bp: a longer query (a contig, a chromosome) is an error row: no barcode or amplicon read is as long, and a
+# 20 Mb one took two minutes and 1.5 GB to come out no_match, holding up the rows behind it.
+MAX_QUERY_LENGTH = 100_000
 REGION_MARGIN = 50  # bp kept either side of the stretch a long query's best word-sharing reference covers
 FRAGMENT_CANDIDATES = 16
 VOTE_CELLS = 4_000_000  # queries × columns² assigned at once (assign_verified)
@@ -383,7 +386,7 @@ def identify(queries: Iterable[SequenceRecord], index: ReferenceIndex, encoder: 
             if batch:
                 reused = {q.sequence: seen[q.sequence] for q in batch if q.sequence in seen}
                 flying = ahead.fresh if ahead is not None else {}
-                fresh = {q.sequence: q for q in batch if q.sequence and q.sequence not in reused and
+                fresh = {q.sequence: q for q in batch if not _problem(q) and q.sequence not in reused and
                          q.sequence not in flying}
                 proposals = _propose(list(fresh.values()), index, encoder, options, words=True)
                 job = _Batch(batch, reused, fresh, verifier.map(_call, proposals, options.aligned))
@@ -413,10 +416,20 @@ def _next_batch(stream: Iterator[SequenceRecord], size: int) -> tuple[list[Seque
         return [], error
 
 
-def _row(query: SequenceRecord, called: Mapping[str, _Called], top_k: int, index: ReferenceIndex) -> MatchResult:
+def _problem(query: SequenceRecord) -> str:
+    """Why ``query`` cannot be identified, for its error row ("" when it can)."""
     if not query.sequence:
-        return MatchResult(_error_row(query, "no sequence (empty after removing gaps and ambiguous ends)"), [],
-                           marker=query.marker)
+        return "no sequence (empty after removing gaps and ambiguous ends)"
+    if len(query.sequence) > MAX_QUERY_LENGTH:
+        return (f"{len(query.sequence):,} bp, longer than any barcode or amplicon read ({MAX_QUERY_LENGTH:,} bp at "
+                "most): cut it to the barcode region")
+    return ""
+
+
+def _row(query: SequenceRecord, called: Mapping[str, _Called], top_k: int, index: ReferenceIndex) -> MatchResult:
+    problem = _problem(query)
+    if problem:
+        return MatchResult(_error_row(query, problem), [], marker=query.marker)
     c = called[query.sequence]
     return _result(query, c.hits, c.assignment, index, c.thresholds, top_k)
 

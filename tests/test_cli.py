@@ -127,6 +127,22 @@ def test_output_paths_that_cannot_be_files_are_one_line(files, tmp_path):
     assert_user_error(invoke("build-index", "-b", files["reference"], "-o", blocker / "idx"), "not a folder")
 
 
+def test_a_query_longer_than_any_read_is_an_error_row(files, tmp_path, monkeypatch):
+    """A 20 Mb sequence took two minutes and 1.5 GB to come out no_match, the rows behind it waiting."""
+    import clibd_cli.match as match_module
+
+    monkeypatch.setattr(match_module, "MAX_QUERY_LENGTH", 1000)
+    known = files["known"][0]
+    long = tmp_path / "long.fasta"
+    long.write_text(f">contig\n{known.sequence * 2}\n>{known.id}\n{known.sequence}\n")
+    out = tmp_path / "out.csv"
+    assert_ok(invoke("match", long, "-i", files["index"], "-o", out))
+    rows = read_rows(out, "csv")
+    assert [r["status"] for r in rows] == ["error", "assigned"]
+    assert rows[0]["error"].startswith(f"{2 * len(known.sequence):,} bp, longer than any barcode or amplicon read")
+    assert rows[1]["species"] == known.species
+
+
 def test_binary_file(files, tmp_path):
     binary = tmp_path / "photo.fasta"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
