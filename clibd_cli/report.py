@@ -14,6 +14,7 @@ stay verbatim, and ``--resume`` strips the quote again when it reads the ids bac
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -221,6 +222,22 @@ def completed_ids(path: Path, fmt: str) -> list[dict]:
     return read_json_lines(path, [line for line in complete_lines(text) if line.strip().startswith('{"query_id"')])
 
 
+def _names_its_file(method):
+    """A :class:`RowWriter` method whose OSError says which output it hit: a full disk's error names no file,
+    and `-o /dev/full` once printed "No space left on device while writing." without saying where."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if exc.filename is None and self.path is not None:
+                exc.filename = str(self.path)
+            raise
+
+    return wrapper
+
+
 class RowWriter:
     """Streams result rows to a file or stdout in one of :data:`FORMATS`.
 
@@ -284,6 +301,7 @@ class RowWriter:
                 self.write(row, flush=False)
         self.fh.flush()
 
+    @_names_its_file
     def write(self, row: dict, flush: bool = True, *, sequence: str = "", marker: str = "") -> None:
         """Write one result row.  ``sequence`` and ``marker`` (the query barcode's) appear only in dwc."""
         clean = {c: format_value(row.get(c, "")) for c in self.columns}
@@ -306,10 +324,12 @@ class RowWriter:
         if flush:
             self.fh.flush()
 
+    @_names_its_file
     def flush(self) -> None:
         if self.fh is not None:
             self.fh.flush()
 
+    @_names_its_file
     def close(self, console=None, *, failed: bool = False) -> None:
         """Finish the output.  ``failed``: the run stopped on an error before finishing; a file that has no
         row yet is then not created at all."""

@@ -143,6 +143,13 @@ def test_a_query_longer_than_any_read_is_an_error_row(files, tmp_path, monkeypat
     assert rows[1]["species"] == known.species
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full (always full) is a Linux device")
+def test_a_full_disk_line_names_the_output(files):
+    """The OS names no file when a disk fills: the line said only 'No space left on device while writing.'"""
+    assert_user_error(invoke("match", files["queries"], "-i", files["index"], "-o", "/dev/full", "-f", "csv"),
+                      "/dev/full: No space left on device while writing")
+
+
 def test_binary_file(files, tmp_path):
     binary = tmp_path / "photo.fasta"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
