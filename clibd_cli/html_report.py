@@ -220,7 +220,8 @@ def render_report(results: RunResults, hits: Mapping[str, list[dict[str, Any]]] 
             '<p class="dim">This output carries no run info (no JSON info block, no run record beside it).</p>')
     what = "photos" if photo_run else "queries"
     scale = ("cosine similarity of photo and reference, 0 to 1" if photo_run else
-             f"alignment identity of the best reference at that rank, {100 * low:.0f} to 100 %")
+             f"the identity of the best reference at that rank, lowered where references of other taxa share "
+             f"the vote, {100 * low:.0f} to 100 %; the number beside it is that identity")
     return _PAGE.format(
         title=_e(title), version=_e(__version__), source=_e(results.path.name), total=f"{summary.total:,}",
         what=what, status_cards=status_cards, rank_cards=rank_cards, info=info, options=options,

@@ -159,6 +159,9 @@ def test_run_info_and_threshold_ticks_come_from_the_run_record(tmp_path):
     assert run_record(path).exists()
     text = render_report(read_results(path))
     assert "abc123fingerprint" in text
+    # the bar is the score, the number beside it the identity (the legend once called the bar the identity)
+    assert "lowered where references of other taxa share the vote, 70 to 100 %; the number beside it is that " \
+           "identity" in text
     # identity bars run from 70 % to 100 %: the species threshold 0.97 sits at 90 %, the score 0.99 fills 96.7 %
     assert 'class="tick" style="left:90.0%"' in text
     assert 'style="width:96.7%"' in text
