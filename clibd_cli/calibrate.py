@@ -661,21 +661,22 @@ def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, targe
     current, rate = index.thresholds, 1.0 - target
     thresholds: dict[str, float] = {}
     report: dict = {"target_precision": target, "ranks": {}}
+    known = {rank: set(index.labels.ranks[rank]) for rank in RANKS}
     for rank in RANKS:
         labelled = np.array([bool(label) for label in truth[rank]], dtype=bool)
-        known = set(index.labels.ranks[rank])
-        missing = labelled & np.array([label not in known for label in truth[rank]], dtype=bool)
+        missing = labelled & np.array([label not in known[rank] for label in truth[rank]], dtype=bool)
         present = labelled & ~missing
         s, c = scores[rank], correct[rank]
         t = max(false_call_threshold(s[rows], c[rows], rate) for rows in (present, missing))
         wrong = int(((s > 0) & ~c & labelled).sum())
         entry = {"queries": [int(present.sum()), int(missing.sum())], "threshold": t, "wrong_calls_seen": wrong}
-        floors = [(CONVENTIONAL.get(rank, 0.0), "too few wrong calls to calibrate; conventional cut-off used")
-                  if wrong < MIN_WRONG else (0.0, ""),
-                  (current[rank], f"only {int(missing.sum())} queries whose {rank} is missing from the reference "
-                                  f"(fewer than {MIN_CALLS}); the index's threshold kept")
-                  if missing.sum() < MIN_CALLS else (0.0, "")]
-        floor, why = max(floors)
+        floors = []
+        if wrong < MIN_WRONG and rank in CONVENTIONAL:
+            floors.append((CONVENTIONAL[rank], "too few wrong calls to calibrate; conventional cut-off used"))
+        if missing.sum() < MIN_CALLS:
+            floors.append((current[rank], f"only {int(missing.sum())} queries whose {rank} is missing from the "
+                                          f"reference (fewer than {MIN_CALLS}); the index's threshold kept"))
+        floor, why = max(floors, default=(0.0, ""))
         if floor > t:
             t = floor
             entry["note"] = why
@@ -684,10 +685,10 @@ def calibrate_dna_with_queries(index: ReferenceIndex, queries, encoder, *, targe
                      false_calls_present=_share(called & ~c, present), false_calls_absent=_share(called, missing))
         thresholds[rank] = t
         report["ranks"][rank] = entry
-    species = set(index.labels.ranks["species"])
     calibration = _nested(thresholds, report)
     calibration.report.update({"method": "labelled queries (alignment identity)", "queries": len(usable),
-                               "absent_species_queries": sum(label not in species for label in truth["species"]),
+                               "absent_species_queries": sum(label not in known["species"]
+                                                             for label in truth["species"]),
                                "k": k, "score": "identity"})
     calibration.short_reads = _tightened(index.short_read_thresholds(), calibration)
     return calibration
@@ -700,13 +701,14 @@ def _share(hit: np.ndarray, rows: np.ndarray) -> float | None:
 
 
 def _tightened(sets: Sequence[ShortReads], main: Calibration) -> tuple[ShortReads, ...]:
-    """The short-read sets made no looser than ``main`` (thresholds refitted on labelled queries) and each no
-    looser than the next longer one, as :func:`calibrate_barcode_part` keeps them; shortest overlap first."""
+    """The short-read sets (shortest overlap first) each made no looser than the next longer one and the last than
+    ``main`` (:func:`_no_looser`): as :func:`calibrate_barcode_part` fits them, and after labelled queries refit
+    ``main``."""
     from clibd_cli.match import ShortReads
 
     longer, out = ShortReads(main.thresholds, 0, main.leads), []
     for short in reversed(sets):
-        longer = _no_looser(short, longer, main, short.window, short.below_overlap)
+        longer = _no_looser(short, longer, main)
         out.append(longer)
     return tuple(out[::-1])
 
@@ -814,19 +816,17 @@ def calibrate_barcode_part(part: ReferenceIndex, *, target: float = DEFAULT_PREC
     main, *fitted = calibrate_open_sets(part, target=target, seed=seed, k=k, sample=sample,
                                         windows=(None, *SHORT_READ_WINDOWS), threads=threads)
     bounds = (*((a + b) // 2 for a, b in itertools.pairwise(SHORT_READ_WINDOWS)), SHORT_READ_OVERLAP)
-    longer, sets = ShortReads(main.thresholds, 0, main.leads), []
-    for window, below, short in reversed(list(zip(SHORT_READ_WINDOWS, bounds, fitted, strict=True))):
-        longer = _no_looser(short, longer, main, window, below)
-        sets.append((longer, short.report))
+    sets = _tightened([ShortReads(short.thresholds, below, short.leads, window)
+                       for window, below, short in zip(SHORT_READ_WINDOWS, bounds, fitted, strict=True)], main)
     part.set_thresholds(main.thresholds, main.report, main.leads)
-    part.set_short_read_thresholds(sets[::-1])
+    part.set_short_read_thresholds([(short, fit.report) for short, fit in zip(sets, fitted, strict=True)])
     main.short_reads = part.short_read_thresholds()
     return main
 
 
-def _no_looser(short: Calibration, longer: ShortReads, main: Calibration, window: int, below: int) -> ShortReads:
+def _no_looser(short: ShortReads, longer: ShortReads, main: Calibration) -> ShortReads:
     """``short``'s thresholds and lead rules made no looser than ``longer``'s (the set of the next longer
-    window, or the main one), species kept at ``main``'s; the set for overlaps under ``below``."""
+    window, or the main one), species kept at ``main``'s."""
     from clibd_cli.match import ShortReads
 
     stricter = {rank: max(short.thresholds[rank], longer.thresholds[rank]) for rank in short.thresholds}
@@ -838,7 +838,7 @@ def _no_looser(short: Calibration, longer: ShortReads, main: Calibration, window
     if "species" in main.leads:
         rules["species"] = main.leads["species"]
     rules = {rank: rule for rank, rule in rules.items() if rule.threshold < stricter[rank]}
-    return ShortReads(stricter, below, rules, window)
+    return ShortReads(stricter, short.below_overlap, rules, short.window)
 
 
 def calibrate_barcodes(index: Path, queries: str | Path | None = None, bundle: ModelBundle | None = None,
